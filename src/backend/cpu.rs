@@ -1,0 +1,208 @@
+//! The CPU backend: host vectors, the ops' CPU halves, a private rayon pool of `threads` workers.
+
+use std::sync::Arc;
+
+use super::Backend;
+use crate::error::{Error, Result};
+use crate::ops::adam::AdamScalars;
+use crate::ops::conv2d::{BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
+use crate::ops::crop_resize::{CropParams, CropResizeProblem};
+use crate::ops::pool::PoolProblem;
+use crate::ops::{adam, bn_match, conv2d, crop_resize, linear, pool, softmax_ce};
+
+pub struct CpuBackend {
+    pool: Arc<rayon::ThreadPool>,
+    threads: usize,
+}
+
+impl CpuBackend {
+    /// `threads` = 0 uses every core.
+    pub fn new(threads: usize) -> Result<CpuBackend> {
+        let threads = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("cda-cpu-{i}"))
+            .build()
+            .map_err(|e| Error::Option(format!("cannot start {threads} CPU threads: {e}")))?;
+        Ok(CpuBackend { pool: Arc::new(pool), threads })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `f` on this backend's thread pool (used by ops that are not part of the trait).
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+}
+
+/// Which SIMD paths this CPU offers (the GEMM picks the best at run time).
+pub fn cpu_features() -> Vec<&'static str> {
+    let mut v = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            v.push("avx512f");
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            v.push("avx2");
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            v.push("fma");
+        }
+        if std::arch::is_x86_feature_detected!("avx") {
+            v.push("avx");
+        }
+        if std::arch::is_x86_feature_detected!("sse4.1") {
+            v.push("sse4.1");
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        v.push("neon");
+    }
+    v
+}
+
+fn crop_params(raw: &[i32], n: usize) -> &[CropParams] {
+    bytemuck::cast_slice(&raw[..8 * n])
+}
+
+/// The first `len` elements: buffers may be longer than an op needs (shared scratch).
+fn pre<T>(v: &[T], len: usize) -> &[T] {
+    &v[..len]
+}
+fn pre_mut<T>(v: &mut [T], len: usize) -> &mut [T] {
+    &mut v[..len]
+}
+
+impl Backend for CpuBackend {
+    type Buf = Vec<f32>;
+    type IntBuf = Vec<i32>;
+
+    fn describe(&self) -> String {
+        format!("cpu ({} threads, {})", self.threads, cpu_features().join("+"))
+    }
+    fn alloc(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+    fn alloc_int(&self, len: usize) -> Result<Vec<i32>> {
+        Ok(vec![0; len])
+    }
+    fn upload(&self, src: &[f32], dst: &mut Vec<f32>) -> Result<()> {
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+    fn upload_int(&self, src: &[i32], dst: &mut Vec<i32>) -> Result<()> {
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+    fn download(&self, src: &Vec<f32>, dst: &mut [f32]) -> Result<()> {
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+    fn download_int(&self, src: &Vec<i32>, dst: &mut [i32]) -> Result<()> {
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn conv_fprop(&self, p: &ConvProblem, x: &Vec<f32>, w: &Vec<f32>, epi: FpropEpilogue<'_, Vec<f32>>, out: &mut Vec<f32>) -> Result<()> {
+        let (il, ol, k) = (p.input_len(), p.output_len(), p.k as usize);
+        let epi = FpropEpilogue {
+            bn: BnAffine { mean: pre(epi.bn.mean, k), scale: pre(epi.bn.scale, k), beta: pre(epi.bn.beta, k) },
+            residual: epi.residual.map(|r| pre(r, ol)),
+            relu: epi.relu,
+            y: epi.y.map(|y| pre_mut(y, ol)),
+            stats: epi.stats.map(|s| pre_mut(s, 2 * k)),
+        };
+        self.pool.install(|| conv2d::cpu::fprop(p, pre(x, il), pre(w, p.weight_len()), epi, pre_mut(out, ol)));
+        Ok(())
+    }
+
+    fn conv_dgrad(&self, p: &ConvProblem, dy: &Vec<f32>, w: &Vec<f32>, x: &Vec<f32>, epi: DgradEpilogue<'_, Vec<f32>>, dx: &mut Vec<f32>) -> Result<()> {
+        let (il, ol, c) = (p.input_len(), p.output_len(), p.c as usize);
+        let epi = match epi {
+            DgradEpilogue::Store => DgradEpilogue::Store,
+            DgradEpilogue::MaskInput { add, accumulate } => DgradEpilogue::MaskInput { add: add.map(|a| pre(a, il)), accumulate },
+            DgradEpilogue::BnRelu { y_prev, scale, coef } => DgradEpilogue::BnRelu { y_prev: pre(y_prev, il), scale: pre(scale, c), coef: pre(coef, 3 * c) },
+        };
+        self.pool.install(|| conv2d::cpu::dgrad(p, pre(dy, ol), pre(w, p.weight_len()), pre(x, il), epi, pre_mut(dx, il)));
+        Ok(())
+    }
+
+    fn bn_match(&self, stats: &Vec<f32>, running_mean: &Vec<f32>, running_var: &Vec<f32>, count: usize, weight: f64, coef: &mut Vec<f32>, losses: &mut Vec<f32>, slot: usize) -> Result<()> {
+        let k = running_mean.len();
+        losses[slot] = bn_match::cpu::bn_match(pre(stats, 2 * k), running_mean, pre(running_var, k), count as f64, weight, pre_mut(coef, 3 * k));
+        Ok(())
+    }
+
+    fn bn_backward(&self, n: usize, c: usize, hw: usize, dz: &Vec<f32>, y: &Vec<f32>, scale: &Vec<f32>, coef: &Vec<f32>, dy: &mut Vec<f32>) -> Result<()> {
+        let len = n * c * hw;
+        self.pool.install(|| bn_match::cpu::bn_backward(c, hw, pre(dz, len), pre(y, len), pre(scale, c), pre(coef, 3 * c), pre_mut(dy, len)));
+        Ok(())
+    }
+
+    fn maxpool_fwd(&self, p: &PoolProblem, x: &Vec<f32>, out: &mut Vec<f32>, argmax: &mut Vec<i32>) -> Result<()> {
+        let (il, ol) = (p.input_len(), p.output_len());
+        self.pool.install(|| pool::cpu::maxpool_fwd(p, pre(x, il), pre_mut(out, ol), pre_mut(argmax, ol)));
+        Ok(())
+    }
+
+    fn maxpool_bwd(&self, p: &PoolProblem, dout: &Vec<f32>, argmax: &Vec<i32>, dx: &mut Vec<f32>) -> Result<()> {
+        let (il, ol) = (p.input_len(), p.output_len());
+        self.pool.install(|| pool::cpu::maxpool_bwd(p, pre(dout, ol), pre(argmax, ol), pre_mut(dx, il)));
+        Ok(())
+    }
+
+    fn avgpool_fwd(&self, nc: usize, hw: usize, x: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+        self.pool.install(|| pool::cpu::avgpool_fwd(hw, pre(x, nc * hw), pre_mut(out, nc)));
+        Ok(())
+    }
+
+    fn avgpool_bwd(&self, nc: usize, hw: usize, dout: &Vec<f32>, x: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
+        self.pool.install(|| pool::cpu::avgpool_bwd(hw, pre(dout, nc), pre(x, nc * hw), pre_mut(dx, nc * hw)));
+        Ok(())
+    }
+
+    fn linear_fwd(&self, n: usize, in_f: usize, out_f: usize, x: &Vec<f32>, w: &Vec<f32>, b: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+        self.pool.install(|| linear::cpu::fwd(n, in_f, out_f, pre(x, n * in_f), pre(w, in_f * out_f), pre(b, out_f), pre_mut(y, n * out_f)));
+        Ok(())
+    }
+
+    fn linear_bwd_data(&self, n: usize, in_f: usize, out_f: usize, dy: &Vec<f32>, w: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
+        self.pool.install(|| linear::cpu::bwd_data(n, in_f, out_f, pre(dy, n * out_f), pre(w, in_f * out_f), pre_mut(dx, n * in_f)));
+        Ok(())
+    }
+
+    fn softmax_ce(&self, n: usize, classes: usize, logits: &Vec<f32>, targets: &Vec<i32>, dlogits: &mut Vec<f32>, losses: &mut Vec<f32>, slot: usize) -> Result<()> {
+        let targets = pre(targets, n);
+        if let Some(t) = targets.iter().find(|&&t| t < 0 || t as usize >= classes) {
+            return Err(Error::input("targets", format!("class {t} is outside 0..{classes}")));
+        }
+        losses[slot] = softmax_ce::cpu::softmax_ce(n, classes, pre(logits, n * classes), targets, pre_mut(dlogits, n * classes));
+        Ok(())
+    }
+
+    fn crop_resize_fwd(&self, p: &CropResizeProblem, params: &Vec<i32>, x: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+        let (n, len) = (p.n as usize, p.len());
+        self.pool.install(|| crop_resize::cpu::fwd(p, crop_params(params, n), pre(x, len), pre_mut(out, len)));
+        Ok(())
+    }
+
+    fn crop_resize_bwd(&self, p: &CropResizeProblem, params: &Vec<i32>, dout: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
+        let (n, len) = (p.n as usize, p.len());
+        self.pool.install(|| crop_resize::cpu::bwd(p, crop_params(params, n), pre(dout, len), pre_mut(dx, len)));
+        Ok(())
+    }
+
+    fn adam_clip(&self, n: usize, c: usize, hw: usize, scalars: &Vec<f32>, x: &mut Vec<f32>, g: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, lo: &Vec<f32>, hi: &Vec<f32>) -> Result<()> {
+        let s = AdamScalars::from_slice(scalars);
+        let len = n * c * hw;
+        self.pool.install(|| adam::cpu::adam_clip(c, hw, &s, pre_mut(x, len), pre(g, len), pre_mut(m, len), pre_mut(v, len), pre(lo, c), pre(hi, c)));
+        Ok(())
+    }
+}

@@ -1,0 +1,47 @@
+//! Errors as values: every failure names the file, tensor, shape or option involved.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+
+    #[error("{path} is not a valid safetensors file: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+
+    #[error("weights {path}: {message}")]
+    Weights { path: PathBuf, message: String },
+
+    #[error("input {what}: {message}")]
+    Input { what: String, message: String },
+
+    #[error("invalid option: {0}")]
+    Option(String),
+
+    #[error("cannot write {path}: {message}")]
+    Output { path: PathBuf, message: String },
+
+    #[error("CUDA: {0}")]
+    Cuda(String),
+
+    #[error("numerical failure: {0}")]
+    Numeric(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io { path: path.into(), source }
+    }
+    pub fn weights(path: impl Into<PathBuf>, message: impl Into<String>) -> Error {
+        Error::Weights { path: path.into(), message: message.into() }
+    }
+    pub fn output(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Error {
+        Error::Output { path: path.into(), message: message.to_string() }
+    }
+    pub fn input(what: impl Into<String>, message: impl Into<String>) -> Error {
+        Error::Input { what: what.into(), message: message.into() }
+    }
+}

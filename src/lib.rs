@@ -1,0 +1,16 @@
+//! cda-engine: dataset distillation with CDA (curriculum data synthesis on SRe2L's recover) on a
+//! native CPU backend and hand-written CUDA kernels, without a deep-learning framework.
+//!
+//! Map: `model` (ResNet from safetensors) -> `net` (executor over a `backend`) -> `ops` (one folder per
+//! op, CPU halves; CUDA halves in kernels/*.cu) -> `recover` (the CDA loop).
+
+pub mod backend;
+pub mod error;
+pub mod io;
+pub mod kernels;
+pub mod model;
+pub mod net;
+pub mod ops;
+pub mod weights;
+
+pub use error::{Error, Result};

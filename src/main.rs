@@ -1,0 +1,171 @@
+//! The `cda-engine` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use cda_engine::backend::cpu::{cpu_features, CpuBackend};
+use cda_engine::backend::{cuda_probe, Backend};
+use cda_engine::error::{Error, Result};
+use cda_engine::model::{BlockKind, ResNet};
+use cda_engine::net::Net;
+use cda_engine::weights::{read_tensor_file, write_tensor_file, Tensor};
+use cda_engine::kernels;
+
+#[derive(Parser)]
+#[command(name = "cda-engine", version, about = "Dataset distillation with CDA on CPU and CUDA")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Device {
+    /// A GPU when one is usable, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Describe a ResNet safetensors file: stem, blocks, widths, classes, parameters, BN layers.
+    Inspect {
+        weights: PathBuf,
+    },
+    /// Eval-mode forward: logits and every BN layer's input mean and biased variance.
+    Forward {
+        #[arg(long)]
+        weights: PathBuf,
+        /// safetensors with tensor `input` (N C H W, float32, normalised).
+        #[arg(long)]
+        input: PathBuf,
+        /// safetensors to write: `logits`, `bn.{l}.mean`, `bn.{l}.var` (l in module order).
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long, value_enum, default_value_t = Device::Cpu)]
+        device: Device,
+        /// CPU threads (0 = all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// What this machine and binary can do: CPU features, embedded GPU kernels, CUDA driver and GPUs.
+    Doctor,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect { weights } => inspect(&weights),
+        Command::Forward { weights, input, output, device, threads } => forward(&weights, &input, &output, device, threads),
+        Command::Doctor => {
+            doctor();
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn inspect(path: &PathBuf) -> Result<()> {
+    let m = ResNet::load(path)?;
+    println!("file        {}", path.display());
+    println!("arch        {} ({} blocks, {} stem)", m.arch_name(), if m.block == BlockKind::Basic { "BasicBlock" } else { "Bottleneck" }, m.stem.name());
+    println!("input       {} channels", m.in_channels);
+    println!("classes     {}", m.num_classes);
+    println!("stem        conv {}x{} stride {} -> {} channels{}", m.stem_conv.geom.r, m.stem_conv.geom.s, m.stem_conv.geom.stride, m.stem_conv.geom.k, if m.stem == cda_engine::model::Stem::ImageNet { ", max pool 3x3/2" } else { "" });
+    println!("stages      blocks {:?}, widths {:?}", m.stage_blocks, m.stage_widths);
+    println!("features    {}", m.feat_dim);
+    println!("parameters  {}", m.parameter_count());
+    println!("bn layers   {}", m.num_bn_layers());
+    let fmt = |v: &Option<Vec<f32>>| v.as_ref().map(|v| format!("{v:?}")).unwrap_or_else(|| "not in file".into());
+    println!("mean        {}", fmt(&m.mean));
+    println!("std         {}", fmt(&m.std));
+    for c in m.conv_bns() {
+        println!("  bn {:>3}  {:<24} {:>5} channels  (conv {}: {}x{}x{}x{}, stride {})", c.bn.index, c.bn.name, c.bn.channels(), c.name, c.geom.k, c.geom.c, c.geom.r, c.geom.s, c.geom.stride);
+    }
+    let mut keys: Vec<_> = m.metadata.iter().collect();
+    keys.sort();
+    for (k, v) in keys {
+        println!("meta        {k} = {v}");
+    }
+    Ok(())
+}
+
+fn forward(weights: &PathBuf, input: &PathBuf, output: &PathBuf, device: Device, threads: usize) -> Result<()> {
+    if device == Device::Cuda {
+        return Err(Error::Cuda("the CUDA backend does not run `forward` yet; use --device cpu".into()));
+    }
+    let model = ResNet::load(weights)?;
+    let file = read_tensor_file(input)?;
+    let x = file.tensors.get("input").ok_or_else(|| Error::input(input.display().to_string(), "no tensor named `input`"))?;
+    if x.shape.len() != 4 || x.shape[1] != model.in_channels {
+        return Err(Error::input(
+            input.display().to_string(),
+            format!("tensor `input` has shape {:?}; expected [N, {}, H, W]", x.shape, model.in_channels),
+        ));
+    }
+    let (n, h, w) = (x.shape[0], x.shape[2], x.shape[3]);
+    let backend = CpuBackend::new(threads)?;
+    let mut net = Net::new(&backend, &model, n, h, w)?;
+    let mut xb = backend.alloc(x.data.len())?;
+    backend.upload(&x.data, &mut xb)?;
+    net.forward(&backend, &xb)?;
+    let mut logits = vec![0.0; n * model.num_classes];
+    backend.download(&net.logits, &mut logits)?;
+    let mut out: Vec<(String, Tensor)> = vec![("logits".into(), Tensor::new(vec![n, model.num_classes], logits))];
+    for l in 0..net.num_bn_layers() {
+        let k = net.bn_channels(l);
+        let mut s = vec![0.0; 2 * k];
+        backend.download(net.bn_stats(l), &mut s)?;
+        out.push((format!("bn.{l}.mean"), Tensor::new(vec![k], s[..k].to_vec())));
+        out.push((format!("bn.{l}.var"), Tensor::new(vec![k], s[k..].to_vec())));
+    }
+    let refs: Vec<(String, &Tensor)> = out.iter().map(|(k, t)| (k.clone(), t)).collect();
+    write_tensor_file(output, &refs, None)?;
+    eprintln!("wrote {} ({} images, {} BN layers)", output.display(), n, net.num_bn_layers());
+    Ok(())
+}
+
+fn doctor() {
+    println!("cda-engine {}", env!("CARGO_PKG_VERSION"));
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("cpu         {cores} threads; SIMD: {}", cpu_features().join(", "));
+    println!("            the CPU backend always works (`--device cpu`)");
+    match kernels::NVRTC_VERSION {
+        Some((major, minor)) => println!(
+            "kernels     {} modules compiled at build time by NVRTC {major}.{minor} to PTX {} ({})",
+            kernels::KERNEL_MODULES.len(),
+            kernels::PTX_ARCH,
+            kernels::KERNEL_MODULES.iter().map(|m| format!("{}{}", m.name, if m.ptx.is_some() { "" } else { " MISSING" })).collect::<Vec<_>>().join(", ")
+        ),
+        None => println!("kernels     none: {}", kernels::HOW_TO_GET_PTX),
+    }
+    match cuda_probe::probe() {
+        Ok(info) => {
+            println!("driver      CUDA {}.{}", info.cuda_version.0, info.cuda_version.1);
+            if info.gpus.is_empty() {
+                println!("gpus        none visible (check CUDA_VISIBLE_DEVICES)");
+            }
+            for g in info.gpus {
+                let ok = g.compute_capability.0 >= 8;
+                println!(
+                    "gpu {}       {} (sm_{}{}, {:.1} GiB){}",
+                    g.ordinal,
+                    g.name,
+                    g.compute_capability.0,
+                    g.compute_capability.1,
+                    g.memory_bytes as f64 / (1u64 << 30) as f64,
+                    if ok { "" } else { ": unsupported, the kernels need sm_80 (Ampere) or newer" }
+                );
+            }
+        }
+        Err(why) => println!("gpu         none: {why}"),
+    }
+}

@@ -1,0 +1,13 @@
+//! Every op of the recover iteration, one folder each (dfdx style): `mod.rs` holds the math, the
+//! parameter struct shared with the kernel and the docs; `cpu.rs` the CPU twin. The CUDA kernel of op
+//! `foo` lives in `kernels/foo.cu` and is launched from `src/backend/cuda.rs`.
+
+pub mod adam;
+pub mod bn_match;
+pub mod conv2d;
+pub mod crop_resize;
+pub mod gemm;
+pub mod linear;
+pub mod par;
+pub mod pool;
+pub mod softmax_ce;
