@@ -11,6 +11,7 @@ pub mod kernels;
 pub mod model;
 pub mod net;
 pub mod ops;
+pub mod recover;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -8,7 +8,7 @@ use crate::ops::adam::AdamScalars;
 use crate::ops::conv2d::{BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
 use crate::ops::crop_resize::{CropParams, CropResizeProblem};
 use crate::ops::pool::PoolProblem;
-use crate::ops::{adam, bn_match, conv2d, crop_resize, linear, pool, softmax_ce};
+use crate::ops::{adam, bn_match, conv2d, crop_resize, image_prior, linear, pool, softmax_ce};
 
 pub struct CpuBackend {
     pool: Arc<rayon::ThreadPool>,
@@ -196,6 +196,15 @@ impl Backend for CpuBackend {
     fn crop_resize_bwd(&self, p: &CropResizeProblem, params: &Vec<i32>, dout: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
         let (n, len) = (p.n as usize, p.len());
         self.pool.install(|| crop_resize::cpu::bwd(p, crop_params(params, n), pre(dout, len), pre_mut(dx, len)));
+        Ok(())
+    }
+
+    fn image_prior(&self, n: usize, c: usize, h: usize, w: usize, x: &Vec<f32>, tv_l2: f64, l2_scale: f64, grad: &mut Vec<f32>) -> Result<f64> {
+        let len = n * c * h * w;
+        Ok(image_prior::cpu::image_prior(n, c, h, w, pre(x, len), tv_l2, l2_scale, pre_mut(grad, len)))
+    }
+
+    fn check_image_prior_support(&self) -> Result<()> {
         Ok(())
     }
 

@@ -53,5 +53,15 @@ pub trait Backend: Send + Sync {
     fn crop_resize_bwd(&self, p: &CropResizeProblem, params: &Self::IntBuf, dout: &Self::Buf, dx: &mut Self::Buf) -> Result<()>;
     /// One Adam step on x (N C hw) with `scalars` (`AdamScalars`), then x[:, c] = clamp(x, lo[c], hi[c]).
     #[allow(clippy::too_many_arguments)]
+    /// SRe2L's optional image priors on x (N C H W): adds tv_l2 * d(TV-L2)/dx + l2_scale * d(mean_n ||x_n||)/dx
+    /// to `grad` and returns tv_l2 * TV-L2 + l2_scale * L2 (waits for the device). See `ops::image_prior`.
+    #[allow(clippy::too_many_arguments)]
+    fn image_prior(&self, _n: usize, _c: usize, _h: usize, _w: usize, _x: &Self::Buf, _tv_l2: f64, _l2_scale: f64, _grad: &mut Self::Buf) -> Result<f64> {
+        Err(crate::error::Error::Option(format!("image priors (--tv-l2, --l2-scale) are not implemented on {}", self.describe())))
+    }
+    /// Ok when `image_prior` is implemented.
+    fn check_image_prior_support(&self) -> Result<()> {
+        Err(crate::error::Error::Option(format!("image priors (--tv-l2, --l2-scale) are not implemented on {}", self.describe())))
+    }
     fn adam_clip(&self, n: usize, c: usize, hw: usize, scalars: &Self::Buf, x: &mut Self::Buf, g: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, lo: &Self::Buf, hi: &Self::Buf) -> Result<()>;
 }

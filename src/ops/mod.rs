@@ -7,6 +7,7 @@ pub mod bn_match;
 pub mod conv2d;
 pub mod crop_resize;
 pub mod gemm;
+pub mod image_prior;
 pub mod linear;
 pub mod par;
 pub mod pool;

@@ -1,0 +1,362 @@
+//! Recover: the CDA synthesis loop (algorithm.md section 2), generic over the backend.
+//!
+//! Per batch (a chunk of classes, one image each, optionally several IPC indices): x ~ N(0, 1), fresh
+//! Adam (betas 0.5/0.9, eps 1e-8), and for t in 0..T: cosine lr, curriculum crop bound, one sampled
+//! RandomResizedCrop + flip + roll (shared by the batch unless per-image), forward, loss
+//! CE + r_bn * sum_l w_l (||rv - var|| + ||rm - mean||), backward to x, Adam step, clip.
+
+pub mod augment;
+pub mod output;
+pub mod presets;
+pub mod run;
+pub mod schedule;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::model::ResNet;
+use crate::net::Net;
+use crate::ops::adam::AdamScalars;
+use crate::ops::crop_resize::{CropParams, CropResizeProblem};
+use augment::AugmentSpec;
+use schedule::Curriculum;
+
+/// How images are kept in range after each step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClipMode {
+    /// Per channel c: clamp to [-m_c / s_c, (1 - m_c) / s_c] (pixel range [0, 1] in normalised space).
+    Normalized { mean: Vec<f32>, std: Vec<f32> },
+    /// Teacher without input normalisation (ImageNet-21K): clamp to [0, 1].
+    Unit,
+}
+
+impl ClipMode {
+    /// Per-channel (lo, hi), computed in f64 like the official numpy code, then cast.
+    pub fn bounds(&self, channels: usize) -> (Vec<f32>, Vec<f32>) {
+        match self {
+            ClipMode::Normalized { mean, std } => (
+                mean.iter().zip(std).map(|(&m, &s)| (-(m as f64) / s as f64) as f32).collect(),
+                mean.iter().zip(std).map(|(&m, &s)| ((1.0 - m as f64) / s as f64) as f32).collect(),
+            ),
+            ClipMode::Unit => (vec![0.0; channels], vec![1.0; channels]),
+        }
+    }
+
+    /// Pixel value in [0, 1] of a normalised value: clamp(x * s + m, 0, 1) in f32 (the official denormalize).
+    pub fn to_unit(&self, channel: usize, x: f32) -> f32 {
+        match self {
+            ClipMode::Normalized { mean, std } => (x * std[channel] + mean[channel]).clamp(0.0, 1.0),
+            ClipMode::Unit => x.clamp(0.0, 1.0),
+        }
+    }
+
+    /// The inverse: the normalised value of pixel value u in [0, 1].
+    pub fn from_unit(&self, channel: usize, u: f32) -> f32 {
+        match self {
+            ClipMode::Normalized { mean, std } => (u - mean[channel]) / std[channel],
+            ClipMode::Unit => u,
+        }
+    }
+}
+
+/// Hyper-parameters of one batch's optimisation (the official flags).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecoverConfig {
+    pub iterations: usize,
+    pub lr: f64,
+    pub r_bn: f64,
+    pub first_bn_multiplier: f64,
+    pub jitter: usize,
+    /// RandomResizedCrop on (with the curriculum) or off (roll only, SRe2L CIFAR).
+    pub crop: bool,
+    pub flip: bool,
+    pub easy2hard_mode: Curriculum,
+    /// Fraction of the iterations the curriculum spans; 0 = plain SRe2L.
+    pub milestone: f64,
+    /// Hard-to-easy ablation (the crop bound rises instead of falling).
+    pub reverse_curriculum: bool,
+    /// One augmentation per image instead of one per batch.
+    pub per_image_augment: bool,
+    /// SRe2L's optional image priors on the augmented batch: total variation (L2) and image L2 norm.
+    pub tv_l2: f64,
+    pub l2_scale: f64,
+    pub clip: ClipMode,
+    pub adam_betas: (f64, f64),
+    pub adam_eps: f64,
+}
+
+impl RecoverConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Option(m));
+        if self.iterations == 0 {
+            return bad("--iteration must be at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("--lr must be positive, got {}", self.lr));
+        }
+        if !(self.r_bn.is_finite() && self.r_bn >= 0.0) {
+            return bad(format!("--r-bn must be >= 0, got {}", self.r_bn));
+        }
+        if !(self.first_bn_multiplier.is_finite() && self.first_bn_multiplier >= 0.0) {
+            return bad(format!("--first-bn-multiplier must be >= 0, got {}", self.first_bn_multiplier));
+        }
+        if !(0.0..=1.0).contains(&self.milestone) {
+            return bad(format!("--milestone must be in [0, 1], got {}", self.milestone));
+        }
+        if !(self.tv_l2 >= 0.0 && self.l2_scale >= 0.0) {
+            return bad("--tv-l2 and --l2-scale must be >= 0".into());
+        }
+        Ok(())
+    }
+
+    fn augment(&self) -> AugmentSpec {
+        AugmentSpec { crop: self.crop, flip: self.flip, jitter: self.jitter }
+    }
+}
+
+/// Loss parts at one iteration. `bn` is sum_l w_l r_l without r_bn; total = ce + r_bn * bn (+ priors).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LossPoint {
+    pub iteration: usize,
+    pub ce: f32,
+    pub bn: f32,
+    pub total: f32,
+    pub min_crop: f32,
+    pub lr: f32,
+}
+
+/// What one batch's optimisation produced.
+#[derive(Clone, Debug)]
+pub struct BatchOutcome {
+    /// Final images, N C H W, normalised space.
+    pub images: Vec<f32>,
+    /// Losses every `log_every` iterations and at the last one.
+    pub trace: Vec<LossPoint>,
+    /// Teacher top-1 (%) on the final images after the official uint8 quantisation.
+    pub teacher_top1: f32,
+    /// Per BN layer: unweighted r_l at the first and at the last iteration.
+    pub bn_layers_first: Vec<f32>,
+    pub bn_layers_last: Vec<f32>,
+}
+
+/// One batch's state on the backend: the teacher's executor plus images, Adam moments and scratch.
+pub struct Recoverer<'a, B: Backend> {
+    backend: &'a B,
+    pub net: Net<B>,
+    cfg: RecoverConfig,
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    x: B::Buf,
+    x_aug: B::Buf,
+    g_aug: B::Buf,
+    g_x: B::Buf,
+    m: B::Buf,
+    v: B::Buf,
+    params: B::IntBuf,
+    scalars: B::Buf,
+    lo: B::Buf,
+    hi: B::Buf,
+    /// r_bn * w_l per BN layer, and the w_l alone (first_bn_multiplier for l = 0, else 1).
+    bn_weights: Vec<f64>,
+    bn_mult: Vec<f64>,
+    losses_host: Vec<f32>,
+    pub log_every: usize,
+}
+
+impl<'a, B: Backend> Recoverer<'a, B> {
+    pub fn new(backend: &'a B, model: &ResNet, cfg: &RecoverConfig, n: usize, h: usize, w: usize) -> Result<Recoverer<'a, B>> {
+        cfg.validate()?;
+        let c = model.in_channels;
+        if let ClipMode::Normalized { mean, std } = &cfg.clip {
+            if mean.len() != c || std.len() != c {
+                return Err(Error::Option(format!("mean/std have {}/{} values; the teacher has {c} input channels", mean.len(), std.len())));
+            }
+        }
+        if cfg.jitter >= h.min(w) {
+            return Err(Error::Option(format!("--jitter {} must be smaller than the image size {h}x{w}", cfg.jitter)));
+        }
+        if cfg.tv_l2 > 0.0 || cfg.l2_scale > 0.0 {
+            backend.check_image_prior_support()?;
+        }
+        let net = Net::new(backend, model, n, h, w)?;
+        let len = n * c * h * w;
+        let (lo_h, hi_h) = cfg.clip.bounds(c);
+        let mut lo = backend.alloc(c)?;
+        let mut hi = backend.alloc(c)?;
+        backend.upload(&lo_h, &mut lo)?;
+        backend.upload(&hi_h, &mut hi)?;
+        let layers = net.num_bn_layers();
+        let bn_mult: Vec<f64> = (0..layers).map(|l| if l == 0 { cfg.first_bn_multiplier } else { 1.0 }).collect();
+        let bn_weights = bn_mult.iter().map(|m| cfg.r_bn * m).collect();
+        Ok(Recoverer {
+            backend,
+            cfg: cfg.clone(),
+            n,
+            c,
+            h,
+            w,
+            x: backend.alloc(len)?,
+            x_aug: backend.alloc(len)?,
+            g_aug: backend.alloc(len)?,
+            g_x: backend.alloc(len)?,
+            m: backend.alloc(len)?,
+            v: backend.alloc(len)?,
+            params: backend.alloc_int(8 * n)?,
+            scalars: backend.alloc(AdamScalars::LEN)?,
+            lo,
+            hi,
+            bn_weights,
+            bn_mult,
+            losses_host: vec![0.0; 1 + layers],
+            log_every: 50,
+            net,
+        })
+    }
+
+    pub fn batch_len(&self) -> usize {
+        self.n
+    }
+
+    /// Starts a batch: images from `init` (N C H W, normalised), zero Adam moments, the targets.
+    pub fn reset(&mut self, init: &[f32], targets: &[i32]) -> Result<()> {
+        let b = self.backend;
+        b.upload(init, &mut self.x)?;
+        let zeros = vec![0.0; init.len()];
+        b.upload(&zeros, &mut self.m)?;
+        b.upload(&zeros, &mut self.v)?;
+        self.net.set_targets(b, targets)
+    }
+
+    /// Replaces the images, keeping the Adam moments (tests replay a reference trajectory).
+    pub fn set_images(&mut self, x: &[f32]) -> Result<()> {
+        self.backend.upload(x, &mut self.x)
+    }
+
+    /// One iteration (0-based t) with the given augmentation; returns the losses if `want_losses`.
+    pub fn step(&mut self, t: usize, aug: &[CropParams], want_losses: bool) -> Result<Option<LossPoint>> {
+        let b = self.backend;
+        let cfg = &self.cfg;
+        let lr = schedule::cosine_lr(cfg.lr, t, cfg.iterations);
+        let problem = CropResizeProblem { n: self.n as i32, c: self.c as i32, h: self.h as i32, w: self.w as i32 };
+        b.upload_int(&CropParams::flatten(aug), &mut self.params)?;
+        b.crop_resize_fwd(&problem, &self.params, &self.x, &mut self.x_aug)?;
+        self.net.forward(b, &self.x_aug)?;
+        self.net.losses(b, &self.bn_weights)?;
+        self.net.backward(b, &self.x_aug, &mut self.g_aug)?;
+        let prior = if cfg.tv_l2 > 0.0 || cfg.l2_scale > 0.0 {
+            b.image_prior(self.n, self.c, self.h, self.w, &self.x_aug, cfg.tv_l2, cfg.l2_scale, &mut self.g_aug)?
+        } else {
+            0.0
+        };
+        b.crop_resize_bwd(&problem, &self.params, &self.g_aug, &mut self.g_x)?;
+        let (beta1, beta2) = cfg.adam_betas;
+        let scalars = AdamScalars::new(lr, beta1, beta2, cfg.adam_eps, (t + 1) as u32).to_array();
+        b.upload(&scalars, &mut self.scalars)?;
+        b.adam_clip(self.n, self.c, self.h * self.w, &self.scalars, &mut self.x, &self.g_x, &mut self.m, &mut self.v, &self.lo, &self.hi)?;
+        if !want_losses {
+            return Ok(None);
+        }
+        b.download(&self.net.losses, &mut self.losses_host)?;
+        let ce = self.losses_host[0];
+        let bn: f64 = self.losses_host[1..].iter().zip(&self.bn_mult).map(|(&r, &w)| r as f64 * w).sum();
+        let total = ce as f64 + cfg.r_bn * bn + prior;
+        if !total.is_finite() {
+            return Err(Error::Numeric(format!(
+                "the loss became {total} at iteration {t} (ce {ce}, bn {bn}); try a smaller --lr"
+            )));
+        }
+        Ok(Some(LossPoint { iteration: t, ce, bn: bn as f32, total: total as f32, min_crop: 0.0, lr: lr as f32 }))
+    }
+
+    /// Unweighted r_l of every BN layer from the last `step` that returned losses.
+    pub fn bn_layer_losses(&self) -> &[f32] {
+        &self.losses_host[1..]
+    }
+
+    pub fn images(&self) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; self.n * self.c * self.h * self.w];
+        self.backend.download(&self.x, &mut out)?;
+        Ok(out)
+    }
+
+    /// The input gradient of the last step (before Adam), for tests.
+    pub fn last_gradient(&self) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; self.n * self.c * self.h * self.w];
+        self.backend.download(&self.g_x, &mut out)?;
+        Ok(out)
+    }
+
+    /// Runs all iterations from noise drawn from `rng`; `on_log` sees each logged loss point.
+    pub fn run_batch(&mut self, targets: &[i32], rng: &mut StdRng, mut on_log: impl FnMut(&LossPoint)) -> Result<BatchOutcome> {
+        let len = self.n * self.c * self.h * self.w;
+        let init: Vec<f32> = (0..len).map(|_| StandardNormal.sample(rng)).collect();
+        self.reset(&init, targets)?;
+        let cfg = self.cfg.clone();
+        let spec = cfg.augment();
+        let mut trace = Vec::new();
+        let mut first_layers = Vec::new();
+        for t in 0..cfg.iterations {
+            let min_crop = schedule::min_crop_scale(cfg.easy2hard_mode, cfg.milestone, t, cfg.iterations, cfg.reverse_curriculum);
+            let aug = augment::sample_batch(rng, &spec, self.n, self.h, self.w, min_crop, cfg.per_image_augment);
+            let want = t == 0 || t + 1 == cfg.iterations || (t + 1) % self.log_every == 0;
+            if let Some(mut point) = self.step(t, &aug, want)? {
+                point.min_crop = min_crop as f32;
+                if t == 0 {
+                    first_layers = self.bn_layer_losses().to_vec();
+                }
+                on_log(&point);
+                trace.push(point);
+            }
+        }
+        let last_layers = self.bn_layer_losses().to_vec();
+        let images = self.images()?;
+        let teacher_top1 = self.top1_quantized(&images, targets)?;
+        Ok(BatchOutcome { images, trace, teacher_top1, bn_layers_first: first_layers, bn_layers_last: last_layers })
+    }
+
+    /// Teacher top-1 (%) on `images` after the saved-file quantisation (uint8, truncation).
+    pub fn top1_quantized(&mut self, images: &[f32], targets: &[i32]) -> Result<f32> {
+        let hw = self.h * self.w;
+        let q: Vec<f32> = images
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let ch = (i / hw) % self.c;
+                let u = output::quantize(self.cfg.clip.to_unit(ch, v));
+                self.cfg.clip.from_unit(ch, u as f32 / 255.0)
+            })
+            .collect();
+        self.backend.upload(&q, &mut self.x_aug)?;
+        self.net.forward(self.backend, &self.x_aug)?;
+        let classes = self.net.classes;
+        let mut logits = vec![0.0; self.n * classes];
+        self.backend.download(&self.net.logits, &mut logits)?;
+        let correct = logits
+            .chunks(classes)
+            .zip(targets)
+            .filter(|(row, &t)| argmax(row) == t as usize)
+            .count();
+        Ok(100.0 * correct as f32 / self.n as f32)
+    }
+}
+
+pub fn argmax(row: &[f32]) -> usize {
+    row.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) }).0
+}
+
+/// A seed for one batch derived from the run seed and the batch's first (ipc, class), so a resumed
+/// or partial run produces the same images as a full one.
+pub fn batch_rng(seed: u64, ipc: usize, first_class: usize) -> StdRng {
+    // splitmix64 of the three numbers
+    let mut z = seed ^ (ipc as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (first_class as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    StdRng::seed_from_u64(z ^ (z >> 31))
+}

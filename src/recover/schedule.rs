@@ -1,0 +1,80 @@
+//! The recover schedules: cosine learning rate and the CDA crop-scale curriculum.
+
+use serde::{Deserialize, Serialize};
+
+/// Learning rate at iteration t of T, set before the step (SRe2L's `lr_cosine_policy`, no warm-up).
+pub fn cosine_lr(base_lr: f64, t: usize, total: usize) -> f64 {
+    0.5 * (1.0 + (std::f64::consts::PI * t as f64 / total as f64).cos()) * base_lr
+}
+
+/// How the lower bound of RandomResizedCrop's scale moves from 1.0 to `MIN_SCALE` (CDA's easy2hard-mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Curriculum {
+    /// Whole images until the milestone, then (0.08, 1).
+    Step,
+    /// Linear decrease over the milestone window.
+    Linear,
+    /// Cosine decrease over the milestone window (the official setting).
+    Cosine,
+}
+
+/// RandomResizedCrop's default lower scale bound, where every curriculum ends.
+pub const MIN_SCALE: f64 = 0.08;
+pub const MAX_SCALE: f64 = 1.0;
+
+/// Lower crop-scale bound at iteration t of T (CDA, recover_cda_*.py). `milestone` = 0 is plain SRe2L.
+/// `reverse` is the hard-to-easy ablation: the bound mirrored, 1.08 - bound, so it rises from 0.08 to 1.
+pub fn min_crop_scale(mode: Curriculum, milestone: f64, t: usize, total: usize, reverse: bool) -> f64 {
+    let window = milestone * total as f64;
+    let t = t as f64;
+    let easy_to_hard = if t < window {
+        match mode {
+            Curriculum::Step => 1.0,
+            Curriculum::Linear => MIN_SCALE + (1.0 - MIN_SCALE) * (1.0 - t / window),
+            Curriculum::Cosine => MIN_SCALE + (1.0 - MIN_SCALE) * (1.0 + (std::f64::consts::PI * t / window).cos()) / 2.0,
+        }
+    } else {
+        MIN_SCALE
+    };
+    if reverse {
+        MIN_SCALE + MAX_SCALE - easy_to_hard
+    } else {
+        easy_to_hard
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lr_follows_the_official_cosine() {
+        // lr_cosine_policy(0.25, 0, 4000): 0.5 * (1 + cos(pi * e / 4000)) * 0.25
+        assert_eq!(cosine_lr(0.25, 0, 4000), 0.25);
+        assert!((cosine_lr(0.25, 2000, 4000) - 0.125).abs() < 1e-15);
+        assert!((cosine_lr(0.25, 1000, 4000) - 0.5 * (1.0 + (std::f64::consts::FRAC_PI_4).cos()) * 0.25).abs() < 1e-15);
+        assert!(cosine_lr(0.25, 3999, 4000) > 0.0);
+    }
+
+    #[test]
+    fn curricula_match_recover_cda() {
+        let (t_total, m) = (1000, 0.5);
+        // before the milestone window ends
+        assert_eq!(min_crop_scale(Curriculum::Step, m, 0, t_total, false), 1.0);
+        assert_eq!(min_crop_scale(Curriculum::Step, m, 499, t_total, false), 1.0);
+        assert_eq!(min_crop_scale(Curriculum::Linear, m, 0, t_total, false), 1.0);
+        assert!((min_crop_scale(Curriculum::Linear, m, 250, t_total, false) - (0.08 + 0.92 * 0.5)).abs() < 1e-12);
+        assert!((min_crop_scale(Curriculum::Cosine, m, 250, t_total, false) - (0.08 + 0.92 * 0.5)).abs() < 1e-12);
+        assert!((min_crop_scale(Curriculum::Cosine, m, 125, t_total, false) - (0.08 + 0.92 * (1.0 + (0.25 * std::f64::consts::PI).cos()) / 2.0)).abs() < 1e-12);
+        // after it, and milestone 0 (SRe2L)
+        for mode in [Curriculum::Step, Curriculum::Linear, Curriculum::Cosine] {
+            assert_eq!(min_crop_scale(mode, m, 500, t_total, false), 0.08);
+            assert_eq!(min_crop_scale(mode, 0.0, 0, t_total, false), 0.08);
+        }
+        // reverse mirrors the bound
+        assert!((min_crop_scale(Curriculum::Cosine, 1.0, 0, t_total, true) - 0.08).abs() < 1e-12);
+        assert!((min_crop_scale(Curriculum::Cosine, 1.0, 999, t_total, true) - 1.0).abs() < 1e-4);
+        assert_eq!(min_crop_scale(Curriculum::Step, 0.5, 600, t_total, true), 1.0);
+    }
+}
