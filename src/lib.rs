@@ -5,6 +5,8 @@
 //! op, CPU halves; CUDA halves in kernels/*.cu) -> `recover` (the CDA loop).
 
 pub mod backend;
+pub mod bench;
+pub mod default_teacher;
 pub mod error;
 pub mod io;
 pub mod kernels;

@@ -12,6 +12,7 @@ use cda_engine::model::{BlockKind, ResNet};
 use cda_engine::net::Net;
 use cda_engine::weights::{read_tensor_file, write_tensor_file, Tensor};
 use cda_engine::kernels;
+use cda_engine::recover::cli::RunArgs;
 
 #[derive(Parser)]
 #[command(name = "cda-engine", version, about = "Dataset distillation with CDA on CPU and CUDA")]
@@ -50,6 +51,73 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+    /// Distil a dataset: the CDA recover loop over classes and IPC, writing an ImageFolder.
+    Run {
+        #[command(flatten)]
+        args: RunArgs,
+        #[arg(long, value_enum, default_value_t = Device::Auto)]
+        device: Device,
+        /// CPU threads (0 = all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// No progress bar (one line per batch instead).
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Teacher top-1 on an ImageFolder of images (e.g. the output of `run`), read back from the files.
+    Evaluate {
+        /// Default: the shipped Fashion-MNIST teacher.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        #[arg(long)]
+        images: PathBuf,
+        #[arg(long, value_delimiter = ',')]
+        mean: Option<Vec<f32>>,
+        #[arg(long, value_delimiter = ',')]
+        std: Option<Vec<f32>>,
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// A PNG grid of distilled images: one row block per folder, one column per class.
+    Grid {
+        /// ImageFolder(s) written by `run`.
+        #[arg(required = true)]
+        folders: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// IPC rows per folder.
+        #[arg(long, default_value_t = 1)]
+        rows: usize,
+        /// At most this many classes (columns).
+        #[arg(long, default_value_t = 10)]
+        classes: usize,
+    },
+    /// Time whole recover iterations (forward, losses, backward, Adam) on a teacher or a random ResNet.
+    /// The last stdout line is JSON: device, arch, res, batch, threads, ms_per_iter.
+    Bench {
+        /// A teacher file; default: a random-weight model from --arch/--stem/--in-channels/--classes.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        #[arg(long, default_value = "resnet18")]
+        arch: String,
+        #[arg(long, default_value = "imagenet")]
+        stem: String,
+        #[arg(long, default_value_t = 3)]
+        in_channels: usize,
+        #[arg(long, default_value_t = 1000)]
+        classes: usize,
+        #[arg(long, default_value_t = 224)]
+        res: usize,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Timed iterations (after 2 warm-up iterations).
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        #[arg(long, value_enum, default_value_t = Device::Cpu)]
+        device: Device,
+    },
     /// What this machine and binary can do: CPU features, embedded GPU kernels, CUDA driver and GPUs.
     Doctor,
 }
@@ -59,6 +127,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect { weights } => inspect(&weights),
         Command::Forward { weights, input, output, device, threads } => forward(&weights, &input, &output, device, threads),
+        Command::Run { args, device, threads, quiet } => run(&args, device, threads, quiet),
+        Command::Evaluate { weights, images, mean, std, threads } => evaluate(weights.as_deref(), &images, mean, std, threads),
+        Command::Grid { folders, out, rows, classes } => cda_engine::recover::gallery::grid(&folders, &out, rows, classes),
+        Command::Bench { weights, arch, stem, in_channels, classes, res, batch, iters, threads, device } => {
+            bench(weights.as_deref(), &arch, &stem, in_channels, classes, res, batch, iters, threads, device)
+        }
         Command::Doctor => {
             doctor();
             Ok(())
@@ -130,6 +204,70 @@ fn forward(weights: &PathBuf, input: &PathBuf, output: &PathBuf, device: Device,
     let refs: Vec<(String, &Tensor)> = out.iter().map(|(k, t)| (k.clone(), t)).collect();
     write_tensor_file(output, &refs, None)?;
     eprintln!("wrote {} ({} images, {} BN layers)", output.display(), n, net.num_bn_layers());
+    Ok(())
+}
+
+fn load_teacher(weights: Option<&std::path::Path>) -> Result<(ResNet, String)> {
+    match weights {
+        Some(p) => Ok((ResNet::load(p)?, p.display().to_string())),
+        None => Ok((cda_engine::default_teacher::load()?, cda_engine::default_teacher::DEFAULT_TEACHER_NAME.to_string())),
+    }
+}
+
+/// The CPU backend, or an explanation of why the requested GPU cannot be used.
+fn cpu_for(device: Device, threads: usize) -> Result<CpuBackend> {
+    match device {
+        Device::Cpu | Device::Auto => CpuBackend::new(threads),
+        Device::Cuda => Err(Error::Cuda(match cuda_probe::probe() {
+            Err(why) => format!("--device cuda: {why}"),
+            Ok(_) if !kernels::all_embedded() => format!("--device cuda: {}", kernels::HOW_TO_GET_PTX),
+            Ok(_) => "--device cuda: the CUDA backend does not run the recover loop in this build yet; use --device cpu".into(),
+        })),
+    }
+}
+
+fn run(args: &RunArgs, device: Device, threads: usize, quiet: bool) -> Result<()> {
+    let (model, teacher) = load_teacher(args.weights.as_deref())?;
+    let (settings, out) = cda_engine::recover::cli::settings(args, &model, &teacher)?;
+    let backend = cpu_for(device, threads)?;
+    eprintln!(
+        "teacher {} ({}, {} classes), {} on {}: {} batches of {} images, {} iterations each -> {}",
+        teacher,
+        model.arch_name(),
+        model.num_classes,
+        settings.preset.as_deref().unwrap_or("custom"),
+        backend.describe(),
+        cda_engine::recover::run::plan(&settings).len(),
+        settings.batch_size.min(settings.classes) * settings.ipc_per_batch.min(settings.ipc_end - settings.ipc_start.min(settings.ipc_end)),
+        settings.recover.iterations,
+        out.display()
+    );
+    let show = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let summary = cda_engine::recover::run::run(&backend, &model, &settings, &out, show, args.log_every)?;
+    println!("{}", serde_json::to_string(&summary).expect("summary serialises"));
+    Ok(())
+}
+
+fn evaluate(weights: Option<&std::path::Path>, images: &std::path::Path, mean: Option<Vec<f32>>, std: Option<Vec<f32>>, threads: usize) -> Result<()> {
+    let (model, _) = load_teacher(weights)?;
+    let backend = CpuBackend::new(threads)?;
+    let report = cda_engine::recover::gallery::evaluate(&backend, &model, images, mean, std)?;
+    eprintln!("{} images in {} classes: teacher top-1 {:.2}%", report.images, report.classes, report.top1);
+    println!("{}", serde_json::to_string(&report).expect("report serialises"));
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench(weights: Option<&std::path::Path>, arch: &str, stem: &str, in_channels: usize, classes: usize, res: usize, batch: usize, iters: usize, threads: usize, device: Device) -> Result<()> {
+    let stem = cda_engine::model::Stem::parse(stem).ok_or_else(|| Error::Option(format!("--stem {stem}: expected imagenet or cifar")))?;
+    if iters == 0 || batch == 0 {
+        return Err(Error::Option("--iters and --batch must be at least 1".into()));
+    }
+    let model = cda_engine::bench::bench_model(weights, arch, stem, in_channels, classes)?;
+    let backend = cpu_for(device, threads)?;
+    let r = cda_engine::bench::bench(&backend, &model, res, batch, iters, 2, backend.threads())?;
+    eprintln!("{} {} {}x{} batch {} on {}: {:.1} ms/iter ({:.1} GFLOP/s)", r.arch, r.stem, res, res, batch, r.device, r.ms_per_iter, r.gflops);
+    println!("{}", serde_json::to_string(&r).expect("result serialises"));
     Ok(())
 }
 

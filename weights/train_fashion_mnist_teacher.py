@@ -6,9 +6,9 @@ pool), widths 16/32/64/128, 1 input channel, 10 classes, for 28x28 Fashion-MNIST
 Data: the Debian package dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), normalised with
 mean 0.2860, std 0.3530; augmentation: random crop 28 with 2-pixel zero padding, horizontal flip.
 Recipe: SGD momentum 0.9 nesterov, weight decay 5e-4, batch 128, lr 0.1 with per-step cosine decay
-(one-epoch linear warm-up), EPOCHS epochs, seed 0. Reports test top-1 and writes it into the metadata.
+(one-epoch linear warm-up), --epochs (default 4), seed 0. Reports test top-1 and writes it into the metadata.
 
-    python3 weights/train_fashion_mnist_teacher.py [--epochs 8] [--threads 1]
+    python3 weights/train_fashion_mnist_teacher.py [--epochs 4] [--threads 2]
 """
 import argparse
 import gzip
@@ -73,7 +73,7 @@ def evaluate(model, x, y):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=os.path.join(HERE, "fashion_mnist_resnet18_w16.safetensors"))
     args = ap.parse_args()

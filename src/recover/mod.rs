@@ -7,6 +7,8 @@
 
 pub mod augment;
 pub mod output;
+pub mod cli;
+pub mod gallery;
 pub mod presets;
 pub mod run;
 pub mod schedule;

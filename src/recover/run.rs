@@ -144,7 +144,7 @@ pub struct RunSummary {
 }
 
 /// Runs (or resumes) a recover job into `out`.
-pub fn run<B: Backend>(backend: &B, model: &ResNet, settings: &RunSettings, out: &Path, show_progress: bool) -> Result<RunSummary> {
+pub fn run<B: Backend>(backend: &B, model: &ResNet, settings: &RunSettings, out: &Path, show_progress: bool, log_every: usize) -> Result<RunSummary> {
     validate(settings, model)?;
     std::fs::create_dir_all(out).map_err(|e| Error::output(out, e))?;
     let record_path = out.join(RECORD_FILE);
@@ -182,7 +182,9 @@ pub fn run<B: Backend>(backend: &B, model: &ResNet, settings: &RunSettings, out:
     for (bi, plan) in pending.iter().enumerate() {
         let n = plan.len();
         if !recoverers.iter().any(|(len, _)| *len == n) {
-            recoverers.push((n, Recoverer::new(backend, model, &settings.recover, n, res, res)?));
+            let mut r = Recoverer::new(backend, model, &settings.recover, n, res, res)?;
+            r.log_every = log_every.max(1);
+            recoverers.push((n, r));
         }
         let rec = &mut recoverers.iter_mut().find(|(len, _)| *len == n).unwrap().1;
         let images = plan.images();

@@ -1,0 +1,159 @@
+//! `cda-engine bench`: whole recover iterations on a teacher or a random-weight torchvision ResNet,
+//! timed after warm-up. The last stdout line is one JSON object (see [`BenchResult`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Instant;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, StandardNormal};
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::model::{ResNet, Stem};
+use crate::recover::augment::{sample_batch, AugmentSpec};
+use crate::recover::schedule::Curriculum;
+use crate::recover::{ClipMode, RecoverConfig, Recoverer};
+use crate::weights::{Tensor, TensorFile};
+
+/// torchvision layer counts and block kind of the supported architectures.
+pub fn arch_layout(arch: &str) -> Option<(bool, [usize; 4])> {
+    match arch {
+        "resnet18" => Some((false, [2, 2, 2, 2])),
+        "resnet34" => Some((false, [3, 4, 6, 3])),
+        "resnet50" => Some((true, [3, 4, 6, 3])),
+        "resnet101" => Some((true, [3, 4, 23, 3])),
+        "resnet152" => Some((true, [3, 8, 36, 3])),
+        _ => None,
+    }
+}
+
+/// A torchvision-named ResNet with random weights (He-normal convs) and plausible BN statistics.
+pub fn random_resnet(arch: &str, stem: Stem, in_channels: usize, classes: usize, width: usize, seed: u64) -> Result<ResNet> {
+    let (bottleneck, layers) = arch_layout(arch).ok_or_else(|| Error::Option(format!("unknown --arch {arch} (resnet18/34/50/101/152)")))?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut t: BTreeMap<String, Tensor> = BTreeMap::new();
+    let conv = |t: &mut BTreeMap<String, Tensor>, rng: &mut StdRng, name: &str, k: usize, c: usize, r: usize| {
+        let std = (2.0 / (k * r * r) as f32).sqrt();
+        let data = (0..k * c * r * r).map(|_| { let z: f32 = StandardNormal.sample(&mut *rng); std * z }).collect();
+        t.insert(format!("{name}.weight"), Tensor::new(vec![k, c, r, r], data));
+    };
+    let bn = |t: &mut BTreeMap<String, Tensor>, rng: &mut StdRng, name: &str, k: usize| {
+        let v = |rng: &mut StdRng, lo: f32, hi: f32| (0..k).map(|_| rng.random_range(lo..hi)).collect::<Vec<f32>>();
+        t.insert(format!("{name}.weight"), Tensor::new(vec![k], v(rng, 0.5, 1.5)));
+        t.insert(format!("{name}.bias"), Tensor::new(vec![k], v(rng, -0.2, 0.2)));
+        t.insert(format!("{name}.running_mean"), Tensor::new(vec![k], v(rng, -0.5, 0.5)));
+        t.insert(format!("{name}.running_var"), Tensor::new(vec![k], v(rng, 0.5, 2.0)));
+    };
+    let stem_k = if stem == Stem::ImageNet { 7 } else { 3 };
+    conv(&mut t, &mut rng, "conv1", width, in_channels, stem_k);
+    bn(&mut t, &mut rng, "bn1", width);
+    let expansion = if bottleneck { 4 } else { 1 };
+    let mut inplanes = width;
+    for (s, &blocks) in layers.iter().enumerate() {
+        let planes = width << s;
+        for b in 0..blocks {
+            let p = format!("layer{}.{b}", s + 1);
+            if bottleneck {
+                conv(&mut t, &mut rng, &format!("{p}.conv1"), planes, inplanes, 1);
+                conv(&mut t, &mut rng, &format!("{p}.conv2"), planes, planes, 3);
+                conv(&mut t, &mut rng, &format!("{p}.conv3"), planes * 4, planes, 1);
+                bn(&mut t, &mut rng, &format!("{p}.bn3"), planes * 4);
+            } else {
+                conv(&mut t, &mut rng, &format!("{p}.conv1"), planes, inplanes, 3);
+                conv(&mut t, &mut rng, &format!("{p}.conv2"), planes, planes, 3);
+            }
+            bn(&mut t, &mut rng, &format!("{p}.bn1"), planes);
+            bn(&mut t, &mut rng, &format!("{p}.bn2"), planes);
+            if b == 0 && (s > 0 || inplanes != planes * expansion) {
+                conv(&mut t, &mut rng, &format!("{p}.downsample.0"), planes * expansion, inplanes, 1);
+                bn(&mut t, &mut rng, &format!("{p}.downsample.1"), planes * expansion);
+            }
+            inplanes = planes * expansion;
+        }
+    }
+    let fc_std = (1.0 / inplanes as f32).sqrt();
+    t.insert("fc.weight".into(), Tensor::new(vec![classes, inplanes], (0..classes * inplanes).map(|_| { let z: f32 = StandardNormal.sample(&mut rng); fc_std * z }).collect()));
+    t.insert("fc.bias".into(), Tensor::zeros(vec![classes]));
+    let mut metadata = HashMap::new();
+    metadata.insert("stem".to_string(), stem.name().to_string());
+    ResNet::from_tensors(TensorFile { path: format!("<random {arch}>").into(), tensors: t, skipped: vec![], metadata })
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchResult {
+    pub device: String,
+    pub arch: String,
+    pub stem: String,
+    pub res: usize,
+    pub batch: usize,
+    pub threads: usize,
+    pub iters: usize,
+    pub ms_per_iter: f64,
+    /// Forward multiply-accumulates x 2 x 3 (forward, dgrad and the fused rest), per iteration, / time.
+    pub gflops: f64,
+}
+
+/// Times `iters` recover iterations (after `warmup`) with the official CDA augmentation.
+#[allow(clippy::too_many_arguments)]
+pub fn bench<B: Backend>(backend: &B, model: &ResNet, res: usize, batch: usize, iters: usize, warmup: usize, threads: usize) -> Result<BenchResult> {
+    let c = model.in_channels;
+    let cfg = RecoverConfig {
+        iterations: warmup + iters,
+        lr: 0.25,
+        r_bn: 0.01,
+        first_bn_multiplier: 10.0,
+        jitter: (res / 8).max(1).min(32),
+        crop: true,
+        flip: true,
+        easy2hard_mode: Curriculum::Cosine,
+        milestone: 1.0,
+        reverse_curriculum: false,
+        per_image_augment: false,
+        tv_l2: 0.0,
+        l2_scale: 0.0,
+        clip: ClipMode::Normalized { mean: vec![0.5; c], std: vec![0.25; c] },
+        adam_betas: (0.5, 0.9),
+        adam_eps: 1e-8,
+    };
+    let mut rec = Recoverer::new(backend, model, &cfg, batch, res, res)?;
+    let mut rng = StdRng::seed_from_u64(0);
+    let init: Vec<f32> = (0..batch * c * res * res).map(|_| StandardNormal.sample(&mut rng)).collect();
+    let targets: Vec<i32> = (0..batch).map(|i| (i % model.num_classes) as i32).collect();
+    rec.reset(&init, &targets)?;
+    let spec = AugmentSpec { crop: true, flip: true, jitter: cfg.jitter };
+    let mut t0 = Instant::now();
+    for t in 0..warmup + iters {
+        if t == warmup {
+            backend.synchronize()?;
+            t0 = Instant::now();
+        }
+        let aug = sample_batch(&mut rng, &spec, batch, res, res, 0.5, false);
+        rec.step(t, &aug, t + 1 == warmup + iters)?;
+    }
+    backend.synchronize()?;
+    let secs = t0.elapsed().as_secs_f64();
+    let ms = 1e3 * secs / iters as f64;
+    let flops = 6.0 * model.macs_per_image(res, res) as f64 * batch as f64;
+    Ok(BenchResult {
+        device: backend.describe(),
+        arch: model.arch_name(),
+        stem: model.stem.name().into(),
+        res,
+        batch,
+        threads,
+        iters,
+        ms_per_iter: ms,
+        gflops: flops / (ms * 1e-3) / 1e9,
+    })
+}
+
+/// Loads a teacher or builds a random one for the benchmark.
+pub fn bench_model(weights: Option<&Path>, arch: &str, stem: Stem, in_channels: usize, classes: usize) -> Result<ResNet> {
+    match weights {
+        Some(p) => ResNet::load(p),
+        None => random_resnet(arch, stem, in_channels, classes, 64, 0),
+    }
+}
