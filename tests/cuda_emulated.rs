@@ -1,0 +1,218 @@
+//! The CUDA backend on the host emulation of its kernels (kernels/host_shim.h) against the CPU backend
+//! and the PyTorch fixtures: every kernel on small odd shapes, whole networks forward + losses +
+//! backward, graph capture and replay, and error values. No GPU is needed; the same checks run on a
+//! real device in tests/cuda_gpu.rs.
+//!
+//! Shapes stay small: the emulation runs every CUDA thread of a block as a fiber on one core.
+
+mod common;
+mod cuda_common;
+
+use cda_engine::backend::cuda::{ConvVersion, CudaBackend, EmulatedBackend};
+use cda_engine::backend::Backend;
+use cda_engine::model::ResNet;
+use cda_engine::ops::conv2d::{BnAffine, FpropEpilogue};
+use cuda_common::*;
+
+/// The emulated backend, or None (with the reason printed) when this build has no host emulation.
+fn emulated() -> Option<EmulatedBackend> {
+    match CudaBackend::emulated() {
+        Ok(b) => Some(b),
+        Err(e) => {
+            // CI builds always have emulation (build.rs needs only a C++20 compiler); say why if not.
+            eprintln!("skipping: {e}");
+            None
+        }
+    }
+}
+
+#[test]
+fn mma_tf32_matches_f64_gemm() {
+    let Some(g) = emulated() else { return };
+    check_mma(&g, 16, 8, 8);
+    check_mma(&g, 37, 29, 45);
+}
+
+#[test]
+fn conv_fprop_fp32_all_shapes() {
+    let Some(g) = emulated() else { return };
+    for (i, (name, p)) in conv_shapes().iter().enumerate() {
+        check_conv_fprop(&g, ConvVersion::Fp32, name, p, i % 2 == 0, true, 100 + i as u64);
+    }
+}
+
+#[test]
+fn conv_fprop_tf32_all_shapes() {
+    let Some(g) = emulated() else { return };
+    for (i, (name, p)) in conv_shapes().iter().enumerate() {
+        check_conv_fprop(&g, ConvVersion::Tf32, name, p, i % 2 == 1, i != 2, 200 + i as u64);
+    }
+}
+
+#[test]
+fn conv_dgrad_fp32_all_epilogues() {
+    let Some(g) = emulated() else { return };
+    let kinds = [DgradKind::Store, DgradKind::MaskAdd, DgradKind::MaskAccumulate, DgradKind::BnRelu];
+    for (i, (name, p)) in conv_shapes().iter().enumerate() {
+        for (j, kind) in kinds.iter().enumerate() {
+            check_conv_dgrad(&g, ConvVersion::Fp32, name, p, *kind, 300 + (10 * i + j) as u64);
+        }
+    }
+}
+
+#[test]
+fn conv_dgrad_tf32_all_epilogues() {
+    let Some(g) = emulated() else { return };
+    let kinds = [DgradKind::Store, DgradKind::MaskAdd, DgradKind::MaskAccumulate, DgradKind::BnRelu];
+    for (i, (name, p)) in conv_shapes().iter().enumerate() {
+        // One epilogue per shape (all four are covered in fp32, and across the shapes here).
+        check_conv_dgrad(&g, ConvVersion::Tf32, name, p, kinds[i % 4], 400 + i as u64);
+    }
+}
+
+#[test]
+fn bn_match_and_backward() {
+    let Some(g) = emulated() else { return };
+    check_bn_match_and_backward(&g);
+}
+
+#[test]
+fn max_and_average_pool() {
+    let Some(g) = emulated() else { return };
+    check_pools(&g);
+}
+
+#[test]
+fn linear_and_softmax_cross_entropy() {
+    let Some(g) = emulated() else { return };
+    check_linear_and_softmax(&g);
+}
+
+#[test]
+fn crop_resize_forward_and_both_backwards() {
+    let Some(g) = emulated() else { return };
+    check_crop_resize(&g);
+}
+
+#[test]
+fn adam_clip_is_bit_identical_to_cpu() {
+    let Some(g) = emulated() else { return };
+    check_adam(&g);
+}
+
+#[test]
+fn net_fp32_basic_imagenet_stem() {
+    let Some(g) = emulated() else { return };
+    check_net(&g, ConvVersion::Fp32, "forward/basic_imagenet_w8.safetensors", "forward/basic_imagenet_w8.io.safetensors", NET_FP32);
+}
+
+#[test]
+fn net_fp32_resnet18_layout_odd_size() {
+    let Some(g) = emulated() else { return };
+    check_net(&g, ConvVersion::Fp32, "forward/basic_imagenet_w16_33px.safetensors", "forward/basic_imagenet_w16_33px.io.safetensors", NET_FP32);
+}
+
+#[test]
+fn net_fp32_cifar_stem_one_channel() {
+    let Some(g) = emulated() else { return };
+    check_net(&g, ConvVersion::Fp32, "forward/basic_cifar_1ch_7cls_30px.safetensors", "forward/basic_cifar_1ch_7cls_30px.io.safetensors", NET_FP32);
+}
+
+#[test]
+fn net_fp32_bottleneck_imagenet_stem() {
+    let Some(g) = emulated() else { return };
+    check_net(&g, ConvVersion::Fp32, "forward/bottleneck_imagenet_33px.safetensors", "forward/bottleneck_imagenet_33px.io.safetensors", NET_FP32);
+}
+
+#[test]
+fn net_fp32_bottleneck_cifar_stem() {
+    let Some(g) = emulated() else { return };
+    check_net(&g, ConvVersion::Fp32, "forward/bottleneck_cifar_w8.safetensors", "forward/bottleneck_cifar_w8.io.safetensors", NET_FP32);
+}
+
+#[test]
+fn net_fp32_batch_one() {
+    let Some(g) = emulated() else { return };
+    check_net(&g, ConvVersion::Fp32, "forward/basic_cifar_batch1.safetensors", "forward/basic_cifar_batch1.io.safetensors", NET_FP32);
+}
+
+#[test]
+fn net_tf32_resnet18_layout() {
+    let Some(g) = emulated() else { return };
+    check_net(&g, ConvVersion::Tf32, "forward/basic_imagenet_w16_33px.safetensors", "forward/basic_imagenet_w16_33px.io.safetensors", NET_TF32);
+}
+
+#[test]
+fn net_tf32_bottleneck_cifar_stem() {
+    let Some(g) = emulated() else { return };
+    check_net(&g, ConvVersion::Tf32, "forward/bottleneck_cifar_w8.safetensors", "forward/bottleneck_cifar_w8.io.safetensors", NET_TF32);
+}
+
+/// A whole recover iteration captured once and replayed matches running it op by op, bit for bit
+/// (every kernel is deterministic), over several iterations with new crop parameters and Adam
+/// scalars uploaded between replays; host copies are refused while capturing.
+#[test]
+fn recover_iteration_graph_replay_matches_eager() {
+    let Some(g) = emulated() else { return };
+    g.set_conv_version(ConvVersion::Tf32);
+    let model = ResNet::load(&common::fixture("forward/basic_imagenet_w8.safetensors")).unwrap();
+    let (n, h, w) = (2, 32, 32);
+    let mut r = rng(29);
+    let x0 = randn(&mut r, n * 3 * h * w, 1.0);
+    let targets = [3, 7];
+    let steps = augment_schedule(n, h, w, 3);
+
+    let mut eager = Iteration::new(&g, &model, n, h, w, &x0, &targets);
+    for (t, aug) in steps.iter().enumerate() {
+        eager.prepare(&g, t, aug);
+        eager.issue(&g).unwrap();
+    }
+
+    let mut replayed = Iteration::new(&g, &model, n, h, w, &x0, &targets);
+    // Iteration 0 runs eagerly (it sizes the backend's workspace), then the graph is captured.
+    replayed.prepare(&g, 0, &steps[0]);
+    replayed.issue(&g).unwrap();
+    let graph = g.capture(|b| replayed.issue(b)).unwrap();
+    // Capturing recorded the work without running it: x is still after iteration 0.
+    for (t, aug) in steps.iter().enumerate().skip(1) {
+        replayed.prepare(&g, t, aug);
+        g.replay(&graph).unwrap();
+    }
+    let len = x0.len();
+    let (a, b) = (down(&g, &eager.x, len), down(&g, &replayed.x, len));
+    common::assert_close("graph replay x", &b, &a, 0.0);
+    let nl = 1 + eager.net.num_bn_layers();
+    common::assert_close("graph replay losses", &down(&g, &replayed.net.losses, nl), &down(&g, &eager.net.losses, nl), 0.0);
+
+    // Uploads inside a capture are refused (the driver refuses pageable copies in graphs).
+    g.begin_capture().unwrap();
+    let err = g.upload(&[1.0], &mut replayed.scalars);
+    let _ = g.end_capture();
+    assert!(err.is_err(), "upload during capture must fail");
+}
+
+/// Bad inputs are error values, not panics or out-of-bounds launches.
+#[test]
+fn errors_are_values() {
+    let Some(g) = emulated() else { return };
+    let p = conv_problem(1, 4, 6, 6, 5, 3, 1, 1);
+    let x = g.alloc(p.input_len() - 1).unwrap(); // one element short
+    let wt = g.alloc(p.weight_len()).unwrap();
+    let v = g.alloc(5).unwrap();
+    let mut out = g.alloc(p.output_len()).unwrap();
+    let epi = FpropEpilogue { bn: BnAffine { mean: &v, scale: &v, beta: &v }, residual: None, relu: true, y: None, stats: None };
+    let e = g.conv_fprop(&p, &x, &wt, epi, &mut out).unwrap_err();
+    assert!(e.to_string().contains("conv fprop x"), "{e}");
+    let mut small = g.alloc(3).unwrap();
+    assert!(g.upload(&[0.0; 4], &mut small).is_err());
+    let mut host = [0.0; 4];
+    assert!(g.download(&small, &mut host).is_err());
+    // Without a GPU (or driver) the real backend explains itself instead of panicking.
+    match CudaBackend::new(0) {
+        Ok(b) => println!("a GPU is present: {}", b.describe()),
+        Err(e) => {
+            println!("CudaBackend::new(0): {e}");
+            assert!(!e.to_string().is_empty());
+        }
+    }
+}
