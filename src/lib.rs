@@ -14,6 +14,7 @@ pub mod model;
 pub mod net;
 pub mod ops;
 pub mod recover;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -3,12 +3,18 @@
 //! `foo` lives in `kernels/foo.cu` and is launched from `src/backend/cuda.rs`.
 
 pub mod adam;
+pub mod adamw;
+pub mod batchnorm;
 pub mod bn_match;
 pub mod conv2d;
+pub mod conv_train;
 pub mod crop_resize;
 pub mod gemm;
 pub mod image_prior;
+pub mod kd_loss;
 pub mod linear;
+pub mod linear_grad;
 pub mod par;
 pub mod pool;
+pub mod sgd;
 pub mod softmax_ce;

@@ -1,0 +1,28 @@
+//! adamw: torch.optim.AdamW (decoupled weight decay, not amsgrad) on one tensor, step t (1-based):
+//!   param = param * (1 - lr * weight_decay)
+//!   m = lerp(m, g, 1 - beta1);  v = v * beta2 + (1 - beta2) * g * g
+//!   param = param - (lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+//! The scalars are computed in f64 on the host (`crate::ops::adam::AdamScalars`), as PyTorch does in
+//! Python. The caller passes weight_decay 0 for tensors with ndim <= 1 when the recipe says so.
+//!
+//! CPU half: [`cpu`].
+
+pub mod cpu;
+
+pub use crate::ops::adam::AdamScalars;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl AdamWConfig {
+    /// PyTorch's defaults (betas 0.9 / 0.999, eps 1e-8) with the given lr and weight decay.
+    pub fn new(lr: f64, weight_decay: f64) -> AdamWConfig {
+        AdamWConfig { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay }
+    }
+}

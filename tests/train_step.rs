@@ -1,0 +1,115 @@
+//! Whole training steps of small ResNets against PyTorch (tests/fixtures/make_train_fixtures.py):
+//! forward in train mode, loss, every parameter gradient, one optimizer step, BN running statistics.
+//! References are float64 from the same float32 weights and inputs.
+
+mod common;
+
+use common::{assert_close, fixture, load, tensor};
+use cda_engine::model::ResNet;
+use cda_engine::ops::kd_loss::cpu as kd;
+use cda_engine::ops::softmax_ce::cpu::softmax_ce;
+use cda_engine::train::model::TrainModel;
+use cda_engine::train::net::{Mode, TrainNet};
+use cda_engine::train::optim::Optimizer;
+
+/// Tolerances (relative to each tensor's scale):
+/// - logits and loss 1e-4: up to 17 fp32 convs and BatchNorms in sequence; BN renormalises each layer,
+///   so fp32 rounding (~1e-7 per op) grows to a few 1e-6, far below any indexing error (O(1)).
+/// - gradients 1e-4: the backward through train-mode BN subtracts nearly equal terms
+///   (g - mean(g) - xhat * mean(g xhat)); on these batches of 2-4 images the deepest layers have
+///   8..64 elements per channel, where that cancellation amplifies fp32 rounding. Measured: at most
+///   3.3e-6 on every tensor of the three models; 1e-4 leaves room for other SIMD widths and summation
+///   orders, while a wrong sign, mask or index shows as O(1).
+/// - running statistics and parameters after the step: see the comments in the body.
+fn check_step(name: &str) {
+    let model = ResNet::load(&fixture(&format!("train/{name}.safetensors"))).unwrap();
+    let r = load(&format!("train/{name}.ref.safetensors"));
+    let x = &tensor(&r, "input");
+    let (n, h, w) = (x.shape[0], x.shape[2], x.shape[3]);
+    let mut tm = TrainModel::from_resnet(&model);
+    let k = tm.num_classes;
+    let mut net = TrainNet::new(&tm, n, h, w).unwrap();
+    net.forward(&mut tm, &x.data, n, Mode::Train).unwrap();
+    let logits = net.logits(k).to_vec();
+    assert_close(&format!("{name} logits"), &logits, &tensor(&r, "logits").data, 1e-4);
+    let mut dlogits = vec![0.0; n * k];
+    let loss = if let Some(t) = r.tensors.get("targets") {
+        let targets: Vec<i32> = t.data.iter().map(|&v| v as i32).collect();
+        softmax_ce(n, k, &logits, &targets, &mut dlogits)
+    } else {
+        let temp = tensor(&r, "temperature").data[0] as f64;
+        kd::kl_div(n, k, &logits, &tensor(&r, "teacher_logits").data, temp, &mut dlogits)
+    };
+    assert_close(&format!("{name} loss"), &[loss], &tensor(&r, "loss").data, 1e-4);
+    net.backward(&mut tm, &x.data, &dlogits).unwrap();
+    for p in &tm.params {
+        assert_close(&format!("{name} grad {}", p.name), &p.grad, &tensor(&r, &format!("grad.{}", p.name)).data, 1e-4);
+    }
+    let lr = tensor(&r, "lr").data[0] as f64;
+    let wd = tensor(&r, "weight_decay").data[0] as f64;
+    let sgd = r.metadata.get("optimizer").map(String::as_str) == Some("sgd");
+    let make = |tm: &TrainModel| if sgd { Optimizer::sgd(tm, 0.9, true, wd) } else { Optimizer::adamw(tm, wd) };
+    // The step on PyTorch's own gradients (rounded to f32) isolates the optimizer and its parameter
+    // groups (decay on ndim > 1 only): one fp32 update of O(1) parameters, 1e-5 of the scale.
+    let mut on_ref = tm.clone();
+    for p in &mut on_ref.params {
+        p.grad.copy_from_slice(&tensor(&r, &format!("grad.{}", p.name)).data);
+    }
+    make(&on_ref).step(&mut on_ref, lr);
+    // The step on the engine's gradients: SGD is linear in the gradient, so the 1e-4 gradient tolerance
+    // times lr = 0.1 leaves the parameters within 1e-5 of their scale. AdamW's first step is
+    // lr * g / (|g| + 1e-8): elements whose gradient is near eps (KD gradients of 1e-8 exist here) can
+    // move by up to lr either way under fp32 rounding of g, so its bound is 0.1 * lr absolute.
+    let mut on_own = tm.clone();
+    make(&on_own).step(&mut on_own, lr);
+    let own = on_own.tensors();
+    for (tname, t) in on_ref.tensors() {
+        let want = &tensor(&r, &format!("after.{tname}")).data;
+        assert_close(&format!("{name} step on reference grads: {tname}"), &t.data, want, 1e-5);
+        let d = common::diff(&own[&tname].data, want);
+        if sgd {
+            assert_close(&format!("{name} step on own grads: {tname}"), &own[&tname].data, want, 1e-5);
+        } else {
+            assert!(d.max_abs <= 0.1 * lr, "{name} {tname}: AdamW step on own gradients off by {:.3e} (> 0.1 lr)", d.max_abs);
+        }
+    }
+}
+
+#[test]
+fn basic_cifar_cross_entropy_sgd_step_matches_pytorch() {
+    check_step("basic_cifar_ce_sgd");
+}
+
+#[test]
+fn bottleneck_imagenet_stem_kd_adamw_step_matches_pytorch() {
+    check_step("bottleneck_imagenet_kd_adamw");
+}
+
+#[test]
+fn resnet18_narrow_cross_entropy_sgd_step_matches_pytorch() {
+    check_step("basic_resnet18_w4_ce_sgd");
+}
+
+/// Eval mode uses the running statistics: the trained model's eval forward equals the recover
+/// executor's (crate::net) on the same weights.
+#[test]
+fn eval_forward_matches_the_recover_executor() {
+    use cda_engine::backend::cpu::CpuBackend;
+    use cda_engine::backend::Backend;
+    use cda_engine::net::Net;
+    let model = ResNet::load(&fixture("train/bottleneck_imagenet_kd_adamw.safetensors")).unwrap();
+    let r = load("train/bottleneck_imagenet_kd_adamw.ref.safetensors");
+    let x = tensor(&r, "input");
+    let (n, h, w) = (x.shape[0], x.shape[2], x.shape[3]);
+    let mut tm = TrainModel::from_resnet(&model);
+    let mut net = TrainNet::new(&tm, n + 2, h, w).unwrap();
+    net.forward(&mut tm, &x.data, n, Mode::Eval).unwrap();
+    let backend = CpuBackend::new(1).unwrap();
+    let mut reference = Net::new(&backend, &model, n, h, w).unwrap();
+    let mut xb = backend.alloc(x.data.len()).unwrap();
+    backend.upload(&x.data, &mut xb).unwrap();
+    reference.forward(&backend, &xb).unwrap();
+    let mut want = vec![0.0; n * model.num_classes];
+    backend.download(&reference.logits, &mut want).unwrap();
+    assert_close("eval logits vs recover executor", net.logits(model.num_classes), &want, 1e-5);
+}
