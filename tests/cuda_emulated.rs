@@ -155,7 +155,7 @@ fn net_tf32_bottleneck_cifar_stem() {
 fn recover_iteration_graph_replay_matches_eager() {
     let Some(g) = emulated() else { return };
     g.set_conv_version(ConvVersion::Tf32);
-    let model = ResNet::load(&common::fixture("forward/basic_imagenet_w8.safetensors")).unwrap();
+    let model = ResNet::load(&fixture("forward/basic_imagenet_w8.safetensors")).unwrap();
     let (n, h, w) = (2, 32, 32);
     let mut r = rng(29);
     let x0 = randn(&mut r, n * 3 * h * w, 1.0);
@@ -215,4 +215,13 @@ fn errors_are_values() {
             assert!(!e.to_string().is_empty());
         }
     }
+}
+
+/// The full-size GPU check (tests/cuda_gpu.rs) in miniature: a random torchvision ResNet-18 (width 64,
+/// 1000 classes) at 32x32, batch 2. `CDA_EMU_EXPORT=<dir>` writes the case for
+/// benches/gpu/pytorch_check.py, which is how that script is tested without a GPU.
+#[test]
+fn random_resnet18_32px_vs_cpu() {
+    let Some(g) = emulated() else { return };
+    check_large(&g, "resnet18", 32, 2, std::env::var_os("CDA_EMU_EXPORT").map(std::path::PathBuf::from));
 }

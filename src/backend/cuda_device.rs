@@ -388,3 +388,58 @@ impl Device for GpuDevice {
         graph.launch().map_err(|e| driver_err("graph launch", e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cuda_params::ConvFpropArgs;
+
+    #[test]
+    fn kernel_args_are_packed_in_8_byte_slots() {
+        let mut a = KernelArgs::new();
+        let conv = ConvFpropArgs { x: 0x1000, relu: 1, tiles_m: 7, ..Default::default() };
+        a.push(3i32).push(2.5f64).push(conv).push(0xdead_beef_u64);
+        assert_eq!(a.len(), 4);
+        let p = a.pointers();
+        // SAFETY: each pointer addresses the bytes of the value pushed at that position.
+        unsafe {
+            assert_eq!(*(p[0] as *const i32), 3);
+            assert_eq!(*(p[1] as *const f64), 2.5);
+            let c = *(p[2] as *const ConvFpropArgs);
+            assert_eq!((c.x, c.relu, c.tiles_m), (0x1000, 1, 7));
+            assert_eq!(*(p[3] as *const u64), 0xdead_beef);
+            // The struct takes 80 / 8 = 10 slots after the two scalars.
+            assert_eq!((p[3] as usize - p[0] as usize) / 8, 12);
+        }
+        assert!(p[4].is_null());
+    }
+
+    #[test]
+    fn launch_limits_match_cuda() {
+        let k = ids::ADAM_CLIP_F32;
+        let ok = LaunchConfig { grid: [70_000, 1, 1], block: [256, 1, 1], shared_bytes: 0 };
+        assert!(ok.validate(k).is_ok());
+        for bad in [
+            LaunchConfig { grid: [0, 1, 1], ..ok },
+            LaunchConfig { grid: [1, 70_000, 1], ..ok },
+            LaunchConfig { block: [1025, 1, 1], ..ok },
+            LaunchConfig { block: [32, 32, 2], ..ok },
+            LaunchConfig { shared_bytes: 64 * 1024, ..ok },
+        ] {
+            let e = bad.validate(k).unwrap_err().to_string();
+            assert!(e.contains("adam_clip_f32"), "{e}");
+        }
+    }
+
+    #[test]
+    fn kernel_table_matches_the_kernel_modules() {
+        let mut names: Vec<_> = KERNELS.iter().map(|k| k.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), KERNELS.len(), "kernel names are unique");
+        for k in KERNELS {
+            assert!(kernels::KERNEL_MODULES.iter().any(|m| m.name == k.module), "kernels/{}.cu is a module", k.module);
+        }
+        assert_eq!(ids::CONV_FPROP_V2_TF32.name(), "conv_fprop_v2_tf32");
+    }
+}

@@ -256,3 +256,43 @@ impl Device for EmuDevice {
         graph.nodes.iter().try_for_each(|n| self.run(n))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_past_a_buffer_are_detected() {
+        let Ok(dev) = EmuDevice::new() else { return };
+        let mem = dev.alloc_zeroed(40).unwrap();
+        let mut host = [1u8; 40];
+        dev.dtoh(&mem, &mut host).unwrap();
+        assert!(host.iter().all(|&b| b == 0), "zero-filled");
+        // SAFETY: the byte written lies in the guard area after the 40 user bytes (inside the allocation).
+        unsafe { *(dev.address(&mem) as *mut u8).add(40) = 1 };
+        assert!(dev.dtoh(&mem, &mut host).unwrap_err().to_string().contains("outside"));
+        // SAFETY: restore the guard byte so dropping the buffer stays quiet.
+        unsafe { *(dev.address(&mem) as *mut u8).add(40) = GUARD_BYTE };
+    }
+
+    #[test]
+    fn capture_records_and_refuses_host_copies() {
+        let Ok(dev) = EmuDevice::new() else { return };
+        let mem = dev.alloc_zeroed(16).unwrap();
+        dev.htod(&[7u8; 16], &mem).unwrap();
+        dev.begin_capture().unwrap();
+        assert!(dev.begin_capture().is_err(), "no nested capture");
+        assert!(dev.htod(&[1u8; 4], &mem).is_err());
+        dev.memset_zero(&mem, 8).unwrap();
+        let graph = dev.end_capture().unwrap();
+        assert_eq!(graph.len(), 1);
+        let mut host = [0u8; 16];
+        dev.dtoh(&mem, &mut host).unwrap();
+        assert_eq!(host, [7u8; 16], "captured work did not run");
+        dev.replay(&graph).unwrap();
+        dev.dtoh(&mem, &mut host).unwrap();
+        assert_eq!(&host[..8], &[0u8; 8]);
+        assert_eq!(&host[8..], &[7u8; 8]);
+        assert!(dev.begin_capture().and_then(|_| dev.end_capture()).is_err(), "an empty capture is an error");
+    }
+}
