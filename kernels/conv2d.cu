@@ -25,9 +25,11 @@
 //      relative error on dot products (10-bit mantissa), the same as PyTorch's default TF32 convolutions.
 // Limits: any N, C, H, W, K, R, S, stride >= 1, pad >= 0 (no alignment or channel-multiple
 // requirement: tiles are guarded); GEMM_M < 2^31, grid.y = ceil(GEMM_N / 64) <= 65535.
+//   conv_dgrad_direct_f32: dgrad for C <= 4 input channels (the input-image gradient), used by both
+//      versions: one thread per input pixel, fp32, only the taps the stride lets through; no tiles.
 // Not yet done (speed, not correctness): cp.async multi-stage pipelines, incremental im2col iterators
-// instead of two integer divisions per element, strided dgrad that skips the (stride^2 - 1)/stride^2
-// zero taps, smaller N tiles for few channels (the input-image dgrad has GEMM_N = 3).
+// instead of two integer divisions per element, strided dgrad in the GEMM kernels (skipping the
+// (stride^2 - 1) / stride^2 zero taps of the stride-2 layers), larger CTA tiles for wide layers.
 //
 // Fused epilogues (exactly FpropEpilogue / DgradEpilogue of src/ops/conv2d/mod.rs):
 //   fprop: y = acc (optional store of the raw conv output); out = act((y - mean[k]) * scale[k] + beta[k]
@@ -381,6 +383,21 @@ CDA_DEVICE void fprop(const ConvProblem& p, const ConvFpropArgs& a) {
     }
 }
 
+// dx[o] (channel c of C) from the dgrad value v, as DgradEpilogue (mode 0 Store, 1 MaskInput, 2 BnRelu).
+CDA_DEVICE void dgrad_epilogue(const ConvDgradArgs& a, int C, int64_t o, int c, float v) {
+    if (a.mode == 0) {
+        a.dx[o] = v;
+    } else if (a.mode == 1) {
+        float gsum = v;
+        if (a.add) gsum += a.add[o];
+        if (a.accumulate) gsum += a.dx[o];
+        a.dx[o] = a.x[o] > 0.f ? gsum : 0.f;
+    } else {
+        const float through = a.x[o] > 0.f ? a.scale[c] * v : 0.f;
+        a.dx[o] = through + a.coef[c] + a.coef[C + c] * (a.y_prev[o] - a.coef[2 * C + c]);
+    }
+}
+
 template <bool TC>
 CDA_DEVICE void dgrad(const ConvProblem& p, const ConvDgradArgs& a) {
     __shared__ __align__(16) float As[2][BK][LDS];
@@ -404,9 +421,6 @@ CDA_DEVICE void dgrad(const ConvProblem& p, const ConvDgradArgs& a) {
             for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.f;
     mainloop<TC>(g, n0, acc, As, Bs);
 
-    const float* ca = a.coef;
-    const float* cb = a.coef + p.c;
-    const float* cm = a.coef + 2 * p.c;
     CDA_UNROLL
     for (int mt = 0; mt < MT; ++mt)
         CDA_UNROLL
@@ -422,20 +436,51 @@ CDA_DEVICE void dgrad(const ConvProblem& p, const ConvDgradArgs& a) {
                     const int c = n0 + wn0 + nt * 8 + 2 * tig + j;
                     if (c >= p.c) continue;
                     const int64_t o = base + (int64_t)c * hw;
-                    const float v = acc[mt][nt][2 * h + j];
-                    if (a.mode == 0) {
-                        a.dx[o] = v;
-                    } else if (a.mode == 1) {
-                        float gsum = v;
-                        if (a.add) gsum += a.add[o];
-                        if (a.accumulate) gsum += a.dx[o];
-                        a.dx[o] = a.x[o] > 0.f ? gsum : 0.f;
-                    } else {
-                        const float through = a.x[o] > 0.f ? a.scale[c] * v : 0.f;
-                        a.dx[o] = through + ca[c] + cb[c] * (a.y_prev[o] - cm[c]);
-                    }
+                    dgrad_epilogue(a, p.c, o, c, acc[mt][nt][2 * h + j]);
                 }
         }
+}
+
+// Direct dgrad for few input channels (C <= DIRECT_MAX_C): one thread per input pixel computes all C
+// channels in fp32, visiting only the taps that reach it: r = (h + pad) mod stride, stride steps on,
+// and the same for s. For the input-image gradient of an ImageNet stem (C = 3, 7x7 stride 2) the GEMM
+// kernels would pad GEMM_N = 3 to a 64-wide tile and multiply the 3 of 4 taps that stride 2 makes
+// zero: ~170x the useful work. Weights are read through the cache (every lane of a warp reads one of
+// at most stride^2 addresses), dy rows are shared by neighbouring lanes.
+constexpr int DIRECT_MAX_C = 4;
+
+template <int C>
+CDA_DEVICE void dgrad_direct(const ConvProblem& p, const ConvDgradArgs& a) {
+    const int64_t total = (int64_t)p.n * p.h * p.w;
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const int hw = p.h * p.w;
+    const int img = (int)(i / hw), rem = (int)(i - (int64_t)img * hw);
+    const int ih = rem / p.w, iw = rem - (rem / p.w) * p.w;
+    const int hp = ih + p.pad, wp = iw + p.pad;
+    const int rs = p.r * p.s;
+    const float* dyb = a.dy + (int64_t)img * p.k * p.p * p.q;
+    float acc[C];
+    CDA_UNROLL
+    for (int c = 0; c < C; ++c) acc[c] = 0.f;
+    for (int r = hp % p.stride; r < p.r && r <= hp; r += p.stride) {
+        const int oh = (hp - r) / p.stride;
+        if (oh >= p.p) continue;
+        for (int s = wp % p.stride; s < p.s && s <= wp; s += p.stride) {
+            const int ow = (wp - s) / p.stride;
+            if (ow >= p.q) continue;
+            const float* g = dyb + (int64_t)oh * p.q + ow;
+            const float* wk = a.w + r * p.s + s;
+            for (int k = 0; k < p.k; ++k) {
+                const float gv = g[(int64_t)k * p.p * p.q];
+                CDA_UNROLL
+                for (int c = 0; c < C; ++c) acc[c] += gv * __ldg(wk + ((int64_t)k * C + c) * rs);
+            }
+        }
+    }
+    const int64_t base = (int64_t)img * C * hw + rem;
+    CDA_UNROLL
+    for (int c = 0; c < C; ++c) dgrad_epilogue(a, C, base + (int64_t)c * hw, c, acc[c]);
 }
 
 }  // namespace conv
@@ -448,6 +493,19 @@ CDA_GLOBAL void __launch_bounds__(128) conv_dgrad_v1_f32(ConvProblem p, ConvDgra
 CDA_EXPORT(conv_dgrad_v1_f32)
 CDA_GLOBAL void __launch_bounds__(128) conv_dgrad_v2_tf32(ConvProblem p, ConvDgradArgs a) { conv::dgrad<true>(p, a); }
 CDA_EXPORT(conv_dgrad_v2_tf32)
+
+// Direct dgrad, C <= 4 (see conv::dgrad_direct). Launch: one thread per input pixel (N*H*W), 256 per block.
+CDA_GLOBAL void __launch_bounds__(256) conv_dgrad_direct_f32(ConvProblem p, ConvDgradArgs a) {
+    static_assert(conv::DIRECT_MAX_C == 4, "one case per channel count below");
+    switch (p.c) {
+        case 1: conv::dgrad_direct<1>(p, a); break;
+        case 2: conv::dgrad_direct<2>(p, a); break;
+        case 3: conv::dgrad_direct<3>(p, a); break;
+        case 4: conv::dgrad_direct<4>(p, a); break;
+        default: break;
+    }
+}
+CDA_EXPORT(conv_dgrad_direct_f32)
 
 // stats[k] = mean, stats[K + k] = biased variance of channel k from the fprop partial sums.
 // Launch: K blocks of 256 threads.

@@ -9,7 +9,8 @@
 //!   (conv statistics partials, per-row losses) that grows on first use and must not grow while a graph
 //!   is being captured (run one iteration before capturing).
 //! - Convolutions run version 2 (TF32 tensor cores) by default; [`ConvVersion::Fp32`] (version 1, CUDA
-//!   cores) is selectable with [`CudaBackend::set_conv_version`] or `CDA_CONV_VERSION=1`.
+//!   cores) is selectable with [`CudaBackend::set_conv_version`] or `CDA_CONV_VERSION=1`. Dgrad into
+//!   at most 4 channels (the input image) always runs a direct fp32 kernel.
 //! - A whole recover iteration can be captured as a graph ([`CudaBackend::capture`]) and replayed;
 //!   per-iteration inputs (crop parameters, Adam scalars) are uploaded into their buffers between
 //!   replays. Independent batches can run concurrently on forked backends ([`CudaBackend::fork`]),
@@ -49,6 +50,10 @@ pub enum CropBackwardVersion {
 pub const CONV_TILE_M: usize = 64;
 pub const CONV_TILE_N: usize = 64;
 const CONV_THREADS: u32 = 128;
+/// Input channels up to which conv dgrad runs the direct kernel instead of the implicit GEMM
+/// (`conv_dgrad_direct_f32`: the input-image gradient, where a 64-wide GEMM_N tile would be mostly
+/// padding and stride 2 makes 3 of 4 taps zero).
+pub const CONV_DIRECT_DGRAD_MAX_C: usize = 4;
 const THREADS: u32 = 256;
 
 /// A float buffer on the device.
@@ -390,6 +395,10 @@ impl<D: Device> Backend for CudaBackend<D> {
         to_i32("conv dgrad GEMM_M", m)?;
         let mut args = KernelArgs::new();
         args.push(*p).push(a);
+        if c <= CONV_DIRECT_DGRAD_MAX_C {
+            // Few input channels (the input image): the direct kernel, fp32 in both versions.
+            return self.launch(ids::CONV_DGRAD_DIRECT_F32, grid_1d(m, THREADS)?, &args);
+        }
         let kernel = match self.conv_version() {
             ConvVersion::Fp32 => ids::CONV_DGRAD_V1_F32,
             ConvVersion::Tf32 => ids::CONV_DGRAD_V2_TF32,

@@ -109,6 +109,9 @@ pub fn conv_shapes() -> Vec<(&'static str, ConvProblem)> {
         ("1x1/2 downsample C6 K70 N2 7x7", conv_problem(2, 6, 7, 7, 70, 1, 2, 0)),
         ("3x3/2 C9 K12 N3 11x13", ConvProblem { n: 3, c: 9, h: 11, w: 13, k: 12, r: 3, s: 3, p: 6, q: 7, stride: 2, pad: 1, _reserved: 0 }),
         ("1x1/1 pointwise C20 K9 N2 8x8", conv_problem(2, 20, 8, 8, 9, 1, 1, 0)),
+        // C <= 4: dgrad takes the direct kernel.
+        ("3x3/2 C1 K6 N2 10x9 (direct dgrad)", ConvProblem { n: 2, c: 1, h: 10, w: 9, k: 6, r: 3, s: 3, p: 5, q: 5, stride: 2, pad: 1, _reserved: 0 }),
+        ("5x5/3 C4 K11 N1 13x13 (direct dgrad)", conv_problem(1, 4, 13, 13, 11, 5, 3, 2)),
     ]
 }
 
