@@ -27,8 +27,8 @@
 // requirement: tiles are guarded); GEMM_M < 2^31, grid.y = ceil(GEMM_N / 64) <= 65535.
 //   conv_dgrad_direct_f32: dgrad for C <= 4 input channels (the input-image gradient), used by both
 //      versions: one thread per input pixel, fp32, only the taps the stride lets through; no tiles.
-// Not yet done (speed, not correctness): cp.async multi-stage pipelines, incremental im2col iterators
-// instead of two integer divisions per element, strided dgrad in the GEMM kernels (skipping the
+// Operand indices advance incrementally (one mixed-radix add per K tile, no divisions in the loop).
+// Not yet done (speed, not correctness): cp.async multi-stage pipelines, strided dgrad in the GEMM kernels (skipping the
 // (stride^2 - 1) / stride^2 zero taps of the stride-2 layers), larger CTA tiles for wide layers.
 //
 // Fused epilogues (exactly FpropEpilogue / DgradEpilogue of src/ops/conv2d/mod.rs):
@@ -103,15 +103,34 @@ constexpr int B_NSTEP = THREADS / BK;                // B: thread -> (kk = tid %
 static_assert(BM == BN, "one padded row length for both operands");
 static_assert(A_LOADS * A_KSTEP == BK && B_LOADS * B_NSTEP == BN, "load mapping covers the tile");
 
-// fprop operand gathers. The A row (output pixel) of this thread is fixed for the whole K loop.
+// Operand gathers. Each thread loads the same A row (its output or input pixel, m = tid % BM) and
+// the same kk columns (tid / BM + A_KSTEP * i) of every K tile, and B elements of one kk
+// (tid % BK) for 8 columns. Instead of dividing kk into (c, r, s) for every element of every tile (two
+// integer divisions each, which would make the tensor-core loop issue-bound), every thread divides
+// once at the start and then advances its indices by BK per tile with a constant-time mixed-radix
+// add: BK = dc * (R*S) + dr * S + ds, with at most one carry per digit (ds < S, dr < R).
+struct KStep {
+    int d_hi, d_r, d_s;  // BK in (outer channel, r, s) digits
+    CDA_METHOD void init(int R, int S) {
+        const int rs = R * S;
+        d_hi = BK / rs;
+        const int rem = BK - d_hi * rs;
+        d_r = rem / S;
+        d_s = rem - d_r * S;
+    }
+};
+
+// fprop: A[m][kk] = x[img][c][h0 + r][w0 + s], kk = (c, r, s); B[kk][k] = w[k][kk].
 struct FpropGather {
     const float* xb;  // this thread's image
     const float* w;
-    int h0, w0, crs, rs, K;
+    int h0, w0, crs, K, H, W, R, S, HW;
     bool valid;
-    int C, H, W, S;
+    KStep step;
+    int a_kk[A_LOADS], a_r[A_LOADS], a_s[A_LOADS], a_off[A_LOADS];  // a_off = c*H*W + r*W + s
+    int b_kk;
 
-    CDA_METHOD void init(const ConvProblem& p, const float* x, const float* wt, int m) {
+    CDA_METHOD void init(const ConvProblem& p, const float* x, const float* wt, int m, int a_k, int b_k) {
         const int pq = p.p * p.q;
         const int M = p.n * pq;
         valid = m < M;
@@ -122,36 +141,74 @@ struct FpropGather {
         w = wt;
         h0 = op * p.stride - p.pad;
         w0 = oq * p.stride - p.pad;
-        rs = p.r * p.s;
-        crs = p.c * rs;
-        K = p.k;
-        C = p.c;
+        R = p.r;
+        S = p.s;
         H = p.h;
         W = p.w;
-        S = p.s;
+        HW = p.h * p.w;
+        crs = p.c * R * S;
+        K = p.k;
+        step.init(R, S);
+        CDA_UNROLL
+        for (int i = 0; i < A_LOADS; ++i) {
+            const int kk = a_k + A_KSTEP * i;
+            const int c = kk / (R * S), rs = kk - c * (R * S), r = rs / S, s = rs - r * S;
+            a_kk[i] = kk;
+            a_r[i] = r;
+            a_s[i] = s;
+            a_off[i] = c * HW + r * W + s;
+        }
+        b_kk = b_k;
     }
     CDA_METHOD int gemm_k() const { return crs; }
-    CDA_METHOD float a(int kk) const {
-        if (!valid || kk >= crs) return 0.f;
-        const int c = kk / rs, rem = kk - c * rs, r = rem / S, s = rem - r * S;
-        const int h = h0 + r, wi = w0 + s;
-        if (h < 0 || h >= H || wi < 0 || wi >= W) return 0.f;
-        return xb[((int64_t)c * H + h) * W + wi];
+    CDA_METHOD void load_a(float (&ra)[A_LOADS]) const {
+        CDA_UNROLL
+        for (int i = 0; i < A_LOADS; ++i) {
+            const int h = h0 + a_r[i], wi = w0 + a_s[i];
+            const bool in = valid && a_kk[i] < crs && h >= 0 && h < H && wi >= 0 && wi < W;
+            ra[i] = in ? xb[(int64_t)a_off[i] + h0 * W + w0] : 0.f;
+        }
     }
-    CDA_METHOD float b(int kk, int n) const {
-        if (kk >= crs || n >= K) return 0.f;
-        return w[(int64_t)n * crs + kk];
+    CDA_METHOD void load_b(float (&rb)[B_LOADS], int n_first) const {
+        CDA_UNROLL
+        for (int i = 0; i < B_LOADS; ++i) {
+            const int n = n_first + B_NSTEP * i;
+            rb[i] = (b_kk < crs && n < K) ? w[(int64_t)n * crs + b_kk] : 0.f;
+        }
+    }
+    CDA_METHOD void advance() {
+        CDA_UNROLL
+        for (int i = 0; i < A_LOADS; ++i) {
+            a_kk[i] += BK;
+            a_s[i] += step.d_s;
+            a_r[i] += step.d_r;
+            a_off[i] += step.d_hi * HW + step.d_r * W + step.d_s;
+            if (a_s[i] >= S) {
+                a_s[i] -= S;
+                a_r[i] += 1;
+                a_off[i] += W - S;
+            }
+            if (a_r[i] >= R) {
+                a_r[i] -= R;
+                a_off[i] += HW - R * W;
+            }
+        }
+        b_kk += BK;
     }
 };
 
-// dgrad operand gathers. The A row (input pixel) of this thread is fixed for the whole K loop.
+// dgrad: A[m][kk] = dy[img][k][(h + pad - r) / stride][(w + pad - s) / stride] where exact and in
+// range, kk = (k, r, s); B[kk][c] = w[k][c][r][s].
 struct DgradGather {
     const float* dyb;
     const float* w;
-    int hp, wp, krs, rs, C, P, Q, S, stride;
+    int hp, wp, krs, rs, C, P, Q, PQ, R, S, stride;
     bool valid;
+    KStep step;
+    int a_kk[A_LOADS], a_r[A_LOADS], a_s[A_LOADS], a_koff[A_LOADS];  // a_koff = k*P*Q
+    int b_kk, b_rs, b_off;                                               // b_off = k*C*R*S + rs
 
-    CDA_METHOD void init(const ConvProblem& p, const float* dy, const float* wt, int m) {
+    CDA_METHOD void init(const ConvProblem& p, const float* dy, const float* wt, int m, int a_k, int b_k) {
         const int hw = p.h * p.w;
         const int M = p.n * hw;
         valid = m < M;
@@ -162,32 +219,82 @@ struct DgradGather {
         w = wt;
         hp = ih + p.pad;
         wp = iw + p.pad;
-        rs = p.r * p.s;
+        R = p.r;
+        S = p.s;
+        rs = R * S;
         krs = p.k * rs;
         C = p.c;
         P = p.p;
         Q = p.q;
-        S = p.s;
+        PQ = p.p * p.q;
         stride = p.stride;
+        step.init(R, S);
+        CDA_UNROLL
+        for (int i = 0; i < A_LOADS; ++i) {
+            const int kk = a_k + A_KSTEP * i;
+            const int k = kk / rs, r_s = kk - k * rs, r = r_s / S, s = r_s - r * S;
+            a_kk[i] = kk;
+            a_r[i] = r;
+            a_s[i] = s;
+            a_koff[i] = k * PQ;
+        }
+        b_kk = b_k;
+        const int bk = b_k / rs;
+        b_rs = b_k - bk * rs;
+        b_off = bk * C * rs + b_rs;
     }
     CDA_METHOD int gemm_k() const { return krs; }
-    CDA_METHOD float a(int kk) const {
-        if (!valid || kk >= krs) return 0.f;
-        const int k = kk / rs, rem = kk - k * rs, r = rem / S, s = rem - r * S;
-        int ph = hp - r, pw = wp - s;
-        if (ph < 0 || pw < 0) return 0.f;
-        if (stride != 1) {
-            if (ph % stride != 0 || pw % stride != 0) return 0.f;
-            ph /= stride;
-            pw /= stride;
+    // Output coordinate (ph, pw) fed by tap offset d = hp - r (or wp - s), or -1.
+    CDA_METHOD int tap(int d, int limit) const {
+        if (d < 0) return -1;
+        if (stride == 2) {
+            if (d & 1) return -1;
+            d >>= 1;
+        } else if (stride != 1) {
+            if (d % stride != 0) return -1;
+            d /= stride;
         }
-        if (ph >= P || pw >= Q) return 0.f;
-        return dyb[((int64_t)k * P + ph) * Q + pw];
+        return d < limit ? d : -1;
     }
-    CDA_METHOD float b(int kk, int c) const {
-        if (kk >= krs || c >= C) return 0.f;
-        const int k = kk / rs, rem = kk - k * rs;
-        return w[((int64_t)k * C + c) * rs + rem];
+    CDA_METHOD void load_a(float (&ra)[A_LOADS]) const {
+        CDA_UNROLL
+        for (int i = 0; i < A_LOADS; ++i) {
+            const int ph = tap(hp - a_r[i], P), pw = tap(wp - a_s[i], Q);
+            const bool in = valid && a_kk[i] < krs && ph >= 0 && pw >= 0;
+            ra[i] = in ? dyb[(int64_t)a_koff[i] + ph * Q + pw] : 0.f;
+        }
+    }
+    CDA_METHOD void load_b(float (&rb)[B_LOADS], int c_first) const {
+        CDA_UNROLL
+        for (int i = 0; i < B_LOADS; ++i) {
+            const int c = c_first + B_NSTEP * i;
+            rb[i] = (b_kk < krs && c < C) ? w[(int64_t)b_off + c * rs] : 0.f;
+        }
+    }
+    CDA_METHOD void advance() {
+        CDA_UNROLL
+        for (int i = 0; i < A_LOADS; ++i) {
+            a_kk[i] += BK;
+            a_s[i] += step.d_s;
+            a_r[i] += step.d_r;
+            a_koff[i] += step.d_hi * PQ;
+            if (a_s[i] >= S) {
+                a_s[i] -= S;
+                a_r[i] += 1;
+            }
+            if (a_r[i] >= R) {
+                a_r[i] -= R;
+                a_koff[i] += PQ;
+            }
+        }
+        // B: (k, rs) digits of this thread's kk, BK = d_hi * rs + (d_r * S + d_s).
+        b_kk += BK;
+        b_rs += step.d_r * S + step.d_s;
+        b_off += step.d_hi * C * rs + step.d_r * S + step.d_s;
+        if (b_rs >= rs) {
+            b_rs -= rs;
+            b_off += C * rs - rs;
+        }
     }
 };
 
@@ -199,7 +306,7 @@ CDA_DEVICE float stage(float v) {
 
 // acc[mt][nt][i] += A(tile rows) * B(tile cols) over the whole GEMM_K for CTA tile (m0, n0).
 template <bool TC, class G>
-CDA_DEVICE void mainloop(const G& g, int n0, float (&acc)[MT][NT][4], float (*As)[BK][LDS], float (*Bs)[BK][LDS]) {
+CDA_DEVICE void mainloop(G& g, int n0, float (&acc)[MT][NT][4], float (*As)[BK][LDS], float (*Bs)[BK][LDS]) {
     const int tid = (int)threadIdx.x;
     const int lane = tid & 31, warp = tid >> 5;
     const int gid = lane >> 2, tig = lane & 3;
@@ -209,10 +316,8 @@ CDA_DEVICE void mainloop(const G& g, int n0, float (&acc)[MT][NT][4], float (*As
     const int gemm_k = g.gemm_k();
     const int tiles = (gemm_k + BK - 1) / BK;
     float ra[A_LOADS], rb[B_LOADS];
-    CDA_UNROLL
-    for (int i = 0; i < A_LOADS; ++i) ra[i] = g.a(a_k + A_KSTEP * i);
-    CDA_UNROLL
-    for (int i = 0; i < B_LOADS; ++i) rb[i] = g.b(b_k, n0 + b_n + B_NSTEP * i);
+    g.load_a(ra);
+    g.load_b(rb, n0 + b_n);
     for (int t = 0; t < tiles; ++t) {
         const int buf = t & 1;
         CDA_UNROLL
@@ -221,11 +326,9 @@ CDA_DEVICE void mainloop(const G& g, int n0, float (&acc)[MT][NT][4], float (*As
         for (int i = 0; i < B_LOADS; ++i) Bs[buf][b_k][b_n + B_NSTEP * i] = stage<TC>(rb[i]);
         __syncthreads();
         if (t + 1 < tiles) {
-            const int k0 = (t + 1) * BK;
-            CDA_UNROLL
-            for (int i = 0; i < A_LOADS; ++i) ra[i] = g.a(k0 + a_k + A_KSTEP * i);
-            CDA_UNROLL
-            for (int i = 0; i < B_LOADS; ++i) rb[i] = g.b(k0 + b_k, n0 + b_n + B_NSTEP * i);
+            g.advance();
+            g.load_a(ra);
+            g.load_b(rb, n0 + b_n);
         }
         const float(*A)[LDS] = As[buf];
         const float(*B)[LDS] = Bs[buf];
@@ -298,7 +401,7 @@ CDA_DEVICE void fprop(const ConvProblem& p, const ConvFpropArgs& a) {
     const int M = p.n * pq;
 
     FpropGather g;
-    g.init(p, a.x, a.w, m0 + tid % BM);
+    g.init(p, a.x, a.w, m0 + tid % BM, tid / BM, tid % BK);
     float acc[MT][NT][4];
     CDA_UNROLL
     for (int mt = 0; mt < MT; ++mt)
@@ -411,7 +514,7 @@ CDA_DEVICE void dgrad(const ConvProblem& p, const ConvDgradArgs& a) {
     const int M = p.n * hw;
 
     DgradGather g;
-    g.init(p, a.dy, a.w, m0 + tid % BM);
+    g.init(p, a.dy, a.w, m0 + tid % BM, tid / BM, tid % BK);
     float acc[MT][NT][4];
     CDA_UNROLL
     for (int mt = 0; mt < MT; ++mt)
