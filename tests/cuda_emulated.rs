@@ -95,6 +95,12 @@ fn crop_resize_forward_and_both_backwards() {
 }
 
 #[test]
+fn image_priors() {
+    let Some(g) = emulated() else { return };
+    check_image_prior(&g);
+}
+
+#[test]
 fn adam_clip_is_bit_identical_to_cpu() {
     let Some(g) = emulated() else { return };
     check_adam(&g);

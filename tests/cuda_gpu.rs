@@ -69,6 +69,7 @@ fn gpu_kernels_match_cpu() {
     check_linear_and_softmax(&g);
     check_crop_resize(&g);
     check_adam(&g);
+    check_image_prior(&g);
     let kinds = [DgradKind::Store, DgradKind::MaskAdd, DgradKind::MaskAccumulate, DgradKind::BnRelu];
     for v in [ConvVersion::Fp32, ConvVersion::Tf32] {
         let mut shapes = conv_shapes();

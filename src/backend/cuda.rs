@@ -235,6 +235,13 @@ impl<D: Device> CudaBackend<D> {
         Ok(self.dev.address(ws.mem.as_ref().unwrap()))
     }
 
+    /// The first `dst.len()` float64 values of the workspace (waits for queued work).
+    fn read_workspace(&self, dst: &mut [f64]) -> Result<()> {
+        let ws = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
+        let mem = ws.mem.as_ref().ok_or_else(|| Error::Cuda("the workspace was never allocated".into()))?;
+        self.dev.dtoh(mem, bytemuck::cast_slice_mut(dst))
+    }
+
     fn addr(&self, b: &CudaBuf<D>) -> u64 {
         self.dev.address(&b.mem)
     }
@@ -598,6 +605,39 @@ impl<D: Device> Backend for CudaBackend<D> {
                 self.launch(ids::CROP_RESIZE_BWD_F32, grid_1d(len, THREADS)?, &args)
             }
         }
+    }
+
+    fn image_prior(&self, n: usize, c: usize, h: usize, w: usize, x: &CudaBuf<D>, tv_l2: f64, l2_scale: f64, grad: &mut CudaBuf<D>) -> Result<f64> {
+        let len = n * c * h * w;
+        check_len("image prior x", x.len, len)?;
+        check_len("image prior grad", grad.len, len)?;
+        if len == 0 || !(tv_l2 > 0.0 || l2_scale > 0.0) {
+            return Ok(0.0);
+        }
+        let a = ImagePriorArgs {
+            x: self.addr(x),
+            grad: self.addr(grad),
+            ws: self.workspace(5 + n + 5 * n * c)?,
+            tv_l2,
+            l2_scale,
+            n: to_i32("n", n)?,
+            c: to_i32("c", c)?,
+            h: to_i32("h", h)?,
+            w: to_i32("w", w)?,
+        };
+        let mut args = KernelArgs::new();
+        args.push(a);
+        let planes = u32::try_from(n * c).map_err(|_| Error::input("image prior", "too many planes"))?;
+        self.launch(ids::IMAGE_PRIOR_PARTIALS_F64, LaunchConfig { grid: [planes, 1, 1], block: [THREADS, 1, 1], shared_bytes: 0 }, &args)?;
+        self.launch(ids::IMAGE_PRIOR_NORMS_F64, LaunchConfig { grid: [1, 1, 1], block: [THREADS, 1, 1], shared_bytes: 0 }, &args)?;
+        self.launch(ids::IMAGE_PRIOR_GRAD_F32, grid_1d(len, THREADS)?, &args)?;
+        let mut loss = [0f64];
+        self.read_workspace(&mut loss)?;
+        Ok(loss[0])
+    }
+
+    fn check_image_prior_support(&self) -> Result<()> {
+        Ok(())
     }
 
     fn adam_clip(&self, n: usize, c: usize, hw: usize, scalars: &CudaBuf<D>, x: &mut CudaBuf<D>, g: &CudaBuf<D>, m: &mut CudaBuf<D>, v: &mut CudaBuf<D>, lo: &CudaBuf<D>, hi: &CudaBuf<D>) -> Result<()> {

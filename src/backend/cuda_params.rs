@@ -123,6 +123,23 @@ pub struct AdamArgs {
 }
 const _: () = assert!(std::mem::size_of::<AdamArgs>() == 72);
 
+/// Mirrors `ImagePriorArgs` in kernels/image_prior.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ImagePriorArgs {
+    pub x: u64,
+    pub grad: u64,
+    /// float64 workspace: [loss][4 TV norms][N image norms][N*C*5 partials].
+    pub ws: u64,
+    pub tv_l2: f64,
+    pub l2_scale: f64,
+    pub n: i32,
+    pub c: i32,
+    pub h: i32,
+    pub w: i32,
+}
+const _: () = assert!(std::mem::size_of::<ImagePriorArgs>() == 56);
+
 /// A value that may be passed to a kernel by value: plain old data whose bytes are the C layout
 /// the kernel declares.
 ///
@@ -149,3 +166,4 @@ unsafe impl KernelParam for BnMatchArgs {}
 unsafe impl KernelParam for BnBackwardArgs {}
 unsafe impl KernelParam for SoftmaxCeArgs {}
 unsafe impl KernelParam for AdamArgs {}
+unsafe impl KernelParam for ImagePriorArgs {}

@@ -437,6 +437,26 @@ pub fn check_adam<D: Device>(g: &CudaBackend<D>) {
     assert_close("adam v", &down(g, &vb, len), &v_c, 0.0);
 }
 
+pub fn check_image_prior<D: Device>(g: &CudaBackend<D>) {
+    let c = cpu();
+    let mut r = rng(47);
+    for (n, ch, h, w, tv, l2) in [(2usize, 3usize, 9usize, 11usize, 1e-2, 1e-3), (1, 1, 5, 4, 0.3, 0.0), (3, 2, 1, 7, 0.5, 0.2), (2, 2, 6, 6, 0.0, 0.7)] {
+        let len = n * ch * h * w;
+        let x = randn(&mut r, len, 1.0);
+        let g0 = randn(&mut r, len, 0.01);
+        let mut grad_c = g0.clone();
+        let loss_c = c.image_prior(n, ch, h, w, &x, tv, l2, &mut grad_c).unwrap();
+        let mut grad_g = up(g, &g0);
+        let loss_g = g.image_prior(n, ch, h, w, &up(g, &x), tv, l2, &mut grad_g).unwrap();
+        let tag = format!("image prior {n}x{ch}x{h}x{w} tv {tv} l2 {l2}");
+        println!("{tag} loss {loss_g} vs {loss_c}");
+        // float64 norms summed in another order: equal to ~1e-15; each gradient term rounds to fp32 as
+        // on the CPU and is added in the CPU's order, so the gradient agrees to an ulp or two.
+        assert!((loss_g - loss_c).abs() <= 1e-12 * loss_c.abs().max(1e-30), "{tag}: loss {loss_g} vs {loss_c}");
+        assert_close(&format!("{tag} grad"), &down(g, &grad_g, len), &grad_c, 1e-6);
+    }
+}
+
 /// Tolerances of a whole-network comparison.
 #[derive(Clone, Copy, Debug)]
 pub struct NetTol {
