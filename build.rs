@@ -5,6 +5,7 @@
 //!   2. `$CUDA_PATH` / `$CUDA_HOME` / `/usr/local/cuda` (lib64, lib),
 //!   3. the PyPI wheel `nvidia-cuda-nvrtc-cu12` (site-packages/nvidia/cuda_nvrtc/lib) of `python3`,
 //!   4. the dynamic loader's search path.
+//!
 //! Without NVRTC the build succeeds with a warning and a CPU-only binary; `CDA_REQUIRE_NVRTC=1` turns a
 //! missing NVRTC or any kernel compile error into a build failure (CI sets it).
 //!

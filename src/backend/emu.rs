@@ -65,7 +65,7 @@ fn guards_intact(addr: usize, bytes: usize) -> bool {
 
 #[derive(Clone)]
 enum Node {
-    Launch { kernel: KernelId, cfg: LaunchConfig, args: KernelArgs },
+    Launch { kernel: KernelId, cfg: LaunchConfig, args: Box<KernelArgs> },
     Memset { addr: usize, bytes: usize },
 }
 
@@ -215,7 +215,7 @@ impl Device for EmuDevice {
     }
 
     unsafe fn launch(&self, kernel: KernelId, cfg: &LaunchConfig, args: &KernelArgs) -> Result<()> {
-        let node = Node::Launch { kernel, cfg: *cfg, args: args.clone() };
+        let node = Node::Launch { kernel, cfg: *cfg, args: Box::new(args.clone()) };
         if let Some(nodes) = self.capture.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             nodes.push(node);
             return Ok(());

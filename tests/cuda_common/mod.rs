@@ -94,6 +94,7 @@ pub fn version_tol(v: ConvVersion) -> f64 {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn conv_problem(n: usize, c: usize, h: usize, w: usize, k: usize, r: usize, stride: usize, pad: usize) -> ConvProblem {
     let p = (h + 2 * pad - r) / stride + 1;
     let q = (w + 2 * pad - r) / stride + 1;
@@ -116,6 +117,7 @@ pub fn conv_shapes() -> Vec<(&'static str, ConvProblem)> {
 }
 
 /// Conv fprop with every epilogue output against the CPU: out, y and [mean, var].
+#[allow(clippy::too_many_arguments)]
 pub fn check_conv_fprop<D: Device>(g: &CudaBackend<D>, version: ConvVersion, name: &str, p: &ConvProblem, residual: bool, relu: bool, seed: u64) {
     g.set_conv_version(version);
     let c = cpu();
