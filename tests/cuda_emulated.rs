@@ -34,6 +34,12 @@ fn mma_tf32_matches_f64_gemm() {
 }
 
 #[test]
+fn shim_semantics_match_cuda() {
+    let Some(g) = emulated() else { return };
+    check_shim(&g);
+}
+
+#[test]
 fn conv_fprop_fp32_all_shapes() {
     let Some(g) = emulated() else { return };
     for (i, (name, p)) in conv_shapes().iter().enumerate() {

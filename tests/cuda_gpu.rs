@@ -47,6 +47,8 @@ fn gpu_mma_fragment_layout_matches_hardware() {
     for (m, n, k) in [(16, 8, 8), (37, 29, 45), (128, 64, 256)] {
         check_mma(&g, m, n, k);
     }
+    // The host shim's warp, block, shared-memory and atomic semantics are the hardware's.
+    check_shim(&g);
 }
 
 /// ResNet layer shapes (small batch): the tiles' steady state, every K tile full.

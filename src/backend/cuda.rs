@@ -265,6 +265,46 @@ impl<D: Device> CudaBackend<D> {
     }
 }
 
+/// Results of the shim check kernels (kernels/shim_check.cu).
+pub struct ShimCheck {
+    /// 6 x 64 values of shim_check_warp_f32.
+    pub warp: Vec<f32>,
+    /// 6 blocks x 64 values: shared-memory read-back, and the late writes of non-returning threads.
+    pub block: Vec<f32>,
+    pub late: Vec<f32>,
+    pub counter: i32,
+    pub fsum: f32,
+    pub dsum: f64,
+}
+
+impl<D: Device> CudaBackend<D> {
+    /// Runs kernels/shim_check.cu (for tests of the host emulation against the hardware).
+    pub fn shim_check(&self) -> Result<ShimCheck> {
+        let warp = self.alloc(6 * 64)?;
+        let block = self.alloc(6 * 64)?;
+        let late = self.alloc(6 * 64)?;
+        let counter = self.alloc_int(1)?;
+        let fsum = self.alloc(1)?;
+        let dsum = self.dev.alloc_zeroed(8)?;
+        let mut args = KernelArgs::new();
+        args.push(self.addr(&warp));
+        self.launch(ids::SHIM_CHECK_WARP_F32, LaunchConfig { grid: [1, 1, 1], block: [64, 1, 1], shared_bytes: 0 }, &args)?;
+        let mut args = KernelArgs::new();
+        args.push(self.addr(&block)).push(self.addr(&late)).push(self.addr_int(&counter)).push(self.addr(&fsum)).push(self.dev.address(&dsum));
+        self.launch(ids::SHIM_CHECK_BLOCK, LaunchConfig { grid: [3, 2, 1], block: [8, 4, 2], shared_bytes: 64 * 4 }, &args)?;
+        let get = |b: &CudaBuf<D>, len: usize| -> Result<Vec<f32>> {
+            let mut v = vec![0.0; len];
+            self.download(b, &mut v)?;
+            Ok(v)
+        };
+        let mut c = [0i32];
+        self.download_int(&counter, &mut c)?;
+        let mut d = [0f64];
+        self.dev.dtoh(&dsum, bytemuck::cast_slice_mut(&mut d))?;
+        Ok(ShimCheck { warp: get(&warp, 6 * 64)?, block: get(&block, 6 * 64)?, late: get(&late, 6 * 64)?, counter: c[0], fsum: get(&fsum, 1)?[0], dsum: d[0] })
+    }
+}
+
 impl<D: Device> Backend for CudaBackend<D> {
     type Buf = CudaBuf<D>;
     type IntBuf = CudaIntBuf<D>;

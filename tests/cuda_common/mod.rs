@@ -439,6 +439,35 @@ pub fn check_adam<D: Device>(g: &CudaBackend<D>) {
     assert_close("adam v", &down(g, &vb, len), &v_c, 0.0);
 }
 
+/// The shim check kernels give exactly the values CUDA defines (see kernels/shim_check.cu).
+pub fn check_shim<D: Device>(g: &CudaBackend<D>) {
+    let r = g.shim_check().unwrap();
+    for tid in 0..64usize {
+        let (lane, base) = (tid % 32, tid - tid % 32);
+        let at = |l: usize| (base + l) as f32;
+        let expect = [
+            at(lane ^ 5),
+            if lane + 3 < 32 { at(lane + 3) } else { tid as f32 },
+            at(lane * 7 % 32),
+            at(lane ^ 1),
+            (0..32).map(|l| (base + l) as f32).sum(),
+            if lane % 16 + 2 < 16 { at(lane + 2) } else { tid as f32 },
+        ];
+        for (row, e) in expect.iter().enumerate() {
+            assert_eq!(r.warp[row * 64 + tid], *e, "warp check row {row}, thread {tid}");
+        }
+    }
+    for b in 0..6usize {
+        for t in 0..64usize {
+            assert_eq!(r.block[b * 64 + t], (1000 * (b + 1) + 63 - t) as f32, "dynamic shared memory, block {b} thread {t}");
+            assert_eq!(r.late[b * 64 + t], if t % 3 == 0 { 0.0 } else { 1.0 }, "early return, block {b} thread {t}");
+        }
+    }
+    assert_eq!(r.counter, 6 * 64, "int atomicAdd");
+    assert_eq!(r.fsum, 0.5 * 384.0, "float atomicAdd");
+    assert_eq!(r.dsum, 0.25 * 384.0, "double atomicAdd");
+}
+
 pub fn check_image_prior<D: Device>(g: &CudaBackend<D>) {
     let c = cpu();
     let mut r = rng(47);
