@@ -295,8 +295,9 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         Ok(out)
     }
 
-    /// Runs all iterations from noise drawn from `rng`; `on_log` sees each logged loss point.
-    pub fn run_batch(&mut self, targets: &[i32], rng: &mut StdRng, mut on_log: impl FnMut(&LossPoint)) -> Result<BatchOutcome> {
+    /// Runs all iterations from noise drawn from `rng`; `on_iter` sees every finished iteration and,
+    /// every `log_every` iterations (and the first and last), its losses.
+    pub fn run_batch(&mut self, targets: &[i32], rng: &mut StdRng, mut on_iter: impl FnMut(usize, Option<&LossPoint>)) -> Result<BatchOutcome> {
         let len = self.n * self.c * self.h * self.w;
         let init: Vec<f32> = (0..len).map(|_| StandardNormal.sample(rng)).collect();
         self.reset(&init, targets)?;
@@ -308,13 +309,16 @@ impl<'a, B: Backend> Recoverer<'a, B> {
             let min_crop = schedule::min_crop_scale(cfg.easy2hard_mode, cfg.milestone, t, cfg.iterations, cfg.reverse_curriculum);
             let aug = augment::sample_batch(rng, &spec, self.n, self.h, self.w, min_crop, cfg.per_image_augment);
             let want = t == 0 || t + 1 == cfg.iterations || (t + 1) % self.log_every == 0;
-            if let Some(mut point) = self.step(t, &aug, want)? {
-                point.min_crop = min_crop as f32;
-                if t == 0 {
-                    first_layers = self.bn_layer_losses().to_vec();
+            match self.step(t, &aug, want)? {
+                Some(mut point) => {
+                    point.min_crop = min_crop as f32;
+                    if t == 0 {
+                        first_layers = self.bn_layer_losses().to_vec();
+                    }
+                    on_iter(t, Some(&point));
+                    trace.push(point);
                 }
-                on_log(&point);
-                trace.push(point);
+                None => on_iter(t, None),
             }
         }
         let last_layers = self.bn_layer_losses().to_vec();

@@ -192,11 +192,11 @@ pub fn run<B: Backend>(backend: &B, model: &ResNet, settings: &RunSettings, out:
         let mut rng = batch_rng(settings.seed, plan.ipc[0], plan.class_start);
         let t0 = Instant::now();
         let label = format!("batch {}/{} (ipc {:?}, classes {}..{})", bi + 1, pending.len(), plan.ipc, plan.class_start, plan.class_end);
-        let mut last_pos = 0usize;
-        let outcome = rec.run_batch(&targets, &mut rng, |p| {
-            bar.inc((p.iteration + 1 - last_pos) as u64);
-            last_pos = p.iteration + 1;
-            bar.set_message(format!("{label}  ce {:.3}  bn {:.3}  crop>={:.2}", p.ce, p.bn, p.min_crop));
+        let outcome = rec.run_batch(&targets, &mut rng, |_, point| {
+            bar.inc(1);
+            if let Some(p) = point {
+                bar.set_message(format!("{label}  ce {:.3}  bn {:.3}  crop>={:.2}", p.ce, p.bn, p.min_crop));
+            }
         })?;
         let secs = t0.elapsed().as_secs_f64();
         total_iter_secs += secs;
