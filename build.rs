@@ -10,8 +10,8 @@
 //! missing NVRTC or any kernel compile error into a build failure (CI sets it).
 //!
 //! It also lists every kernel entry point (`CDA_EXPORT(name)` lines in kernels/*.cu) into
-//! `kernel_table.rs`, and compiles the same kernel sources as C++20 for host emulation (kernels/host_shim.h)
-//! into a static library with the `cc` crate, enabling `cfg(cda_emu)`. Without a C++20 compiler the build
+//! `kernel_table.rs`, and compiles the same kernel sources as C++17 for host emulation (kernels/host_shim.h)
+//! into a static library with the `cc` crate, enabling `cfg(cda_emu)`. Without a C++17 compiler the build
 //! goes on without emulation (warning); `CDA_REQUIRE_EMULATION=1` makes that an error, and
 //! `CDA_NO_EMULATION=1` skips it.
 
@@ -301,7 +301,7 @@ fn kernel_table(exports: &[(String, String)], emulated: bool) -> String {
     s
 }
 
-/// Compiles kernels/*.cu (and host_shim.cpp) as C++20 into `libcda_kernels_emu.a`; true on success.
+/// Compiles kernels/*.cu (and host_shim.cpp) as C++17 into `libcda_kernels_emu.a`; true on success.
 fn build_emulation(kernel_dir: &Path, out_dir: &Path, sources: &[PathBuf]) -> bool {
     println!("cargo::rustc-check-cfg=cfg(cda_emu)");
     let flag = |v: &str| env::var(v).map(|v| v == "1").unwrap_or(false);
@@ -323,7 +323,7 @@ fn build_emulation(kernel_dir: &Path, out_dir: &Path, sources: &[PathBuf]) -> bo
     let mut build = cc::Build::new();
     build
         .cpp(true)
-        .std("c++20")
+        .std("c++17")
         .include(kernel_dir)
         .files(&files)
         // Host floating point must not contract a*b+c into FMAs, so emulated kernels round like the CPU twins.
@@ -336,7 +336,7 @@ fn build_emulation(kernel_dir: &Path, out_dir: &Path, sources: &[PathBuf]) -> bo
             true
         }
         Err(e) => {
-            let msg = format!("host emulation of the CUDA kernels is not built (a C++20 compiler is needed): {e}");
+            let msg = format!("host emulation of the CUDA kernels is not built (a C++17 compiler is needed): {e}");
             if require {
                 panic!("CDA_REQUIRE_EMULATION=1 but {msg}");
             }

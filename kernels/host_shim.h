@@ -1,6 +1,6 @@
-// Host emulation of the CUDA subset that kernels/*.cu use, so the same sources compile as C++20
-// (g++ / clang++) when __CUDACC_RTC__ is not defined. build.rs compiles every kernel file this way into
-// a static library; the CUDA backend's emulated device launches kernels through `cda_emu_<kernel>`
+// Host emulation of the CUDA subset that kernels/*.cu use, so the same sources compile as C++17
+// (g++ / clang++) when __CUDACC_RTC__ is not defined. build.rs compiles every kernel file this way
+// into a static library; the CUDA backend's emulated device launches kernels through `cda_emu_<kernel>`
 // (see CDA_EXPORT in common.cuh) with the same grid, block and argument array as cuLaunchKernel.
 //
 // Execution model (faithful for kernels that are correct CUDA; slow by design):
@@ -34,7 +34,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -53,6 +52,15 @@
 struct uint3 {
     unsigned x, y, z;
 };
+
+// std::bit_cast without C++20: the bits of `from` as a `To` of the same size.
+template <class To, class From>
+inline To cda_bit_cast(const From& from) {
+    static_assert(sizeof(To) == sizeof(From), "same size");
+    To to;
+    std::memcpy(&to, &from, sizeof(To));
+    return to;
+}
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
 };
@@ -384,21 +392,21 @@ inline U cda_emu_atomic_rmw(U* addr, Op op) {
 }
 inline float atomicAdd(float* a, float v) {
     uint32_t old = cda_emu_atomic_rmw(reinterpret_cast<uint32_t*>(a),
-                                      [v](uint32_t o) { return std::bit_cast<uint32_t>(std::bit_cast<float>(o) + v); });
-    return std::bit_cast<float>(old);
+                                      [v](uint32_t o) { return cda_bit_cast<uint32_t>(cda_bit_cast<float>(o) + v); });
+    return cda_bit_cast<float>(old);
 }
 inline double atomicAdd(double* a, double v) {
     uint64_t old = cda_emu_atomic_rmw(reinterpret_cast<uint64_t*>(a),
-                                      [v](uint64_t o) { return std::bit_cast<uint64_t>(std::bit_cast<double>(o) + v); });
-    return std::bit_cast<double>(old);
+                                      [v](uint64_t o) { return cda_bit_cast<uint64_t>(cda_bit_cast<double>(o) + v); });
+    return cda_bit_cast<double>(old);
 }
 inline int atomicAdd(int* a, int v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }
 inline unsigned atomicAdd(unsigned* a, unsigned v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }
 
-inline unsigned __float_as_uint(float f) { return std::bit_cast<unsigned>(f); }
-inline float __uint_as_float(unsigned u) { return std::bit_cast<float>(u); }
-inline int __float_as_int(float f) { return std::bit_cast<int>(f); }
-inline float __int_as_float(int i) { return std::bit_cast<float>(i); }
+inline unsigned __float_as_uint(float f) { return cda_bit_cast<unsigned>(f); }
+inline float __uint_as_float(unsigned u) { return cda_bit_cast<float>(u); }
+inline int __float_as_int(float f) { return cda_bit_cast<int>(f); }
+inline float __int_as_float(int i) { return cda_bit_cast<float>(i); }
 template <class T>
 inline T __ldg(const T* p) { return *p; }
 // Correctly rounded single operations that the compiler must not contract into FMAs (the emulation
@@ -409,7 +417,7 @@ inline float __fmul_rn(float a, float b) { return a * b; }
 // ---- inline-PTX helpers ---------------------------------------------------------------------------
 // cvt.rna.tf32.f32: round to nearest, ties away from zero, keeping 10 explicit mantissa bits.
 inline uint32_t cda_emu_cvt_rna_tf32(float x) {
-    uint32_t u = std::bit_cast<uint32_t>(x);
+    uint32_t u = cda_bit_cast<uint32_t>(x);
     if ((u & 0x7f800000u) == 0x7f800000u) return u;  // Inf and NaN pass through
     return (u + 0x1000u) & 0xffffe000u;
 }
@@ -426,7 +434,7 @@ inline void cda_emu_mma_tf32_m16n8k8(float d[4], const uint32_t a[4], const uint
     cda_emu::Warp& w = cda_emu::my_warp();
     unsigned slot = cda_emu::next_slot();
     unsigned lane = cda_emu::lane_id(), g = lane >> 2, t = lane & 3u;
-    auto tf = [](uint32_t bits) { return std::bit_cast<float>(bits & 0xffffe000u); };
+    auto tf = [](uint32_t bits) { return cda_bit_cast<float>(bits & 0xffffe000u); };
     w.mma_a[slot][g][t] = tf(a[0]);
     w.mma_a[slot][g + 8][t] = tf(a[1]);
     w.mma_a[slot][g][t + 4] = tf(a[2]);

@@ -19,7 +19,7 @@ fn emulated() -> Option<EmulatedBackend> {
     match CudaBackend::emulated() {
         Ok(b) => Some(b),
         Err(e) => {
-            // CI builds always have emulation (build.rs needs only a C++20 compiler); say why if not.
+            // CI builds always have emulation (build.rs needs only a C++17 compiler); say why if not.
             eprintln!("skipping: {e}");
             None
         }

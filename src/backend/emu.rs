@@ -89,11 +89,11 @@ pub struct EmuDevice {
 }
 
 impl EmuDevice {
-    /// Err when this binary was built without host emulation (no C++20 compiler at build time).
+    /// Err when this binary was built without host emulation (no C++17 compiler at build time).
     pub fn new() -> Result<EmuDevice> {
         if !super::cuda_device::EMULATION_BUILT {
             return Err(Error::Cuda(
-                "this binary was built without host emulation of the CUDA kernels (build.rs found no C++20 compiler)".into(),
+                "this binary was built without host emulation of the CUDA kernels (build.rs found no C++17 compiler)".into(),
             ));
         }
         Ok(EmuDevice { capture: Mutex::new(None) })
