@@ -4,6 +4,8 @@
 mod common;
 
 use cda_engine::backend::cpu::CpuBackend;
+use cda_engine::backend::cuda::{ConvVersion, EmulatedBackend};
+use cda_engine::backend::Backend;
 use cda_engine::model::ResNet;
 use cda_engine::ops::crop_resize::CropParams;
 use cda_engine::recover::schedule::{cosine_lr, min_crop_scale, Curriculum};
@@ -120,8 +122,11 @@ fn check_gradients(c: &Case) {
 /// than 1e-4 (at most 0.5%; seen: none, the largest difference is 3e-5) and (b) every pixel by
 /// 2 * lr * iterations (no runaway), and checks the losses along the way to 1e-3 relative.
 fn check_trajectory(c: &Case) {
-    let backend = CpuBackend::new(2).unwrap();
-    let mut rec = Recoverer::new(&backend, &c.model, &c.cfg, c.n, c.res, c.res).unwrap();
+    assert!(!check_trajectory_on(&CpuBackend::new(2).unwrap(), c), "the CPU backend has no graphs");
+}
+
+fn check_trajectory_on<B: Backend>(backend: &B, c: &Case) -> bool {
+    let mut rec = Recoverer::new(backend, &c.model, &c.cfg, c.n, c.res, c.res).unwrap();
     rec.reset(&tensor(&c.traj, "init").data, &targets(c)).unwrap();
     for t in 0..c.iterations {
         let point = rec.step(t, &replay_params(c, t), true).unwrap().unwrap();
@@ -136,6 +141,7 @@ fn check_trajectory(c: &Case) {
         assert!(off * 200 <= got.len(), "iter {t}: {off} of {} pixels differ by more than 1e-4", got.len());
         assert!(d.max_abs <= 2.0 * c.cfg.lr * c.iterations as f64, "iter {t}: max abs {:.3e}", d.max_abs);
     }
+    rec.uses_graph()
 }
 
 #[test]
@@ -163,4 +169,15 @@ fn sre2l_roll_only_bottleneck_losses_and_gradients() {
 #[test]
 fn sre2l_roll_only_bottleneck_trajectory() {
     check_trajectory(&case("sre2l_bottleneck_cifar"));
+}
+
+/// The CUDA backend's recover loop (fp32 kernels, host emulation): from the second iteration on the
+/// whole iteration is captured once as a graph and replayed, with fresh crop parameters and Adam
+/// scalars uploaded before each replay. Same bounds as the CPU trajectory.
+#[test]
+fn cuda_emulated_graph_replay_trajectory() {
+    let backend = EmulatedBackend::emulated().expect("host emulation of the kernels is built");
+    backend.set_conv_version(ConvVersion::Fp32);
+    assert!(check_trajectory_on(&backend, &case("cda_basic_imagenet")), "iterations were replayed from a graph");
+    assert!(check_trajectory_on(&backend, &case("sre2l_bottleneck_cifar")));
 }

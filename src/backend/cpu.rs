@@ -1,6 +1,10 @@
 //! The CPU backend: host vectors, the ops' CPU halves, a private rayon pool of `threads` workers.
+//! With profiling on ([`CpuBackend::set_profiling`]) every op call is timed and attributed to its
+//! op, shape and algorithm ([`Profile`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use super::Backend;
 use crate::error::{Error, Result};
@@ -13,6 +17,70 @@ use crate::ops::{adam, bn_match, conv2d, crop_resize, image_prior, linear, pool,
 pub struct CpuBackend {
     pool: Arc<rayon::ThreadPool>,
     threads: usize,
+    profile: Mutex<Option<Profile>>,
+    /// Transformed conv weights (Winograd), reused while the weight buffers are unchanged.
+    weights: conv2d::cpu::WeightCache,
+}
+
+/// Accumulated time per (op, shape, algorithm), in first-call order.
+#[derive(Clone, Debug, Default)]
+pub struct Profile {
+    order: Vec<String>,
+    entries: HashMap<String, ProfileEntry>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProfileEntry {
+    pub calls: u64,
+    pub secs: f64,
+    pub flops: f64,
+}
+
+impl Profile {
+    fn add(&mut self, key: String, secs: f64, flops: f64) {
+        let e = match self.entries.get_mut(&key) {
+            Some(e) => e,
+            None => {
+                self.order.push(key.clone());
+                self.entries.entry(key).or_default()
+            }
+        };
+        e.calls += 1;
+        e.secs += secs;
+        e.flops += flops;
+    }
+
+    /// (key, entry) in first-call order.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &ProfileEntry)> {
+        self.order.iter().map(|k| (k.as_str(), &self.entries[k]))
+    }
+
+    pub fn total_secs(&self) -> f64 {
+        self.entries.values().map(|e| e.secs).sum()
+    }
+
+    /// A table of ms per iteration (over `iters` iterations), share of the total and GFLOP/s.
+    pub fn table(&self, iters: usize) -> String {
+        let total = self.total_secs().max(1e-12);
+        let it = iters.max(1) as f64;
+        let mut s = format!("{:<58} {:>6} {:>10} {:>6} {:>8}\n", "op (shape, algorithm)", "calls", "ms/iter", "%", "GFLOP/s");
+        let mut by_op: Vec<(String, f64)> = Vec::new();
+        for (k, e) in self.entries() {
+            let gf = if e.flops > 0.0 { format!("{:8.1}", e.flops / e.secs / 1e9) } else { String::new() };
+            s += &format!("{:<58} {:>6.0} {:>10.2} {:>6.1} {}\n", k, e.calls as f64 / it, 1e3 * e.secs / it, 100.0 * e.secs / total, gf);
+            let op = k.split_whitespace().next().unwrap_or("").to_string();
+            match by_op.iter_mut().find(|(o, _)| *o == op) {
+                Some(v) => v.1 += e.secs,
+                None => by_op.push((op, e.secs)),
+            }
+        }
+        s += "per op:";
+        for (op, secs) in by_op {
+            s += &format!("  {op} {:.1} ms ({:.1}%)", 1e3 * secs / it, 100.0 * secs / total);
+        }
+        s += &format!("\ntotal in ops: {:.1} ms/iter\n", 1e3 * total / it);
+        s
+    }
 }
 
 impl CpuBackend {
@@ -24,7 +92,32 @@ impl CpuBackend {
             .thread_name(|i| format!("cda-cpu-{i}"))
             .build()
             .map_err(|e| Error::Option(format!("cannot start {threads} CPU threads: {e}")))?;
-        Ok(CpuBackend { pool: Arc::new(pool), threads })
+        Ok(CpuBackend { pool: Arc::new(pool), threads, profile: Mutex::new(None), weights: conv2d::cpu::WeightCache::new(conv2d::cpu::WeightCache::default_budget()) })
+    }
+
+    /// Starts (clearing what was recorded) or stops timing every op call.
+    pub fn set_profiling(&self, on: bool) {
+        *self.profile.lock().unwrap_or_else(|e| e.into_inner()) = on.then(Profile::default);
+    }
+
+    /// What was recorded since profiling was (re)started.
+    pub fn profile(&self) -> Option<Profile> {
+        self.profile.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Runs `f` on the pool, timed under `key()` when profiling.
+    fn op<R: Send>(&self, key: impl FnOnce() -> String, flops: f64, f: impl FnOnce() -> R + Send) -> R {
+        let profiling = self.profile.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        if !profiling {
+            return self.pool.install(f);
+        }
+        let t = Instant::now();
+        let r = self.pool.install(f);
+        let secs = t.elapsed().as_secs_f64();
+        if let Some(p) = self.profile.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            p.add(key(), secs, flops);
+        }
+        r
     }
 
     pub fn threads(&self) -> usize {
@@ -65,6 +158,11 @@ pub fn cpu_features() -> Vec<&'static str> {
     v
 }
 
+/// "3x3/1 64->64 N100 32x32 winograd" for the profile.
+fn conv_key(p: &ConvProblem, dgrad: bool) -> String {
+    format!("{}x{}/{} {}->{} N{} {}x{} {}", p.r, p.s, p.stride, p.c, p.k, p.n, p.h, p.w, conv2d::cpu::algorithm(p, dgrad))
+}
+
 fn crop_params(raw: &[i32], n: usize) -> &[CropParams] {
     bytemuck::cast_slice(&raw[..8 * n])
 }
@@ -80,6 +178,7 @@ fn pre_mut<T>(v: &mut [T], len: usize) -> &mut [T] {
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
     type IntBuf = Vec<i32>;
+    type Graph = ();
 
     fn describe(&self) -> String {
         format!("cpu ({} threads, {})", self.threads, cpu_features().join("+"))
@@ -119,7 +218,7 @@ impl Backend for CpuBackend {
             y: epi.y.map(|y| pre_mut(y, ol)),
             stats: epi.stats.map(|s| pre_mut(s, 2 * k)),
         };
-        self.pool.install(|| conv2d::cpu::fprop(p, pre(x, il), pre(w, p.weight_len()), epi, pre_mut(out, ol)));
+        self.op(|| format!("conv_fprop {}", conv_key(p, false)), p.flops(), || conv2d::cpu::fprop_with(Some(&self.weights), p, pre(x, il), pre(w, p.weight_len()), epi, pre_mut(out, ol)));
         Ok(())
     }
 
@@ -130,51 +229,51 @@ impl Backend for CpuBackend {
             DgradEpilogue::MaskInput { add, accumulate } => DgradEpilogue::MaskInput { add: add.map(|a| pre(a, il)), accumulate },
             DgradEpilogue::BnRelu { y_prev, scale, coef } => DgradEpilogue::BnRelu { y_prev: pre(y_prev, il), scale: pre(scale, c), coef: pre(coef, 3 * c) },
         };
-        self.pool.install(|| conv2d::cpu::dgrad(p, pre(dy, ol), pre(w, p.weight_len()), pre(x, il), epi, pre_mut(dx, il)));
+        self.op(|| format!("conv_dgrad {}", conv_key(p, true)), p.flops(), || conv2d::cpu::dgrad_with(Some(&self.weights), p, pre(dy, ol), pre(w, p.weight_len()), pre(x, il), epi, pre_mut(dx, il)));
         Ok(())
     }
 
     fn bn_match(&self, stats: &Vec<f32>, running_mean: &Vec<f32>, running_var: &Vec<f32>, count: usize, weight: f64, coef: &mut Vec<f32>, losses: &mut Vec<f32>, slot: usize) -> Result<()> {
         let k = running_mean.len();
-        losses[slot] = bn_match::cpu::bn_match(pre(stats, 2 * k), running_mean, pre(running_var, k), count as f64, weight, pre_mut(coef, 3 * k));
+        losses[slot] = self.op(|| format!("bn_match K{k}"), 0.0, || bn_match::cpu::bn_match(pre(stats, 2 * k), running_mean, pre(running_var, k), count as f64, weight, pre_mut(coef, 3 * k)));
         Ok(())
     }
 
     fn bn_backward(&self, n: usize, c: usize, hw: usize, dz: &Vec<f32>, y: &Vec<f32>, scale: &Vec<f32>, coef: &Vec<f32>, dy: &mut Vec<f32>) -> Result<()> {
         let len = n * c * hw;
-        self.pool.install(|| bn_match::cpu::bn_backward(c, hw, pre(dz, len), pre(y, len), pre(scale, c), pre(coef, 3 * c), pre_mut(dy, len)));
+        self.op(|| format!("bn_backward {n}x{c}x{hw}"), 0.0, || bn_match::cpu::bn_backward(c, hw, pre(dz, len), pre(y, len), pre(scale, c), pre(coef, 3 * c), pre_mut(dy, len)));
         Ok(())
     }
 
     fn maxpool_fwd(&self, p: &PoolProblem, x: &Vec<f32>, out: &mut Vec<f32>, argmax: &mut Vec<i32>) -> Result<()> {
         let (il, ol) = (p.input_len(), p.output_len());
-        self.pool.install(|| pool::cpu::maxpool_fwd(p, pre(x, il), pre_mut(out, ol), pre_mut(argmax, ol)));
+        self.op(|| format!("maxpool_fwd {}x{}x{}x{}", p.n, p.c, p.h, p.w), 0.0, || pool::cpu::maxpool_fwd(p, pre(x, il), pre_mut(out, ol), pre_mut(argmax, ol)));
         Ok(())
     }
 
     fn maxpool_bwd(&self, p: &PoolProblem, dout: &Vec<f32>, argmax: &Vec<i32>, dx: &mut Vec<f32>) -> Result<()> {
         let (il, ol) = (p.input_len(), p.output_len());
-        self.pool.install(|| pool::cpu::maxpool_bwd(p, pre(dout, ol), pre(argmax, ol), pre_mut(dx, il)));
+        self.op(|| format!("maxpool_bwd {}x{}x{}x{}", p.n, p.c, p.h, p.w), 0.0, || pool::cpu::maxpool_bwd(p, pre(dout, ol), pre(argmax, ol), pre_mut(dx, il)));
         Ok(())
     }
 
     fn avgpool_fwd(&self, nc: usize, hw: usize, x: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
-        self.pool.install(|| pool::cpu::avgpool_fwd(hw, pre(x, nc * hw), pre_mut(out, nc)));
+        self.op(|| format!("avgpool_fwd {nc}x{hw}"), 0.0, || pool::cpu::avgpool_fwd(hw, pre(x, nc * hw), pre_mut(out, nc)));
         Ok(())
     }
 
     fn avgpool_bwd(&self, nc: usize, hw: usize, dout: &Vec<f32>, x: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
-        self.pool.install(|| pool::cpu::avgpool_bwd(hw, pre(dout, nc), pre(x, nc * hw), pre_mut(dx, nc * hw)));
+        self.op(|| format!("avgpool_bwd {nc}x{hw}"), 0.0, || pool::cpu::avgpool_bwd(hw, pre(dout, nc), pre(x, nc * hw), pre_mut(dx, nc * hw)));
         Ok(())
     }
 
     fn linear_fwd(&self, n: usize, in_f: usize, out_f: usize, x: &Vec<f32>, w: &Vec<f32>, b: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
-        self.pool.install(|| linear::cpu::fwd(n, in_f, out_f, pre(x, n * in_f), pre(w, in_f * out_f), pre(b, out_f), pre_mut(y, n * out_f)));
+        self.op(|| format!("linear_fwd {n}x{in_f}x{out_f}"), 2.0 * (n * in_f * out_f) as f64, || linear::cpu::fwd(n, in_f, out_f, pre(x, n * in_f), pre(w, in_f * out_f), pre(b, out_f), pre_mut(y, n * out_f)));
         Ok(())
     }
 
     fn linear_bwd_data(&self, n: usize, in_f: usize, out_f: usize, dy: &Vec<f32>, w: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
-        self.pool.install(|| linear::cpu::bwd_data(n, in_f, out_f, pre(dy, n * out_f), pre(w, in_f * out_f), pre_mut(dx, n * in_f)));
+        self.op(|| format!("linear_bwd_data {n}x{in_f}x{out_f}"), 2.0 * (n * in_f * out_f) as f64, || linear::cpu::bwd_data(n, in_f, out_f, pre(dy, n * out_f), pre(w, in_f * out_f), pre_mut(dx, n * in_f)));
         Ok(())
     }
 
@@ -183,25 +282,25 @@ impl Backend for CpuBackend {
         if let Some(t) = targets.iter().find(|&&t| t < 0 || t as usize >= classes) {
             return Err(Error::input("targets", format!("class {t} is outside 0..{classes}")));
         }
-        losses[slot] = softmax_ce::cpu::softmax_ce(n, classes, pre(logits, n * classes), targets, pre_mut(dlogits, n * classes));
+        losses[slot] = self.op(|| format!("softmax_ce {n}x{classes}"), 0.0, || softmax_ce::cpu::softmax_ce(n, classes, pre(logits, n * classes), targets, pre_mut(dlogits, n * classes)));
         Ok(())
     }
 
     fn crop_resize_fwd(&self, p: &CropResizeProblem, params: &Vec<i32>, x: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
         let (n, len) = (p.n as usize, p.len());
-        self.pool.install(|| crop_resize::cpu::fwd(p, crop_params(params, n), pre(x, len), pre_mut(out, len)));
+        self.op(|| format!("crop_resize_fwd {}x{}x{}x{}", p.n, p.c, p.h, p.w), 0.0, || crop_resize::cpu::fwd(p, crop_params(params, n), pre(x, len), pre_mut(out, len)));
         Ok(())
     }
 
     fn crop_resize_bwd(&self, p: &CropResizeProblem, params: &Vec<i32>, dout: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
         let (n, len) = (p.n as usize, p.len());
-        self.pool.install(|| crop_resize::cpu::bwd(p, crop_params(params, n), pre(dout, len), pre_mut(dx, len)));
+        self.op(|| format!("crop_resize_bwd {}x{}x{}x{}", p.n, p.c, p.h, p.w), 0.0, || crop_resize::cpu::bwd(p, crop_params(params, n), pre(dout, len), pre_mut(dx, len)));
         Ok(())
     }
 
     fn image_prior(&self, n: usize, c: usize, h: usize, w: usize, x: &Vec<f32>, tv_l2: f64, l2_scale: f64, grad: &mut Vec<f32>) -> Result<f64> {
         let len = n * c * h * w;
-        Ok(image_prior::cpu::image_prior(n, c, h, w, pre(x, len), tv_l2, l2_scale, pre_mut(grad, len)))
+        Ok(self.op(|| format!("image_prior {n}x{c}x{h}x{w}"), 0.0, || image_prior::cpu::image_prior(n, c, h, w, pre(x, len), tv_l2, l2_scale, pre_mut(grad, len))))
     }
 
     fn check_image_prior_support(&self) -> Result<()> {
@@ -211,7 +310,7 @@ impl Backend for CpuBackend {
     fn adam_clip(&self, n: usize, c: usize, hw: usize, scalars: &Vec<f32>, x: &mut Vec<f32>, g: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, lo: &Vec<f32>, hi: &Vec<f32>) -> Result<()> {
         let s = AdamScalars::from_slice(scalars);
         let len = n * c * hw;
-        self.pool.install(|| adam::cpu::adam_clip(c, hw, &s, pre_mut(x, len), pre(g, len), pre_mut(m, len), pre_mut(v, len), pre(lo, c), pre(hi, c)));
+        self.op(|| format!("adam_clip {n}x{c}x{hw}"), 0.0, || adam::cpu::adam_clip(c, hw, &s, pre_mut(x, len), pre(g, len), pre_mut(m, len), pre_mut(v, len), pre(lo, c), pre(hi, c)));
         Ok(())
     }
 }

@@ -308,6 +308,7 @@ impl<D: Device> CudaBackend<D> {
 impl<D: Device> Backend for CudaBackend<D> {
     type Buf = CudaBuf<D>;
     type IntBuf = CudaIntBuf<D>;
+    type Graph = D::Graph;
 
     fn describe(&self) -> String {
         self.dev.describe()
@@ -343,6 +344,14 @@ impl<D: Device> Backend for CudaBackend<D> {
     fn download_int(&self, src: &CudaIntBuf<D>, dst: &mut [i32]) -> Result<()> {
         check_len("download source", src.len, dst.len())?;
         self.dev.dtoh(&src.mem, bytemuck::cast_slice_mut(dst))
+    }
+
+    fn capture_graph(&self, issue: impl FnOnce(&Self) -> Result<()>) -> Result<Option<D::Graph>> {
+        self.capture(issue).map(Some)
+    }
+
+    fn replay_graph(&self, graph: &D::Graph) -> Result<()> {
+        self.replay(graph)
     }
 
     fn synchronize(&self) -> Result<()> {

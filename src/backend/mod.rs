@@ -20,6 +20,8 @@ use crate::ops::pool::PoolProblem;
 pub trait Backend: Send + Sync {
     type Buf: Send + Sync;
     type IntBuf: Send + Sync;
+    /// A recorded sequence of ops that can be replayed (a CUDA graph); `()` where there is none.
+    type Graph;
 
     /// e.g. "cpu (2 threads, avx2+fma)" or the GPU's name.
     fn describe(&self) -> String;
@@ -32,6 +34,18 @@ pub trait Backend: Send + Sync {
     fn download_int(&self, src: &Self::IntBuf, dst: &mut [i32]) -> Result<()>;
     /// Waits for queued work (no-op on CPU).
     fn synchronize(&self) -> Result<()>;
+    /// Records the ops `issue` launches, without running them, for [`replay_graph`](Self::replay_graph).
+    /// Ok(None) where the backend has no graphs: then `issue` was not called and the caller runs the
+    /// ops eagerly. Uploads and downloads are not allowed inside `issue`.
+    fn capture_graph(&self, issue: impl FnOnce(&Self) -> Result<()>) -> Result<Option<Self::Graph>> {
+        let _ = issue;
+        Ok(None)
+    }
+    /// Runs a graph captured by [`capture_graph`](Self::capture_graph).
+    fn replay_graph(&self, graph: &Self::Graph) -> Result<()> {
+        let _ = graph;
+        Ok(())
+    }
 
     fn conv_fprop(&self, p: &ConvProblem, x: &Self::Buf, w: &Self::Buf, epi: FpropEpilogue<'_, Self::Buf>, out: &mut Self::Buf) -> Result<()>;
     fn conv_dgrad(&self, p: &ConvProblem, dy: &Self::Buf, w: &Self::Buf, x: &Self::Buf, epi: DgradEpilogue<'_, Self::Buf>, dx: &mut Self::Buf) -> Result<()>;

@@ -146,15 +146,9 @@ pub struct BatchOutcome {
     pub bn_layers_last: Vec<f32>,
 }
 
-/// One batch's state on the backend: the teacher's executor plus images, Adam moments and scratch.
-pub struct Recoverer<'a, B: Backend> {
-    backend: &'a B,
-    pub net: Net<B>,
-    cfg: RecoverConfig,
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
+/// Device buffers of one recover iteration besides the teacher's own.
+struct StepBuffers<B: Backend> {
+    problem: CropResizeProblem,
     x: B::Buf,
     x_aug: B::Buf,
     g_aug: B::Buf,
@@ -165,10 +159,41 @@ pub struct Recoverer<'a, B: Backend> {
     scalars: B::Buf,
     lo: B::Buf,
     hi: B::Buf,
+}
+
+/// The device work of one iteration after its inputs (crop parameters, Adam scalars) are uploaded:
+/// augment, forward, losses, backward, augmentation adjoint, Adam + clip. No host transfers, so a
+/// backend may record it once as a graph and replay it.
+fn issue_iteration<B: Backend>(b: &B, net: &mut Net<B>, s: &mut StepBuffers<B>, bn_weights: &[f64]) -> Result<()> {
+    let p = s.problem;
+    b.crop_resize_fwd(&p, &s.params, &s.x, &mut s.x_aug)?;
+    net.forward(b, &s.x_aug)?;
+    net.losses(b, bn_weights)?;
+    net.backward(b, &s.x_aug, &mut s.g_aug)?;
+    b.crop_resize_bwd(&p, &s.params, &s.g_aug, &mut s.g_x)?;
+    let (n, c, hw) = (p.n as usize, p.c as usize, (p.h * p.w) as usize);
+    b.adam_clip(n, c, hw, &s.scalars, &mut s.x, &s.g_x, &mut s.m, &mut s.v, &s.lo, &s.hi)
+}
+
+/// One batch's state on the backend: the teacher's executor plus images, Adam moments and scratch.
+pub struct Recoverer<'a, B: Backend> {
+    backend: &'a B,
+    pub net: Net<B>,
+    cfg: RecoverConfig,
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    bufs: StepBuffers<B>,
     /// r_bn * w_l per BN layer, and the w_l alone (first_bn_multiplier for l = 0, else 1).
     bn_weights: Vec<f64>,
     bn_mult: Vec<f64>,
     losses_host: Vec<f32>,
+    /// The iteration recorded as a graph (CUDA), once one eager iteration has sized every workspace.
+    graph: Option<B::Graph>,
+    eager_iterations: usize,
+    /// Record and replay iterations as graphs where the backend can (default on; CDA_NO_GRAPH=1 turns it off).
+    pub use_graphs: bool,
     pub log_every: usize,
 }
 
@@ -197,13 +222,8 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         let layers = net.num_bn_layers();
         let bn_mult: Vec<f64> = (0..layers).map(|l| if l == 0 { cfg.first_bn_multiplier } else { 1.0 }).collect();
         let bn_weights = bn_mult.iter().map(|m| cfg.r_bn * m).collect();
-        Ok(Recoverer {
-            backend,
-            cfg: cfg.clone(),
-            n,
-            c,
-            h,
-            w,
+        let bufs = StepBuffers {
+            problem: CropResizeProblem { n: n as i32, c: c as i32, h: h as i32, w: w as i32 },
             x: backend.alloc(len)?,
             x_aug: backend.alloc(len)?,
             g_aug: backend.alloc(len)?,
@@ -214,9 +234,21 @@ impl<'a, B: Backend> Recoverer<'a, B> {
             scalars: backend.alloc(AdamScalars::LEN)?,
             lo,
             hi,
+        };
+        Ok(Recoverer {
+            backend,
+            cfg: cfg.clone(),
+            n,
+            c,
+            h,
+            w,
+            bufs,
             bn_weights,
             bn_mult,
             losses_host: vec![0.0; 1 + layers],
+            graph: None,
+            eager_iterations: 0,
+            use_graphs: std::env::var("CDA_NO_GRAPH").map(|v| v != "1").unwrap_or(true),
             log_every: 50,
             net,
         })
@@ -229,16 +261,16 @@ impl<'a, B: Backend> Recoverer<'a, B> {
     /// Starts a batch: images from `init` (N C H W, normalised), zero Adam moments, the targets.
     pub fn reset(&mut self, init: &[f32], targets: &[i32]) -> Result<()> {
         let b = self.backend;
-        b.upload(init, &mut self.x)?;
+        b.upload(init, &mut self.bufs.x)?;
         let zeros = vec![0.0; init.len()];
-        b.upload(&zeros, &mut self.m)?;
-        b.upload(&zeros, &mut self.v)?;
+        b.upload(&zeros, &mut self.bufs.m)?;
+        b.upload(&zeros, &mut self.bufs.v)?;
         self.net.set_targets(b, targets)
     }
 
     /// Replaces the images, keeping the Adam moments (tests replay a reference trajectory).
     pub fn set_images(&mut self, x: &[f32]) -> Result<()> {
-        self.backend.upload(x, &mut self.x)
+        self.backend.upload(x, &mut self.bufs.x)
     }
 
     /// One iteration (0-based t) with the given augmentation; returns the losses if `want_losses`.
@@ -246,22 +278,40 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         let b = self.backend;
         let cfg = &self.cfg;
         let lr = schedule::cosine_lr(cfg.lr, t, cfg.iterations);
-        let problem = CropResizeProblem { n: self.n as i32, c: self.c as i32, h: self.h as i32, w: self.w as i32 };
-        b.upload_int(&CropParams::flatten(aug), &mut self.params)?;
-        b.crop_resize_fwd(&problem, &self.params, &self.x, &mut self.x_aug)?;
-        self.net.forward(b, &self.x_aug)?;
-        self.net.losses(b, &self.bn_weights)?;
-        self.net.backward(b, &self.x_aug, &mut self.g_aug)?;
-        let prior = if cfg.tv_l2 > 0.0 || cfg.l2_scale > 0.0 {
-            b.image_prior(self.n, self.c, self.h, self.w, &self.x_aug, cfg.tv_l2, cfg.l2_scale, &mut self.g_aug)?
-        } else {
-            0.0
-        };
-        b.crop_resize_bwd(&problem, &self.params, &self.g_aug, &mut self.g_x)?;
+        b.upload_int(&CropParams::flatten(aug), &mut self.bufs.params)?;
         let (beta1, beta2) = cfg.adam_betas;
         let scalars = AdamScalars::new(lr, beta1, beta2, cfg.adam_eps, (t + 1) as u32).to_array();
-        b.upload(&scalars, &mut self.scalars)?;
-        b.adam_clip(self.n, self.c, self.h * self.w, &self.scalars, &mut self.x, &self.g_x, &mut self.m, &mut self.v, &self.lo, &self.hi)?;
+        b.upload(&scalars, &mut self.bufs.scalars)?;
+        let priors = cfg.tv_l2 > 0.0 || cfg.l2_scale > 0.0;
+        let prior = if priors {
+            // The priors read back their loss, so this path stays eager.
+            let s = &mut self.bufs;
+            let p = s.problem;
+            b.crop_resize_fwd(&p, &s.params, &s.x, &mut s.x_aug)?;
+            self.net.forward(b, &s.x_aug)?;
+            self.net.losses(b, &self.bn_weights)?;
+            self.net.backward(b, &s.x_aug, &mut s.g_aug)?;
+            let prior = b.image_prior(self.n, self.c, self.h, self.w, &s.x_aug, cfg.tv_l2, cfg.l2_scale, &mut s.g_aug)?;
+            b.crop_resize_bwd(&p, &s.params, &s.g_aug, &mut s.g_x)?;
+            b.adam_clip(self.n, self.c, self.h * self.w, &s.scalars, &mut s.x, &s.g_x, &mut s.m, &mut s.v, &s.lo, &s.hi)?;
+            prior
+        } else {
+            if self.graph.is_none() && self.use_graphs && self.eager_iterations > 0 {
+                let (net, bufs, weights) = (&mut self.net, &mut self.bufs, &self.bn_weights);
+                self.graph = b.capture_graph(|b| issue_iteration(b, net, bufs, weights))?;
+                if self.graph.is_none() {
+                    self.use_graphs = false; // the backend has no graphs
+                }
+            }
+            match &self.graph {
+                Some(g) => b.replay_graph(g)?,
+                None => {
+                    issue_iteration(b, &mut self.net, &mut self.bufs, &self.bn_weights)?;
+                    self.eager_iterations += 1;
+                }
+            }
+            0.0
+        };
         if !want_losses {
             return Ok(None);
         }
@@ -277,6 +327,11 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         Ok(Some(LossPoint { iteration: t, ce, bn: bn as f32, total: total as f32, min_crop: 0.0, lr: lr as f32 }))
     }
 
+    /// True once iterations run as a replayed graph.
+    pub fn uses_graph(&self) -> bool {
+        self.graph.is_some()
+    }
+
     /// Unweighted r_l of every BN layer from the last `step` that returned losses.
     pub fn bn_layer_losses(&self) -> &[f32] {
         &self.losses_host[1..]
@@ -284,14 +339,14 @@ impl<'a, B: Backend> Recoverer<'a, B> {
 
     pub fn images(&self) -> Result<Vec<f32>> {
         let mut out = vec![0.0; self.n * self.c * self.h * self.w];
-        self.backend.download(&self.x, &mut out)?;
+        self.backend.download(&self.bufs.x, &mut out)?;
         Ok(out)
     }
 
     /// The input gradient of the last step (before Adam), for tests.
     pub fn last_gradient(&self) -> Result<Vec<f32>> {
         let mut out = vec![0.0; self.n * self.c * self.h * self.w];
-        self.backend.download(&self.g_x, &mut out)?;
+        self.backend.download(&self.bufs.g_x, &mut out)?;
         Ok(out)
     }
 
@@ -339,8 +394,8 @@ impl<'a, B: Backend> Recoverer<'a, B> {
                 self.cfg.clip.from_unit(ch, u as f32 / 255.0)
             })
             .collect();
-        self.backend.upload(&q, &mut self.x_aug)?;
-        self.net.forward(self.backend, &self.x_aug)?;
+        self.backend.upload(&q, &mut self.bufs.x_aug)?;
+        self.net.forward(self.backend, &self.bufs.x_aug)?;
         let classes = self.net.classes;
         let mut logits = vec![0.0; self.n * classes];
         self.backend.download(&self.net.logits, &mut logits)?;
