@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod bench;
 pub mod default_teacher;
+pub mod device;
 pub mod error;
 pub mod io;
 pub mod kernels;

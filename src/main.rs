@@ -21,13 +21,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum Device {
-    /// A GPU when one is usable, else the CPU.
-    Auto,
-    Cpu,
-    Cuda,
-}
+use cda_engine::device::{with_backend, BackendTask, Device};
 
 #[derive(Subcommand)]
 enum Command {
@@ -173,9 +167,6 @@ fn inspect(path: &PathBuf) -> Result<()> {
 }
 
 fn forward(weights: &PathBuf, input: &PathBuf, output: &PathBuf, device: Device, threads: usize) -> Result<()> {
-    if device == Device::Cuda {
-        return Err(Error::Cuda("the CUDA backend does not run `forward` yet; use --device cpu".into()));
-    }
     let model = ResNet::load(weights)?;
     let file = read_tensor_file(input)?;
     let x = file.tensors.get("input").ok_or_else(|| Error::input(input.display().to_string(), "no tensor named `input`"))?;
@@ -185,25 +176,37 @@ fn forward(weights: &PathBuf, input: &PathBuf, output: &PathBuf, device: Device,
             format!("tensor `input` has shape {:?}; expected [N, {}, H, W]", x.shape, model.in_channels),
         ));
     }
-    let (n, h, w) = (x.shape[0], x.shape[2], x.shape[3]);
-    let backend = CpuBackend::new(threads)?;
-    let mut net = Net::new(&backend, &model, n, h, w)?;
-    let mut xb = backend.alloc(x.data.len())?;
-    backend.upload(&x.data, &mut xb)?;
-    net.forward(&backend, &xb)?;
-    let mut logits = vec![0.0; n * model.num_classes];
-    backend.download(&net.logits, &mut logits)?;
-    let mut out: Vec<(String, Tensor)> = vec![("logits".into(), Tensor::new(vec![n, model.num_classes], logits))];
-    for l in 0..net.num_bn_layers() {
-        let k = net.bn_channels(l);
-        let mut s = vec![0.0; 2 * k];
-        backend.download(net.bn_stats(l), &mut s)?;
-        out.push((format!("bn.{l}.mean"), Tensor::new(vec![k], s[..k].to_vec())));
-        out.push((format!("bn.{l}.var"), Tensor::new(vec![k], s[k..].to_vec())));
+    struct Forward<'a> {
+        model: &'a ResNet,
+        x: &'a Tensor,
     }
+    impl BackendTask for Forward<'_> {
+        type Output = Vec<(String, Tensor)>;
+        fn run<B: Backend>(self, backend: &B) -> Result<Self::Output> {
+            let (model, x) = (self.model, self.x);
+            let (n, h, w) = (x.shape[0], x.shape[2], x.shape[3]);
+            let mut net = Net::new(backend, model, n, h, w)?;
+            let mut xb = backend.alloc(x.data.len())?;
+            backend.upload(&x.data, &mut xb)?;
+            net.forward(backend, &xb)?;
+            let mut logits = vec![0.0; n * model.num_classes];
+            backend.download(&net.logits, &mut logits)?;
+            let mut out: Vec<(String, Tensor)> = vec![("logits".into(), Tensor::new(vec![n, model.num_classes], logits))];
+            for l in 0..net.num_bn_layers() {
+                let k = net.bn_channels(l);
+                let mut s = vec![0.0; 2 * k];
+                backend.download(net.bn_stats(l), &mut s)?;
+                out.push((format!("bn.{l}.mean"), Tensor::new(vec![k], s[..k].to_vec())));
+                out.push((format!("bn.{l}.var"), Tensor::new(vec![k], s[k..].to_vec())));
+            }
+            eprintln!("{} images on {}", n, backend.describe());
+            Ok(out)
+        }
+    }
+    let out = with_backend(device, threads, Forward { model: &model, x })?;
     let refs: Vec<(String, &Tensor)> = out.iter().map(|(k, t)| (k.clone(), t)).collect();
     write_tensor_file(output, &refs, None)?;
-    eprintln!("wrote {} ({} images, {} BN layers)", output.display(), n, net.num_bn_layers());
+    eprintln!("wrote {} ({} BN layers)", output.display(), model.num_bn_layers());
     Ok(())
 }
 
@@ -214,14 +217,13 @@ fn load_teacher(weights: Option<&std::path::Path>) -> Result<(ResNet, String)> {
     }
 }
 
-/// The CPU backend, or an explanation of why the requested GPU cannot be used.
+/// The CPU backend, or an explanation of why a GPU cannot be used here.
 fn cpu_for(device: Device, threads: usize) -> Result<CpuBackend> {
     match device {
         Device::Cpu | Device::Auto => CpuBackend::new(threads),
-        Device::Cuda => Err(Error::Cuda(match cuda_probe::probe() {
+        Device::Cuda => Err(Error::Cuda(match cda_engine::device::gpu_usable() {
             Err(why) => format!("--device cuda: {why}"),
-            Ok(_) if !kernels::all_embedded() => format!("--device cuda: {}", kernels::HOW_TO_GET_PTX),
-            Ok(_) => "--device cuda: the CUDA backend does not run the recover loop in this build yet; use --device cpu".into(),
+            Ok(()) => "--device cuda: this command runs on the CPU only; use --device cpu".into(),
         })),
     }
 }
@@ -229,21 +231,36 @@ fn cpu_for(device: Device, threads: usize) -> Result<CpuBackend> {
 fn run(args: &RunArgs, device: Device, threads: usize, quiet: bool) -> Result<()> {
     let (model, teacher) = load_teacher(args.weights.as_deref())?;
     let (settings, out) = cda_engine::recover::cli::settings(args, &model, &teacher)?;
-    let backend = cpu_for(device, threads)?;
-    eprintln!(
-        "teacher {} ({}, {} classes), {} on {}: {} batches of {} images, {} iterations each -> {}",
-        teacher,
-        model.arch_name(),
-        model.num_classes,
-        settings.preset.as_deref().unwrap_or("custom"),
-        backend.describe(),
-        cda_engine::recover::run::plan(&settings).len(),
-        settings.batch_size.min(settings.classes) * settings.ipc_per_batch.min(settings.ipc_end - settings.ipc_start.min(settings.ipc_end)),
-        settings.recover.iterations,
-        out.display()
-    );
+    struct Run<'a> {
+        model: &'a ResNet,
+        teacher: &'a str,
+        settings: &'a cda_engine::recover::run::RunSettings,
+        out: &'a std::path::Path,
+        show: bool,
+        log_every: usize,
+    }
+    impl BackendTask for Run<'_> {
+        type Output = cda_engine::recover::run::RunSummary;
+        fn run<B: Backend>(self, backend: &B) -> Result<Self::Output> {
+            let s = self.settings;
+            eprintln!(
+                "teacher {} ({}, {} classes), {} on {}: {} batches of {} images, {} iterations each -> {}",
+                self.teacher,
+                self.model.arch_name(),
+                self.model.num_classes,
+                s.preset.as_deref().unwrap_or("custom"),
+                backend.describe(),
+                cda_engine::recover::run::plan(s).len(),
+                s.batch_size.min(s.classes) * s.ipc_per_batch.min(s.ipc_end - s.ipc_start.min(s.ipc_end)),
+                s.recover.iterations,
+                self.out.display()
+            );
+            cda_engine::recover::run::run(backend, self.model, s, self.out, self.show, self.log_every)
+        }
+    }
     let show = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let summary = cda_engine::recover::run::run(&backend, &model, &settings, &out, show, args.log_every)?;
+    let task = Run { model: &model, teacher: &teacher, settings: &settings, out: &out, show, log_every: args.log_every };
+    let summary = with_backend(device, threads, task)?;
     println!("{}", serde_json::to_string(&summary).expect("summary serialises"));
     Ok(())
 }
