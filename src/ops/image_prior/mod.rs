@@ -7,6 +7,6 @@
 //! Gradients: each ||d|| contributes +d/||d|| at its first operand and -d/||d|| at its second;
 //! L2 contributes x_n / (N ||x_n||).
 //!
-//! CPU half: [`cpu`]. No CUDA kernel yet (the official scripts leave the priors off).
+//! CPU half: [`cpu`]. CUDA half: `kernels/image_prior.cu`.
 
 pub mod cpu;
