@@ -114,6 +114,27 @@ enum Command {
     },
     /// What this machine and binary can do: CPU features, embedded GPU kernels, CUDA driver and GPUs.
     Doctor,
+    /// Train a teacher from scratch on a dataset (SRe2L's squeeze) and save it as safetensors.
+    Squeeze {
+        #[command(flatten)]
+        args: cda_engine::train::cli::SqueezeArgs,
+    },
+    /// Store teacher soft labels on augmented, mixed views of a distilled set (SRe2L's relabel).
+    Relabel {
+        #[command(flatten)]
+        args: cda_engine::train::cli::RelabelArgs,
+    },
+    /// Train a student on a distilled set by distillation and report its top-1 on the real test set.
+    /// The last stdout line is JSON with top1, epochs, images.
+    Validate {
+        #[command(flatten)]
+        args: cda_engine::train::cli::ValidateArgs,
+    },
+    /// Write a seeded, class-balanced random subset of a dataset as an ImageFolder (a baseline set).
+    Sample {
+        #[command(flatten)]
+        args: cda_engine::train::cli::SampleArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -131,6 +152,10 @@ fn main() -> ExitCode {
             doctor();
             Ok(())
         }
+        Command::Squeeze { args } => cda_engine::train::cli::squeeze(&args),
+        Command::Relabel { args } => cda_engine::train::cli::relabel(&args),
+        Command::Validate { args } => cda_engine::train::cli::validate(&args),
+        Command::Sample { args } => cda_engine::train::cli::sample(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,7 +6,13 @@
 //! parameter) -> `optim` (SGD / AdamW over the model with weight decay on ndim > 1 tensors) and
 //! `schedule` (cosine with warm-up).
 
+pub mod cli;
+pub mod distill;
+pub mod eval;
+pub mod labels;
 pub mod model;
 pub mod net;
 pub mod optim;
+pub mod progress;
 pub mod schedule;
+pub mod squeeze;

@@ -5,7 +5,6 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::ops::conv2d::cpu::{col2im, im2col};
 use crate::ops::conv2d::ConvProblem;
 use crate::ops::gemm::sgemm;
 use crate::ops::par::{image_groups, SyncPtr};
@@ -14,14 +13,97 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Runs `f` on `len` floats of this thread's grow-only scratch; a temporary buffer when the scratch is
+/// already borrowed on this thread (a GEMM waiting on the pool may run another task here).
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SCRATCH.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.len() < len {
-            c.resize(len, 0.0);
+    let run = |v: &mut Vec<f32>| {
+        if v.len() < len {
+            v.resize(len, 0.0);
         }
-        f(&mut c[..len])
+        f(&mut v[..len])
+    };
+    SCRATCH.with(|c| match c.try_borrow_mut() {
+        Ok(mut v) => run(&mut v),
+        Err(_) => run(&mut Vec::new()),
     })
+}
+
+/// Output columns oq whose input column oq * stride + iw0 lies in 0..w: (first, end).
+#[inline]
+fn valid_cols(qq: usize, w: isize, stride: isize, iw0: isize) -> (usize, usize) {
+    let first = if iw0 >= 0 { 0 } else { ((-iw0 + stride - 1) / stride) as usize };
+    let end = if w - iw0 <= 0 { 0 } else { (((w - iw0 + stride - 1) / stride) as usize).min(qq) };
+    (first.min(end), end)
+}
+
+/// col[(c*R + r)*S + s][p*Q + q] = x[c][p*stride - pad + r][q*stride - pad + s] (0 outside): the same
+/// as `conv2d::cpu::im2col`, with the padded borders handled per row instead of per element.
+pub fn im2col(p: &ConvProblem, x: &[f32], col: &mut [f32]) {
+    let (c_n, h, w, r_n, s_n, pp, qq) = (p.c as usize, p.h as isize, p.w as isize, p.r as usize, p.s as usize, p.p as usize, p.q as usize);
+    let (stride, pad) = (p.stride as isize, p.pad as isize);
+    let pq = pp * qq;
+    for c in 0..c_n {
+        let plane = &x[c * (h * w) as usize..(c + 1) * (h * w) as usize];
+        for r in 0..r_n {
+            for s in 0..s_n {
+                let row = &mut col[((c * r_n + r) * s_n + s) * pq..][..pq];
+                let iw0 = s as isize - pad;
+                let (q0, q1) = valid_cols(qq, w, stride, iw0);
+                for op in 0..pp {
+                    let ih = op as isize * stride - pad + r as isize;
+                    let dst = &mut row[op * qq..(op + 1) * qq];
+                    if ih < 0 || ih >= h {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[(ih * w) as usize..((ih + 1) * w) as usize];
+                    dst[..q0].fill(0.0);
+                    dst[q1..].fill(0.0);
+                    if stride == 1 {
+                        let a = (q0 as isize + iw0) as usize;
+                        dst[q0..q1].copy_from_slice(&src[a..a + (q1 - q0)]);
+                    } else {
+                        for (oq, d) in dst[q0..q1].iter_mut().enumerate() {
+                            *d = src[((q0 + oq) as isize * stride + iw0) as usize];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: x[c][ih][iw] += col[...] (x must be zeroed or hold what to add to).
+pub fn col2im(p: &ConvProblem, col: &[f32], x: &mut [f32]) {
+    let (c_n, h, w, r_n, s_n, pp, qq) = (p.c as usize, p.h as isize, p.w as isize, p.r as usize, p.s as usize, p.p as usize, p.q as usize);
+    let (stride, pad) = (p.stride as isize, p.pad as isize);
+    let pq = pp * qq;
+    for c in 0..c_n {
+        let plane = &mut x[c * (h * w) as usize..(c + 1) * (h * w) as usize];
+        for r in 0..r_n {
+            for s in 0..s_n {
+                let row = &col[((c * r_n + r) * s_n + s) * pq..][..pq];
+                let iw0 = s as isize - pad;
+                let (q0, q1) = valid_cols(qq, w, stride, iw0);
+                for op in 0..pp {
+                    let ih = op as isize * stride - pad + r as isize;
+                    if ih < 0 || ih >= h {
+                        continue;
+                    }
+                    let dst = &mut plane[(ih * w) as usize..((ih + 1) * w) as usize];
+                    let src = &row[op * qq + q0..op * qq + q1];
+                    if stride == 1 {
+                        let a = (q0 as isize + iw0) as usize;
+                        dst[a..a + src.len()].iter_mut().zip(src).for_each(|(d, v)| *d += v);
+                    } else {
+                        for (oq, v) in src.iter().enumerate() {
+                            dst[((q0 + oq) as isize * stride + iw0) as usize] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// dst[m x n] += lhs[m x k] * rhs^T where rhs is row-major n x k (both operands row-major).
@@ -132,5 +214,51 @@ pub fn wgrad(p: &ConvProblem, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     dw.fill(0.0);
     for part in &partials {
         dw.iter_mut().zip(part).for_each(|(d, v)| *d += v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ConvGeom;
+
+    /// im2col from its definition, element by element.
+    fn naive_im2col(p: &ConvProblem, x: &[f32]) -> Vec<f32> {
+        let (c_n, h, w, r_n, s_n, pp, qq) = (p.c as i64, p.h as i64, p.w as i64, p.r as i64, p.s as i64, p.p as i64, p.q as i64);
+        let mut col = Vec::new();
+        for c in 0..c_n {
+            for r in 0..r_n {
+                for s in 0..s_n {
+                    for op in 0..pp {
+                        for oq in 0..qq {
+                            let (ih, iw) = (op * p.stride as i64 - p.pad as i64 + r, oq * p.stride as i64 - p.pad as i64 + s);
+                            col.push(if ih >= 0 && ih < h && iw >= 0 && iw < w { x[(c * h * w + ih * w + iw) as usize] } else { 0.0 });
+                        }
+                    }
+                }
+            }
+        }
+        col
+    }
+
+    /// The row-wise im2col equals its definition on every border case, and col2im is its adjoint
+    /// (<im2col x, y> = <x, col2im y>, exact for these small integers).
+    #[test]
+    fn im2col_matches_its_definition_and_col2im_is_its_adjoint() {
+        for (h, w, r, stride, pad) in [(9, 9, 3, 1, 1), (9, 8, 3, 2, 1), (8, 8, 1, 2, 0), (17, 17, 7, 2, 3), (5, 6, 3, 1, 0), (4, 4, 3, 3, 2)] {
+            let g = ConvGeom { c: 2, k: 3, r, s: r, stride, pad };
+            let p = ConvProblem::new(1, h, w, &g);
+            let x: Vec<f32> = (0..p.input_len()).map(|i| (i % 7) as f32 - 3.0).collect();
+            let len = (p.c * p.r * p.s * p.p * p.q) as usize;
+            let mut a = vec![9.0; len];
+            im2col(&p, &x, &mut a);
+            assert_eq!(a, naive_im2col(&p, &x), "im2col {h}x{w} r{r} s{stride} p{pad}");
+            let y: Vec<f32> = (0..len).map(|i| (i % 5) as f32 - 2.0).collect();
+            let mut xt = vec![0.0; p.input_len()];
+            col2im(&p, &y, &mut xt);
+            let lhs: f64 = a.iter().zip(&y).map(|(a, b)| (*a * *b) as f64).sum();
+            let rhs: f64 = x.iter().zip(&xt).map(|(a, b)| (*a * *b) as f64).sum();
+            assert_eq!(lhs, rhs, "col2im adjoint {h}x{w} r{r} s{stride} p{pad}");
+        }
     }
 }

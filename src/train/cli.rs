@@ -1,0 +1,560 @@
+//! Flags of `cda-engine squeeze`, `relabel` and `validate`, turned into configurations.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::model::{ArchSpec, TrainModel};
+use crate::data::augment::{Crop, MixKind};
+use crate::data::{self, Dataset, Split};
+use crate::error::{Error, Result};
+use crate::model::Stem;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CropArg {
+    /// RandomCrop with zero padding (--padding).
+    Pad,
+    /// RandomResizedCrop with scale (--min-scale, 1).
+    Resized,
+    /// No crop (centre / whole image).
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MixArg {
+    None,
+    Cutmix,
+    Mixup,
+}
+
+pub fn crop_of(kind: CropArg, padding: usize, min_scale: f64) -> Result<Crop> {
+    if !(min_scale > 0.0 && min_scale <= 1.0) {
+        return Err(Error::Option(format!("--min-scale {min_scale}: expected 0 < scale <= 1")));
+    }
+    Ok(match kind {
+        CropArg::Pad => Crop::Pad { padding },
+        CropArg::Resized => Crop::Resized { min_scale, max_scale: 1.0 },
+        CropArg::None => Crop::Center,
+    })
+}
+
+pub fn mix_of(kind: MixArg, alpha: f64) -> Result<MixKind> {
+    Ok(match kind {
+        MixArg::None => MixKind::None,
+        MixArg::Cutmix => MixKind::Cutmix,
+        MixArg::Mixup => {
+            if !(alpha > 0.0 && alpha.is_finite()) {
+                return Err(Error::Option(format!("--mixup-alpha {alpha}: expected a positive number")));
+            }
+            MixKind::Mixup { alpha }
+        }
+    })
+}
+
+/// A rayon pool of `threads` workers (0 = all cores).
+pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool> {
+    let threads = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("cda-train-{i}"))
+        .build()
+        .map_err(|e| Error::Option(format!("cannot start {threads} CPU threads: {e}")))
+}
+
+/// Per-channel mean and std of up to 2000 images of `ds` (evenly spaced), in [0, 1] pixel units.
+pub fn estimate_norm(ds: &dyn Dataset) -> Result<(Vec<f32>, Vec<f32>)> {
+    let c = ds.channels();
+    let take = ds.len().min(2000);
+    let mut s1 = vec![0f64; c];
+    let mut s2 = vec![0f64; c];
+    let mut count = 0f64;
+    for k in 0..take {
+        let img = ds.image(k * ds.len() / take)?;
+        let hw = img.h * img.w;
+        for ch in 0..c {
+            for &v in &img.data[ch * hw..(ch + 1) * hw] {
+                s1[ch] += v as f64;
+                s2[ch] += (v as f64) * (v as f64);
+            }
+        }
+        count += hw as f64;
+    }
+    let mean: Vec<f32> = s1.iter().map(|s| (s / count) as f32).collect();
+    let std: Vec<f32> = s1.iter().zip(&s2).map(|(a, b)| ((b / count - (a / count).powi(2)).max(1e-12).sqrt()) as f32).collect();
+    Ok((mean, std))
+}
+
+fn check_norm(name: &str, v: &[f32], channels: usize) -> Result<()> {
+    if v.len() != channels {
+        return Err(Error::Option(format!("--{name} has {} values for {channels} channels", v.len())));
+    }
+    if name == "std" && v.iter().any(|s| *s <= 0.0) {
+        return Err(Error::Option(format!("--std {v:?}: every value must be positive")));
+    }
+    Ok(())
+}
+
+/// Flags of `cda-engine squeeze`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SqueezeArgs {
+    /// Training data: `fashion-mnist` (the Debian package's IDX files) or an ImageFolder path.
+    #[arg(long)]
+    pub data: String,
+    /// Test data for the per-epoch top-1 (default: the test split of a named dataset).
+    #[arg(long)]
+    pub test_data: Option<String>,
+    /// safetensors file to write (a JSON record is written beside it).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// resnet18/34/50/101/152, optionally `-w<width>` (base width; torchvision's is 64).
+    #[arg(long, default_value = "resnet18-w16")]
+    pub arch: String,
+    /// imagenet (7x7/2 conv + max pool) or cifar (3x3/1 conv); default cifar up to 64 px.
+    #[arg(long)]
+    pub stem: Option<String>,
+    /// Input channels for ImageFolder data (1 = grey, 3 = RGB).
+    #[arg(long, default_value_t = 3)]
+    pub channels: usize,
+    #[arg(long, default_value_t = 4)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// Plain (heavy-ball) momentum instead of Nesterov's.
+    #[arg(long)]
+    pub no_nesterov: bool,
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 1)]
+    pub warmup_epochs: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Training/evaluation image size (default: the dataset's).
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    #[arg(long, value_enum, default_value_t = CropArg::Pad)]
+    pub crop: CropArg,
+    #[arg(long, default_value_t = 2)]
+    pub padding: usize,
+    #[arg(long, default_value_t = 0.08)]
+    pub min_scale: f64,
+    #[arg(long)]
+    pub no_flip: bool,
+    #[arg(long, value_enum, default_value_t = MixArg::None)]
+    pub mix: MixArg,
+    #[arg(long, default_value_t = 0.8)]
+    pub mixup_alpha: f64,
+    /// Per-channel normalisation (default: the dataset's, or estimated from the images).
+    #[arg(long, value_delimiter = ',')]
+    pub mean: Option<Vec<f32>>,
+    #[arg(long, value_delimiter = ',')]
+    pub std: Option<Vec<f32>>,
+    /// CPU threads for the math (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Data loader threads.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Opens a dataset given by name or path with the right channel count; the default test split.
+pub fn open_train_test(data: &str, test: Option<&str>, channels: usize) -> Result<(Arc<dyn Dataset>, Option<Arc<dyn Dataset>>)> {
+    let train = data::open(data, Split::Train, channels)?;
+    let test = match test {
+        Some(t) => Some(data::open(t, Split::Test, channels)?),
+        None if data::dataset_norm(data).is_some() => Some(data::open(data, Split::Test, channels)?),
+        None => None,
+    };
+    Ok((train, test))
+}
+
+pub fn channels_of(data: &str, flag: usize) -> usize {
+    if data == "fashion-mnist" {
+        1
+    } else {
+        flag
+    }
+}
+
+pub fn squeeze(a: &SqueezeArgs) -> Result<()> {
+    let channels = channels_of(&a.data, a.channels);
+    let (train, test) = open_train_test(&a.data, a.test_data.as_deref(), channels)?;
+    let size = match (a.image_size, train.image_size()) {
+        (Some(s), _) => s,
+        (None, Some((h, w))) if h == w => h,
+        (None, other) => return Err(Error::Option(format!("--image-size is needed (the images are {other:?})"))),
+    };
+    let stem = match a.stem.as_deref() {
+        Some(s) => Stem::parse(s).ok_or_else(|| Error::Option(format!("--stem {s}: expected imagenet or cifar")))?,
+        None if size <= 64 => Stem::Cifar,
+        None => Stem::ImageNet,
+    };
+    let spec = ArchSpec::parse(&a.arch, stem, channels, train.num_classes())?;
+    let (mean, std) = match (&a.mean, &a.std, data::dataset_norm(&a.data)) {
+        (Some(m), Some(s), _) => (m.clone(), s.clone()),
+        (None, None, Some(n)) => n,
+        (None, None, None) => estimate_norm(train.as_ref())?,
+        _ => return Err(Error::Option("give both --mean and --std, or neither".into())),
+    };
+    check_norm("mean", &mean, channels)?;
+    check_norm("std", &std, channels)?;
+    let cfg = super::squeeze::SqueezeConfig {
+        data: a.data.clone(),
+        test_data: a.test_data.clone().or_else(|| test.as_ref().map(|_| format!("{} (test split)", a.data))),
+        arch: a.arch.clone(),
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        momentum: a.momentum,
+        nesterov: !a.no_nesterov,
+        weight_decay: a.weight_decay,
+        warmup_epochs: a.warmup_epochs,
+        seed: a.seed,
+        image_size: size,
+        crop: crop_of(a.crop, a.padding, a.min_scale)?,
+        flip: !a.no_flip,
+        mix: mix_of(a.mix, a.mixup_alpha)?,
+        mean,
+        std,
+        workers: a.workers.max(1),
+    };
+    let recipe = format!(
+        "cda-engine {} squeeze --data {} --arch {} --epochs {} --batch-size {} --lr {} --momentum {}{} --weight-decay {} --warmup-epochs {} --seed {} --crop {:?} --padding {} --min-scale {}{} --mix {:?}",
+        env!("CARGO_PKG_VERSION"),
+        a.data,
+        a.arch,
+        a.epochs,
+        a.batch_size,
+        a.lr,
+        a.momentum,
+        if a.no_nesterov { " --no-nesterov" } else { "" },
+        a.weight_decay,
+        a.warmup_epochs,
+        a.seed,
+        a.crop,
+        a.padding,
+        a.min_scale,
+        if a.no_flip { " --no-flip" } else { "" },
+        a.mix
+    )
+    .to_lowercase();
+    let pool = thread_pool(a.threads)?;
+    let show = !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    eprintln!(
+        "squeeze: {} on {} ({} classes, {}px), {} epochs of {} steps, {} threads",
+        spec.describe(),
+        train.describe(),
+        train.num_classes(),
+        size,
+        a.epochs,
+        train.len() / a.batch_size.max(1),
+        pool.current_num_threads()
+    );
+    let summary = pool.install(|| super::squeeze::squeeze(&cfg, &spec, train, test, &a.out, &recipe, show))?;
+    eprintln!(
+        "wrote {} ({} parameters){}",
+        a.out.display(),
+        summary.parameters,
+        summary.test_top1.map(|t| format!(", test top-1 {t:.2}%")).unwrap_or_default()
+    );
+    let line = serde_json::json!({
+        "out": summary.out, "arch": summary.arch, "epochs": summary.epochs, "images": summary.images,
+        "test_top1": summary.test_top1, "seconds": summary.seconds,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// Loads a teacher (default: the shipped one) as a trainable model in eval mode.
+pub fn load_teacher(path: Option<&std::path::Path>) -> Result<(TrainModel, crate::model::ResNet, String)> {
+    let (m, name) = match path {
+        Some(p) => (crate::model::ResNet::load(p)?, p.display().to_string()),
+        None => (crate::default_teacher::load()?, crate::default_teacher::DEFAULT_TEACHER_NAME.to_string()),
+    };
+    Ok((TrainModel::from_resnet(&m), m, name))
+}
+
+fn teacher_size(m: &crate::model::ResNet, flag: Option<usize>, images: &dyn Dataset) -> Result<usize> {
+    if let Some(s) = flag {
+        return Ok(s);
+    }
+    if let Some(s) = m.metadata.get("image_size").and_then(|s| s.parse().ok()) {
+        return Ok(s);
+    }
+    match images.image_size() {
+        Some((h, w)) if h == w => Ok(h),
+        other => Err(Error::Option(format!("--image-size is needed (the teacher's metadata has none and the images are {other:?})"))),
+    }
+}
+
+fn teacher_norm(m: &crate::model::ResNet, teacher: &str) -> Result<(Vec<f32>, Vec<f32>)> {
+    match (&m.mean, &m.std) {
+        (Some(a), Some(b)) => Ok((a.clone(), b.clone())),
+        _ => Err(Error::weights(teacher, "metadata has no mean/std: the normalisation the teacher was trained with is needed")),
+    }
+}
+
+/// Flags shared by relabel and validate: the distilled set, teacher and augmentation.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DistillArgs {
+    /// Teacher (safetensors); default: the shipped Fashion-MNIST teacher.
+    #[arg(long)]
+    pub teacher: Option<PathBuf>,
+    /// The images to train on: an ImageFolder (e.g. the output of `run`), or a dataset name
+    /// (`fashion-mnist`: its whole training split).
+    #[arg(long)]
+    pub images: String,
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    /// RandomResizedCrop scale lower bound (1 = no crop).
+    #[arg(long, default_value_t = 0.08)]
+    pub min_scale: f64,
+    #[arg(long)]
+    pub no_flip: bool,
+    #[arg(long, value_enum, default_value_t = MixArg::Cutmix)]
+    pub mix: MixArg,
+    #[arg(long, default_value_t = 0.8)]
+    pub mixup_alpha: f64,
+    /// Images per batch (official: 1024; at most the number of images).
+    #[arg(long, default_value_t = 1024)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 300)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl DistillArgs {
+    fn open(&self) -> Result<(TrainModel, crate::model::ResNet, String, Arc<dyn Dataset>, super::distill::AugmentConfig)> {
+        let (tm, m, name) = load_teacher(self.teacher.as_deref())?;
+        let images = data::open(&self.images, Split::Train, m.in_channels)?;
+        let size = teacher_size(&m, self.image_size, images.as_ref())?;
+        let (mean, std) = teacher_norm(&m, &name)?;
+        if !(self.min_scale > 0.0 && self.min_scale <= 1.0) {
+            return Err(Error::Option(format!("--min-scale {}: expected 0 < scale <= 1", self.min_scale)));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::Option("--batch-size must be at least 1".into()));
+        }
+        let aug = super::distill::AugmentConfig {
+            image_size: size,
+            min_scale: self.min_scale,
+            flip: !self.no_flip,
+            mix: mix_of(self.mix, self.mixup_alpha)?,
+            batch_size: self.batch_size,
+            mean,
+            std,
+        };
+        Ok((tm, m, name, images, aug))
+    }
+}
+
+fn mix_name(m: MixKind) -> String {
+    match m {
+        MixKind::None => "none".into(),
+        MixKind::Cutmix => "cutmix".into(),
+        MixKind::Mixup { alpha } => format!("mixup:{alpha}"),
+    }
+}
+
+/// Flags of `cda-engine relabel`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RelabelArgs {
+    #[command(flatten)]
+    pub common: DistillArgs,
+    /// Relabel file to write (safetensors layout, fp16 logits).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Store only the k largest logits per view (+ the mean of the rest); 0 stores all.
+    #[arg(long, default_value_t = 0)]
+    pub topk: usize,
+}
+
+pub fn relabel(a: &RelabelArgs) -> Result<()> {
+    let c = &a.common;
+    let (mut teacher, _, name, images, aug) = c.open()?;
+    let mut extra = std::collections::BTreeMap::new();
+    extra.insert("teacher".to_string(), name.clone());
+    extra.insert("images".to_string(), c.images.clone());
+    extra.insert("image_size".to_string(), aug.image_size.to_string());
+    extra.insert("min_scale".to_string(), aug.min_scale.to_string());
+    extra.insert("flip".to_string(), aug.flip.to_string());
+    extra.insert("mix".to_string(), match aug.mix { MixKind::Mixup { .. } => "mixup".into(), m => mix_name(m) });
+    extra.insert("mix_detail".to_string(), mix_name(aug.mix));
+    extra.insert("seed".to_string(), c.seed.to_string());
+    if let Some(f) = images_hash(images.as_ref(), &c.images) {
+        extra.insert("images_hash".to_string(), f);
+    }
+    let pool = thread_pool(c.threads)?;
+    let show = !c.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    eprintln!("relabel: {} images from {} with teacher {}, {} epochs", images.len(), images.describe(), name, c.epochs);
+    let s = pool.install(|| super::distill::relabel(&mut teacher, images, &aug, c.epochs, a.topk, c.seed, c.workers.max(1), &a.out, extra, show))?;
+    eprintln!("wrote {} ({:.1} MB, {} epochs, batch {})", s.out.display(), s.bytes as f64 / 1e6, s.epochs, s.batch_size);
+    println!("{}", serde_json::to_string(&s).expect("summary serialises"));
+    Ok(())
+}
+
+/// Identifies an ImageFolder's file list (None for named datasets).
+fn images_hash(ds: &dyn Dataset, spec: &str) -> Option<String> {
+    let root = std::path::Path::new(spec);
+    if !root.is_dir() {
+        return None;
+    }
+    let folder = data::folder::ImageFolder::open(root, ds.channels()).ok()?;
+    let files: Vec<PathBuf> = folder.items.iter().map(|(p, _)| p.clone()).collect();
+    Some(super::labels::folder_hash(root, &files))
+}
+
+/// Flags of `cda-engine validate`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub common: DistillArgs,
+    /// Student architecture (resnet18/34/50/101/152 with optional -w<width>); default: the teacher's.
+    #[arg(long)]
+    pub student: Option<String>,
+    /// Soft labels stored by `relabel`; without it the teacher labels each batch online.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Real test set: a dataset name (fashion-mnist) or an ImageFolder path.
+    #[arg(long, default_value = "fashion-mnist")]
+    pub test_data: String,
+    #[arg(long, default_value_t = 20.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+    /// Test top-1 every N epochs (and after the last).
+    #[arg(long, default_value_t = 25)]
+    pub eval_every: usize,
+    /// JSON record (settings, per-epoch loss and top-1), rewritten after every epoch.
+    #[arg(long)]
+    pub record: Option<PathBuf>,
+}
+
+pub fn validate(a: &ValidateArgs) -> Result<()> {
+    let c = &a.common;
+    let (mut teacher, m, name, images, mut aug) = c.open()?;
+    let labels = match &a.labels {
+        Some(p) => {
+            let f = super::labels::LabelFile::open(p)?;
+            if let (Some(h), Some(want)) = (images_hash(images.as_ref(), &c.images), f.meta.extra.get("images_hash")) {
+                if &h != want {
+                    return Err(Error::input(p.display().to_string(), format!("labels were made for another image set than {}", c.images)));
+                }
+            }
+            // The stored views were rendered at the relabel image size with the teacher's normalisation.
+            if let Some(s) = f.meta.extra.get("image_size").and_then(|s| s.parse().ok()) {
+                aug.image_size = s;
+            }
+            Some(f)
+        }
+        None => None,
+    };
+    let test = data::open(&a.test_data, Split::Test, m.in_channels)?;
+    let spec = match &a.student {
+        Some(s) => ArchSpec::parse(s, m.stem, m.in_channels, m.num_classes)?,
+        None => ArchSpec::of(&m),
+    };
+    let mut student = TrainModel::init(&spec, c.seed)?;
+    student.mean = m.mean.clone();
+    student.std = m.std.clone();
+    let cfg = super::distill::ValidateConfig {
+        epochs: c.epochs,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        temperature: a.temperature,
+        seed: c.seed,
+        eval_every: a.eval_every,
+        workers: c.workers.max(1),
+        aug,
+        labels: a.labels.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "online".into()),
+    };
+    let pool = thread_pool(c.threads)?;
+    let show = !c.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    eprintln!(
+        "validate: student {} on {} ({} images), teacher {} ({}), {} epochs, T = {}, labels {}",
+        spec.describe(),
+        images.describe(),
+        images.len(),
+        name,
+        m.arch_name(),
+        c.epochs,
+        a.temperature,
+        cfg.labels
+    );
+    let s = pool.install(|| super::distill::validate(&mut teacher, &mut student, images, labels.as_ref(), test, &cfg, a.record.as_deref(), show))?;
+    eprintln!("student top-1 {:.2}% after {} epochs ({:.0}s)", s.top1, s.epochs, s.seconds);
+    let line = serde_json::json!({
+        "top1": s.top1, "best_top1": s.best_top1, "epochs": s.epochs, "images": s.images, "steps": s.steps,
+        "student": s.student, "teacher": name, "labels": cfg.labels, "temperature": a.temperature,
+        "seed": c.seed, "seconds": s.seconds,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// Flags of `cda-engine sample`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SampleArgs {
+    /// `fashion-mnist` or an ImageFolder path.
+    #[arg(long)]
+    pub data: String,
+    /// Images per class.
+    #[arg(long)]
+    pub ipc: usize,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Channels for ImageFolder data.
+    #[arg(long, default_value_t = 3)]
+    pub channels: usize,
+    #[arg(long, value_enum, default_value_t = crate::recover::output::ImageFormat::Png)]
+    pub format: crate::recover::output::ImageFormat,
+}
+
+/// Writes a seeded, class-balanced random subset of a dataset as an ImageFolder in `run`'s layout.
+pub fn sample(a: &SampleArgs) -> Result<()> {
+    use rand::{Rng, SeedableRng};
+    let channels = channels_of(&a.data, a.channels);
+    let ds = data::open(&a.data, Split::Train, channels)?;
+    if a.ipc == 0 {
+        return Err(Error::Option("--ipc must be at least 1".into()));
+    }
+    let classes = ds.num_classes();
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for i in 0..ds.len() {
+        by_class[ds.label(i)].push(i);
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
+    let mut written = 0;
+    for (cls, ids) in by_class.iter_mut().enumerate() {
+        if ids.len() < a.ipc {
+            return Err(Error::input(ds.describe(), format!("class {cls} has {} images; --ipc {} asks for more", ids.len(), a.ipc)));
+        }
+        for i in 0..a.ipc {
+            let j = rng.random_range(i..ids.len());
+            ids.swap(i, j);
+            let img = ds.image(ids[i])?;
+            let px: Vec<u8> = img.data.iter().map(|&u| (u * 255.0).round().clamp(0.0, 255.0) as u8).collect();
+            let path = crate::recover::output::image_path(&a.out, cls, i, classes, a.format);
+            crate::recover::output::save_image(&path, &px, img.c, img.h, img.w, a.format)?;
+            written += 1;
+        }
+    }
+    eprintln!("wrote {written} images ({} per class) from {} to {}", a.ipc, ds.describe(), a.out.display());
+    println!("{}", serde_json::json!({"out": a.out, "images": written, "ipc": a.ipc, "seed": a.seed}));
+    Ok(())
+}

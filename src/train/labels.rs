@@ -1,0 +1,404 @@
+//! The relabel file: per epoch, for every image of the distilled set in the epoch's order, the view
+//! (crop window + flip), the in-batch mix permutation, and the teacher's logits on the mixed view
+//! (fp16, all classes or the top k); per batch the mix lambda and CutMix box (algorithm.md section 3).
+//!
+//! Format: safetensors (any reader opens it), tensors laid out epoch by epoch so one epoch is read
+//! with a seek and a few reads, never the whole file:
+//!   e{E}.ids     I32 [M]          dataset indices in batch order (batch b = rows b*B .. b*B + n_b)
+//!   e{E}.views   I16 [M, 5]       top, left, height, width, flip
+//!   e{E}.perm    I16 [M]          mix partner of each row within its batch (identity without mix)
+//!   e{E}.mix     F32 [nb, 5]      lam, box top, left, bottom, right (zeros without mix)
+//!   e{E}.logits  F16 [M, C]       when topk = 0
+//!   e{E}.topk_values F16 [M, k], e{E}.topk_indices I16 [M, k], e{E}.rest F16 [M]   when topk = k:
+//!                the k largest logits, their classes, and the mean of the other logits, which
+//!                stands in for every other class at replay.
+//! Metadata: format, epochs, batch_size, images, classes, image_size, topk, mix kind, min_scale, flip,
+//! mean/std, teacher, images folder, a hash of the sorted relative file list, seed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use half::f16;
+use serde_json::{json, Value};
+
+use crate::data::augment::{MixRecord, View};
+use crate::error::{Error, Result};
+
+pub const FORMAT: &str = "cda-engine relabel v1";
+
+/// What the file holds besides the per-epoch tensors.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LabelMeta {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub images: usize,
+    pub classes: usize,
+    pub topk: usize,
+    /// Any other metadata (teacher, folder, hash, mix, min_scale, seed, ...).
+    pub extra: BTreeMap<String, String>,
+}
+
+/// One epoch's records.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochLabels {
+    pub ids: Vec<usize>,
+    pub views: Vec<View>,
+    /// Per batch: the mix (None when the batch was not mixed).
+    pub mixes: Vec<Option<MixRecord>>,
+    /// M x C teacher logits (reconstructed from the top k when the file stores only those).
+    pub logits: Vec<f32>,
+}
+
+impl LabelMeta {
+    fn batches(&self) -> usize {
+        self.images.div_ceil(self.batch_size)
+    }
+    /// (name, dtype, shape) of epoch e's tensors in file order.
+    fn tensors(&self, e: usize) -> Vec<(String, &'static str, Vec<usize>)> {
+        let (m, c, k) = (self.images, self.classes, self.topk);
+        let mut v = vec![
+            (format!("e{e}.ids"), "I32", vec![m]),
+            (format!("e{e}.views"), "I16", vec![m, 5]),
+            (format!("e{e}.perm"), "I16", vec![m]),
+            (format!("e{e}.mix"), "F32", vec![self.batches(), 5]),
+        ];
+        if k == 0 {
+            v.push((format!("e{e}.logits"), "F16", vec![m, c]));
+        } else {
+            v.push((format!("e{e}.topk_values"), "F16", vec![m, k]));
+            v.push((format!("e{e}.topk_indices"), "I16", vec![m, k]));
+            v.push((format!("e{e}.rest"), "F16", vec![m]));
+        }
+        v
+    }
+}
+
+fn dtype_size(d: &str) -> usize {
+    match d {
+        "F32" | "I32" => 4,
+        _ => 2,
+    }
+}
+
+/// Streams a relabel file: the header (all offsets are known up front) then one epoch at a time,
+/// into a temporary file renamed into place by `finish` (atomic).
+pub struct LabelWriter {
+    meta: LabelMeta,
+    path: PathBuf,
+    tmp: PathBuf,
+    file: std::io::BufWriter<File>,
+    next_epoch: usize,
+}
+
+impl LabelWriter {
+    pub fn create(path: &Path, meta: LabelMeta) -> Result<LabelWriter> {
+        if meta.images == 0 || meta.batch_size == 0 || meta.classes == 0 || meta.epochs == 0 {
+            return Err(Error::Option("a relabel file needs images, classes, batch size and epochs".into()));
+        }
+        if meta.images > i32::MAX as usize || meta.classes > i16::MAX as usize || meta.batch_size > i16::MAX as usize {
+            return Err(Error::Option(format!("{} images, {} classes, batch {}: too large for the relabel format", meta.images, meta.classes, meta.batch_size)));
+        }
+        let mut header = serde_json::Map::new();
+        let mut md: BTreeMap<String, String> = meta.extra.clone();
+        md.insert("format".into(), FORMAT.into());
+        md.insert("epochs".into(), meta.epochs.to_string());
+        md.insert("batch_size".into(), meta.batch_size.to_string());
+        md.insert("images".into(), meta.images.to_string());
+        md.insert("classes".into(), meta.classes.to_string());
+        md.insert("topk".into(), meta.topk.to_string());
+        header.insert("__metadata__".into(), json!(md));
+        let mut offset = 0usize;
+        for e in 0..meta.epochs {
+            for (name, dtype, shape) in meta.tensors(e) {
+                let bytes = shape.iter().product::<usize>() * dtype_size(dtype);
+                header.insert(name, json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes]}));
+                offset += bytes;
+            }
+        }
+        let mut text = serde_json::to_vec(&Value::Object(header)).expect("header serialises");
+        while text.len() % 8 != 0 {
+            text.push(b' ');
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| Error::output(parent, e))?;
+        }
+        let tmp = path.with_file_name(format!(".{}.tmp{}", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), std::process::id()));
+        let f = File::create(&tmp).map_err(|e| Error::output(&tmp, e))?;
+        let mut file = std::io::BufWriter::new(f);
+        let w = |file: &mut std::io::BufWriter<File>, b: &[u8]| file.write_all(b).map_err(|e| Error::output(&tmp, e));
+        w(&mut file, &(text.len() as u64).to_le_bytes())?;
+        w(&mut file, &text)?;
+        Ok(LabelWriter { meta, path: path.to_path_buf(), tmp, file, next_epoch: 0 })
+    }
+
+    /// Appends the next epoch (epochs must come in order).
+    pub fn write_epoch(&mut self, e: &EpochLabels) -> Result<()> {
+        let m = &self.meta;
+        let (n, c, k) = (m.images, m.classes, m.topk);
+        if self.next_epoch >= m.epochs || e.ids.len() != n || e.views.len() != n || e.logits.len() != n * c || e.mixes.len() != m.batches() {
+            return Err(Error::Option(format!("relabel epoch {} does not match the file layout", self.next_epoch)));
+        }
+        let mut buf: Vec<u8> = Vec::new();
+        for &id in &e.ids {
+            buf.extend((id as i32).to_le_bytes());
+        }
+        for v in &e.views {
+            for x in [v.top, v.left, v.h, v.w, v.flip as i32] {
+                buf.extend((x as i16).to_le_bytes());
+            }
+        }
+        for (b, mix) in e.mixes.iter().enumerate() {
+            let rows = b * m.batch_size..((b + 1) * m.batch_size).min(n);
+            for (r, _) in rows.enumerate() {
+                let p = mix.as_ref().map_or(r as u32, |mx| mx.perm[r]);
+                buf.extend((p as i16).to_le_bytes());
+            }
+        }
+        for mix in &e.mixes {
+            let row = match mix {
+                Some(mx) => [mx.lam, mx.bbox[0] as f32, mx.bbox[1] as f32, mx.bbox[2] as f32, mx.bbox[3] as f32],
+                None => [0.0; 5],
+            };
+            for v in row {
+                buf.extend(v.to_le_bytes());
+            }
+        }
+        if k == 0 {
+            for &v in &e.logits {
+                buf.extend(f16::from_f32(v).to_le_bytes());
+            }
+        } else {
+            let mut idx_bytes = Vec::new();
+            let mut rest = Vec::new();
+            for row in e.logits.chunks(c) {
+                let mut order: Vec<usize> = (0..c).collect();
+                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+                for &j in &order[..k] {
+                    buf.extend(f16::from_f32(row[j]).to_le_bytes());
+                    idx_bytes.extend((j as i16).to_le_bytes());
+                }
+                let others = &order[k..];
+                let mean = if others.is_empty() { 0.0 } else { others.iter().map(|&j| row[j] as f64).sum::<f64>() / others.len() as f64 };
+                rest.extend(f16::from_f32(mean as f32).to_le_bytes());
+            }
+            buf.extend(idx_bytes);
+            buf.extend(rest);
+        }
+        self.file.write_all(&buf).map_err(|err| Error::output(&self.tmp, err))?;
+        self.next_epoch += 1;
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<()> {
+        if self.next_epoch != self.meta.epochs {
+            return Err(Error::Option(format!("relabel file closed after {} of {} epochs", self.next_epoch, self.meta.epochs)));
+        }
+        self.file.flush().map_err(|e| Error::output(&self.tmp, e))?;
+        self.file.get_ref().sync_all().map_err(|e| Error::output(&self.tmp, e))?;
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::output(&self.path, e))
+    }
+}
+
+impl Drop for LabelWriter {
+    fn drop(&mut self) {
+        if self.next_epoch != self.meta.epochs {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// A relabel file opened for reading epoch by epoch.
+#[derive(Debug)]
+pub struct LabelFile {
+    pub path: PathBuf,
+    pub meta: LabelMeta,
+    data_start: u64,
+    offsets: HashMap<String, (String, Vec<usize>, usize, usize)>,
+}
+
+impl LabelFile {
+    pub fn open(path: &Path) -> Result<LabelFile> {
+        let bad = |m: String| Error::Corrupt { path: path.to_path_buf(), reason: m };
+        let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+        let mut len8 = [0u8; 8];
+        f.read_exact(&mut len8).map_err(|_| bad("shorter than a safetensors header".into()))?;
+        let hlen = u64::from_le_bytes(len8);
+        if hlen > 100 << 20 || 8 + hlen > file_len {
+            return Err(bad(format!("header length {hlen} does not fit the file ({file_len} bytes)")));
+        }
+        let mut text = vec![0u8; hlen as usize];
+        f.read_exact(&mut text).map_err(|e| Error::io(path, e))?;
+        let header: serde_json::Map<String, Value> = serde_json::from_slice(&text).map_err(|e| bad(format!("header is not JSON: {e}")))?;
+        let md: BTreeMap<String, String> = header
+            .get("__metadata__")
+            .and_then(|m| serde_json::from_value(m.clone()).ok())
+            .ok_or_else(|| bad("no metadata: not a relabel file".into()))?;
+        if md.get("format").map(String::as_str) != Some(FORMAT) {
+            return Err(Error::input(path.display().to_string(), format!("not a relabel file of this engine (format {:?}; expected {FORMAT:?})", md.get("format"))));
+        }
+        let num = |k: &str| -> Result<usize> { md.get(k).and_then(|v| v.parse().ok()).ok_or_else(|| bad(format!("metadata {k} missing or not a number"))) };
+        let meta = LabelMeta { epochs: num("epochs")?, batch_size: num("batch_size")?, images: num("images")?, classes: num("classes")?, topk: num("topk")?, extra: md.clone() };
+        if meta.batch_size == 0 || meta.images == 0 || meta.classes == 0 || meta.topk > meta.classes {
+            return Err(bad("metadata describes an empty layout".into()));
+        }
+        let data_start = 8 + hlen;
+        let mut offsets = HashMap::new();
+        for e in 0..meta.epochs {
+            for (name, dtype, shape) in meta.tensors(e) {
+                let t = header.get(&name).ok_or_else(|| bad(format!("tensor {name} missing")))?;
+                let (d, s, o): (String, Vec<usize>, Vec<usize>) = (
+                    serde_json::from_value(t["dtype"].clone()).map_err(|_| bad(format!("{name}: bad dtype")))?,
+                    serde_json::from_value(t["shape"].clone()).map_err(|_| bad(format!("{name}: bad shape")))?,
+                    serde_json::from_value(t["data_offsets"].clone()).map_err(|_| bad(format!("{name}: bad offsets")))?,
+                );
+                if d != dtype || s != shape || o.len() != 2 || o[1] < o[0] || o[1] - o[0] != shape.iter().product::<usize>() * dtype_size(dtype) || data_start + o[1] as u64 > file_len {
+                    return Err(bad(format!("tensor {name}: {d} {s:?} at {o:?} does not match the layout ({dtype} {shape:?}) or the file size")));
+                }
+                offsets.insert(name, (d, s, o[0], o[1]));
+            }
+        }
+        Ok(LabelFile { path: path.to_path_buf(), meta, data_start, offsets })
+    }
+
+    fn read(&self, f: &mut File, name: &str) -> Result<Vec<u8>> {
+        let (_, _, a, b) = &self.offsets[name];
+        let mut buf = vec![0u8; b - a];
+        f.seek(SeekFrom::Start(self.data_start + *a as u64)).map_err(|e| Error::io(&self.path, e))?;
+        f.read_exact(&mut buf).map_err(|e| Error::io(&self.path, e))?;
+        Ok(buf)
+    }
+
+    /// Reads epoch e (0-based), checking every index against the layout.
+    pub fn epoch(&self, e: usize) -> Result<EpochLabels> {
+        let m = &self.meta;
+        if e >= m.epochs {
+            return Err(Error::Option(format!("{} holds {} epochs; epoch {} was asked for", self.path.display(), m.epochs, e + 1)));
+        }
+        let bad = |what: String| Error::Corrupt { path: self.path.clone(), reason: format!("epoch {e}: {what}") };
+        let mut f = File::open(&self.path).map_err(|err| Error::io(&self.path, err))?;
+        let i16s = |b: Vec<u8>| b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>();
+        let f16s = |b: Vec<u8>| b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect::<Vec<_>>();
+        let (n, c, k, bs) = (m.images, m.classes, m.topk, m.batch_size);
+        let ids: Vec<usize> = self.read(&mut f, &format!("e{e}.ids"))?.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
+        if ids.iter().any(|&i| i >= n) {
+            return Err(bad("image index out of range".into()));
+        }
+        let v = i16s(self.read(&mut f, &format!("e{e}.views"))?);
+        let views: Vec<View> = v.chunks_exact(5).map(|r| View { top: r[0] as i32, left: r[1] as i32, h: r[2] as i32, w: r[3] as i32, flip: r[4] != 0 }).collect();
+        let perm = i16s(self.read(&mut f, &format!("e{e}.perm"))?);
+        let mix: Vec<f32> = self.read(&mut f, &format!("e{e}.mix"))?.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let kind_cutmix = m.extra.get("mix").map(String::as_str) == Some("cutmix");
+        let mixed = m.extra.get("mix").is_some_and(|k| k != "none");
+        let mut mixes = Vec::new();
+        for (b, row) in mix.chunks_exact(5).enumerate() {
+            let rows = b * bs..((b + 1) * bs).min(n);
+            let p: Vec<u32> = perm[rows.clone()].iter().map(|&x| x as u32).collect();
+            if p.iter().any(|&x| x as usize >= rows.len()) {
+                return Err(bad(format!("mix permutation of batch {b} out of range")));
+            }
+            let is_mixed = mixed && rows.len() >= 2;
+            mixes.push(is_mixed.then(|| MixRecord { cutmix: kind_cutmix, perm: p, lam: row[0], bbox: [row[1] as u32, row[2] as u32, row[3] as u32, row[4] as u32] }));
+        }
+        let logits = if k == 0 {
+            f16s(self.read(&mut f, &format!("e{e}.logits"))?)
+        } else {
+            let vals = f16s(self.read(&mut f, &format!("e{e}.topk_values"))?);
+            let idx = i16s(self.read(&mut f, &format!("e{e}.topk_indices"))?);
+            let rest = f16s(self.read(&mut f, &format!("e{e}.rest"))?);
+            let mut out = vec![0f32; n * c];
+            for i in 0..n {
+                out[i * c..(i + 1) * c].fill(rest[i]);
+                for j in 0..k {
+                    let cls = idx[i * k + j];
+                    if cls < 0 || cls as usize >= c {
+                        return Err(bad(format!("top-k class {cls} out of range")));
+                    }
+                    out[i * c + cls as usize] = vals[i * k + j];
+                }
+            }
+            out
+        };
+        Ok(EpochLabels { ids, views, mixes, logits })
+    }
+}
+
+/// FNV-1a over the relative file names of a folder's images (identifies the distilled set).
+pub fn folder_hash(root: &Path, files: &[PathBuf]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for f in files {
+        let rel = f.strip_prefix(root).unwrap_or(f).to_string_lossy().replace('\\', "/");
+        for b in rel.bytes().chain(std::iter::once(0u8)) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn epoch(seed: usize, n: usize, c: usize, bs: usize) -> EpochLabels {
+        let ids: Vec<usize> = (0..n).map(|i| (i * 7 + seed) % n).collect();
+        let views = (0..n).map(|i| View { top: i as i32 % 3, left: -(i as i32 % 2), h: 5 + i as i32, w: 6, flip: i % 2 == 0 }).collect();
+        let mixes = (0..n.div_ceil(bs))
+            .map(|b| {
+                let len = bs.min(n - b * bs);
+                (len >= 2).then(|| MixRecord { cutmix: true, perm: (0..len as u32).rev().collect(), lam: 0.25 + b as f32 / 8.0, bbox: [1, 2, 3 + b as u32, 4] })
+            })
+            .collect();
+        let logits = (0..n * c).map(|i| ((i * 37 + seed) % 101) as f32 / 10.0 - 5.0).collect();
+        EpochLabels { ids, views, mixes, logits }
+    }
+
+    #[test]
+    fn writes_and_reads_back_every_epoch_full_and_topk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (n, c, bs) = (11, 6, 4);
+        for topk in [0, 3] {
+            let path = dir.path().join(format!("labels{topk}.safetensors"));
+            let mut extra = BTreeMap::new();
+            extra.insert("mix".to_string(), "cutmix".to_string());
+            let meta = LabelMeta { epochs: 3, batch_size: bs, images: n, classes: c, topk, extra };
+            let mut w = LabelWriter::create(&path, meta.clone()).unwrap();
+            let eps: Vec<EpochLabels> = (0..3).map(|e| epoch(e, n, c, bs)).collect();
+            for e in &eps {
+                w.write_epoch(e).unwrap();
+            }
+            w.finish().unwrap();
+            // The file is a valid safetensors file for any reader.
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(safetensors::SafeTensors::deserialize(&bytes).is_ok());
+            let f = LabelFile::open(&path).unwrap();
+            assert_eq!((f.meta.epochs, f.meta.topk), (3, topk));
+            for (i, want) in eps.iter().enumerate() {
+                let got = f.epoch(i).unwrap();
+                assert_eq!((&got.ids, &got.views, &got.mixes), (&want.ids, &want.views, &want.mixes));
+                for (r, (g, w)) in got.logits.chunks(c).zip(want.logits.chunks(c)).enumerate() {
+                    let mut order: Vec<usize> = (0..c).collect();
+                    order.sort_by(|&a, &b| w[b].total_cmp(&w[a]).then(a.cmp(&b)));
+                    let kept = if topk == 0 { c } else { topk };
+                    for &j in &order[..kept] {
+                        // fp16 keeps 11 significant bits: 5e-3 absolute on logits up to 5.
+                        assert!((g[j] - w[j]).abs() < 5e-3, "row {r} class {j}: {} vs {}", g[j], w[j]);
+                    }
+                }
+            }
+            assert!(f.epoch(3).is_err());
+        }
+    }
+
+    #[test]
+    fn rejects_files_that_are_not_relabel_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.safetensors");
+        std::fs::write(&p, b"\x02\x00\x00\x00\x00\x00\x00\x00{}").unwrap();
+        assert!(LabelFile::open(&p).unwrap_err().to_string().contains("relabel"));
+        std::fs::write(&p, b"abc").unwrap();
+        assert!(LabelFile::open(&p).is_err());
+    }
+}
