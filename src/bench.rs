@@ -10,6 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
 
+use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::{ResNet, Stem};
@@ -94,11 +95,38 @@ pub struct BenchResult {
     pub ms_per_iter: f64,
     /// Forward multiply-accumulates x 2 x 3 (forward, dgrad and the fused rest), per iteration, / time.
     pub gflops: f64,
+    /// Convolution FLOPs one iteration executes: 2 * MACs for the forward plus as many for dgrad
+    /// (every conv, the stem included, since the gradient goes back to the images), in GFLOP.
+    pub conv_gflop_per_iter: f64,
+    /// The process's peak resident memory (VmHWM) in MiB, where the OS reports it.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// Peak resident set size of this process in MiB (Linux: VmHWM of /proc/self/status).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// Times `iters` recover iterations (after `warmup`) with the official CDA augmentation.
 #[allow(clippy::too_many_arguments)]
 pub fn bench<B: Backend>(backend: &B, model: &ResNet, res: usize, batch: usize, iters: usize, warmup: usize, threads: usize) -> Result<BenchResult> {
+    bench_with(backend, model, res, batch, iters, warmup, threads, &mut || {})
+}
+
+/// [`bench`] on the CPU backend; with `profile`, also a per-op table of the timed iterations.
+pub fn bench_cpu(backend: &CpuBackend, model: &ResNet, res: usize, batch: usize, iters: usize, warmup: usize, profile: bool) -> Result<(BenchResult, Option<String>)> {
+    let r = bench_with(backend, model, res, batch, iters, warmup, backend.threads(), &mut || backend.set_profiling(profile))?;
+    let table = backend.profile().map(|p| p.table(iters));
+    backend.set_profiling(false);
+    Ok((r, table))
+}
+
+/// [`bench`], calling `on_warm` when the warm-up iterations are done.
+#[allow(clippy::too_many_arguments)]
+pub fn bench_with<B: Backend>(backend: &B, model: &ResNet, res: usize, batch: usize, iters: usize, warmup: usize, threads: usize, on_warm: &mut dyn FnMut()) -> Result<BenchResult> {
     let c = model.in_channels;
     let cfg = RecoverConfig {
         iterations: warmup + iters,
@@ -128,6 +156,7 @@ pub fn bench<B: Backend>(backend: &B, model: &ResNet, res: usize, batch: usize, 
     for t in 0..warmup + iters {
         if t == warmup {
             backend.synchronize()?;
+            on_warm();
             t0 = Instant::now();
         }
         let aug = sample_batch(&mut rng, &spec, batch, res, res, 0.5, false);
@@ -147,6 +176,8 @@ pub fn bench<B: Backend>(backend: &B, model: &ResNet, res: usize, batch: usize, 
         iters,
         ms_per_iter: ms,
         gflops: flops / (ms * 1e-3) / 1e9,
+        conv_gflop_per_iter: 4.0 * model.macs_per_image(res, res) as f64 * batch as f64 / 1e9,
+        peak_rss_mib: peak_rss_mib(),
     })
 }
 
@@ -155,5 +186,40 @@ pub fn bench_model(weights: Option<&Path>, arch: &str, stem: Stem, in_channels: 
     match weights {
         Some(p) => ResNet::load(p),
         None => random_resnet(arch, stem, in_channels, classes, 64, 0),
+    }
+}
+
+/// Measured ceilings of this CPU: the FMA peak and the GEMM microkernel on cache-resident panels, on
+/// one thread and on `threads` threads at once (GFLOP/s).
+#[derive(Clone, Debug, Serialize)]
+pub struct Ceiling {
+    pub device: String,
+    pub isa: String,
+    pub kernel: String,
+    pub threads: usize,
+    pub fma_gflops_1t: f64,
+    pub fma_gflops: f64,
+    pub kernel_gflops_1t: f64,
+    pub kernel_gflops: f64,
+}
+
+pub fn ceiling(backend: &CpuBackend, secs: f64) -> Ceiling {
+    use crate::ops::gemm::microkernel::{ceiling as c, Kernel};
+    let k = *Kernel::get();
+    let threads = backend.threads();
+    let all = |f: &(dyn Fn() -> f64 + Sync)| -> f64 { backend.install(|| rayon::broadcast(|_| f()).iter().sum()) };
+    let fma_1t = c::fma_flops(k.isa, secs);
+    let fma_nt = all(&|| c::fma_flops(k.isa, secs));
+    let ker_1t = c::kernel_flops(&k, 256, secs);
+    let ker_nt = all(&|| c::kernel_flops(&k, 256, secs));
+    Ceiling {
+        device: backend.describe(),
+        isa: k.isa.name().into(),
+        kernel: format!("{}x{}", k.mr, k.nr),
+        threads,
+        fma_gflops_1t: fma_1t / 1e9,
+        fma_gflops: fma_nt / 1e9,
+        kernel_gflops_1t: ker_1t / 1e9,
+        kernel_gflops: ker_nt / 1e9,
     }
 }

@@ -111,6 +111,12 @@ enum Command {
         threads: usize,
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
+        /// Print a per-op time table (op, shape, algorithm) of the timed iterations to stderr.
+        #[arg(long)]
+        profile: bool,
+        /// Instead of iterations, measure the CPU's FMA peak and the GEMM microkernel (GFLOP/s).
+        #[arg(long)]
+        ceiling: bool,
     },
     /// What this machine and binary can do: CPU features, embedded GPU kernels, CUDA driver and GPUs.
     Doctor,
@@ -145,8 +151,11 @@ fn main() -> ExitCode {
         Command::Run { args, device, threads, quiet } => run(&args, device, threads, quiet),
         Command::Evaluate { weights, images, mean, std, threads } => evaluate(weights.as_deref(), &images, mean, std, threads),
         Command::Grid { folders, out, rows, classes } => cda_engine::recover::gallery::grid(&folders, &out, rows, classes),
-        Command::Bench { weights, arch, stem, in_channels, classes, res, batch, iters, threads, device } => {
-            bench(weights.as_deref(), &arch, &stem, in_channels, classes, res, batch, iters, threads, device)
+        Command::Bench { ceiling: true, threads, device, .. } => cpu_for(device, threads).map(|b| {
+            println!("{}", serde_json::to_string(&cda_engine::bench::ceiling(&b, 1.0)).expect("result serialises"));
+        }),
+        Command::Bench { weights, arch, stem, in_channels, classes, res, batch, iters, threads, device, profile, .. } => {
+            bench(weights.as_deref(), &arch, &stem, in_channels, classes, res, batch, iters, threads, device, profile)
         }
         Command::Doctor => {
             doctor();
@@ -300,14 +309,17 @@ fn evaluate(weights: Option<&std::path::Path>, images: &std::path::Path, mean: O
 }
 
 #[allow(clippy::too_many_arguments)]
-fn bench(weights: Option<&std::path::Path>, arch: &str, stem: &str, in_channels: usize, classes: usize, res: usize, batch: usize, iters: usize, threads: usize, device: Device) -> Result<()> {
+fn bench(weights: Option<&std::path::Path>, arch: &str, stem: &str, in_channels: usize, classes: usize, res: usize, batch: usize, iters: usize, threads: usize, device: Device, profile: bool) -> Result<()> {
     let stem = cda_engine::model::Stem::parse(stem).ok_or_else(|| Error::Option(format!("--stem {stem}: expected imagenet or cifar")))?;
     if iters == 0 || batch == 0 {
         return Err(Error::Option("--iters and --batch must be at least 1".into()));
     }
     let model = cda_engine::bench::bench_model(weights, arch, stem, in_channels, classes)?;
     let backend = cpu_for(device, threads)?;
-    let r = cda_engine::bench::bench(&backend, &model, res, batch, iters, 2, backend.threads())?;
+    let (r, table) = cda_engine::bench::bench_cpu(&backend, &model, res, batch, iters, 2, profile)?;
+    if let Some(t) = table {
+        eprint!("{t}");
+    }
     eprintln!("{} {} {}x{} batch {} on {}: {:.1} ms/iter ({:.1} GFLOP/s)", r.arch, r.stem, res, res, batch, r.device, r.ms_per_iter, r.gflops);
     println!("{}", serde_json::to_string(&r).expect("result serialises"));
     Ok(())

@@ -1,4 +1,8 @@
-//! The CPU GEMM every CPU op builds on: a cache-blocked, runtime-dispatched SIMD kernel (`gemm` crate).
+//! The CPU GEMMs: `sgemm` (a cache-blocked, runtime-dispatched SIMD GEMM from the `gemm` crate, used by
+//! the linear layers and training ops) and [`microkernel`], the register-tile kernels that the recover
+//! convolutions (`conv2d::cpu`) drive with their own packing and fused epilogues.
+
+pub mod microkernel;
 
 /// dst[m x n] = lhs[m x k] * rhs[k x n] (row-major; `lhs_transposed` reads lhs as the transpose of a
 /// row-major k x m matrix). `threads` > 1 lets the GEMM split itself over the current rayon pool.

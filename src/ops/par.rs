@@ -27,3 +27,42 @@ impl<T> SyncPtr<T> {
         std::slice::from_raw_parts_mut(self.0.add(offset), len)
     }
 }
+
+/// Which grow-only scratch buffer of the current thread to use: an op keeps `Shared` across its
+/// parallel loops (and hands parts of it to tasks), while each task uses `Task` for itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scratch {
+    Shared,
+    Task,
+    /// Transformed or packed weights, kept while `Shared` is in use.
+    Weights,
+}
+
+thread_local! {
+    static SHARED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static TASK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static WEIGHTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` floats of this thread's scratch (64-byte aligned, contents unspecified). The
+/// buffer only grows, so steady-state calls do not allocate; if it is already in use on this thread
+/// (an op started while another waits on the same pool), a temporary buffer is used instead.
+pub fn with_scratch<R>(which: Scratch, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    const ALIGN: usize = 16; // floats = 64 bytes
+    let run = |v: &mut Vec<f32>| {
+        if v.len() < len + ALIGN {
+            v.resize(len + ALIGN, 0.0);
+        }
+        let off = v.as_ptr().align_offset(64).min(ALIGN);
+        f(&mut v[off..off + len])
+    };
+    let cell = match which {
+        Scratch::Shared => &SHARED,
+        Scratch::Task => &TASK,
+        Scratch::Weights => &WEIGHTS,
+    };
+    cell.with(|c| match c.try_borrow_mut() {
+        Ok(mut v) => run(&mut v),
+        Err(_) => run(&mut Vec::new()),
+    })
+}

@@ -1,29 +1,32 @@
-//! CPU conv2d: im2col + a cache-blocked SIMD GEMM (the `gemm` crate) per image, images spread over the
-//! threads of the current rayon pool, epilogues applied while an image's output is still in cache.
-//! Scratch (im2col columns, per-thread statistics) is thread-local and only grows, so steady-state
-//! calls do not allocate.
+//! CPU conv2d, fprop and dgrad with fused epilogues (BN, residual, ReLU, BN-input statistics; ReLU
+//! mask and the BN-matching gradient in dgrad).
+//!
+//! Algorithms (chosen per problem):
+//! - 3x3 stride-1 pad-1 convs, fprop and dgrad (a stride-1 conv's dgrad is the same conv with the
+//!   weights flipped and C/K swapped): Winograd F(4x4, 3x3), [`winograd`].
+//! - everything else: implicit GEMM over all images at once (GEMM_N = N * P * Q), B gathered from the
+//!   N C H W input while packing, and dgrad split into stride x stride output phases so it needs no
+//!   col2im, [`implicit`].
+//!
+//! Both drive the runtime-selected microkernel of `ops::gemm::microkernel` (AVX-512 / AVX2+FMA /
+//! scalar) and write raw results through [`epilogue`] while they are in cache. Scratch is per thread
+//! and grow-only, so steady-state calls allocate almost nothing.
+//!
+//! `im2col` / `col2im` stay as plain reference helpers (the training ops use them).
 
-use std::cell::RefCell;
+mod epilogue;
+mod implicit;
+mod winograd;
+
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
 use super::{ConvProblem, DgradEpilogue, FpropEpilogue};
-use crate::ops::gemm::sgemm;
-use crate::ops::par::{image_groups, SyncPtr};
-
-thread_local! {
-    static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-fn with_columns<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    COLUMNS.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.len() < len {
-            c.resize(len, 0.0);
-        }
-        f(&mut c[..len])
-    })
-}
+use crate::ops::gemm::microkernel::{Isa, Kernel};
+use crate::ops::par::{with_scratch, Scratch, SyncPtr};
+use epilogue::{Dgrad, Fprop, Kind, Moments};
+use implicit::{Epi, Grid, Source};
 
 /// col[(c*R + r)*S + s][p*Q + q] = x[c][p*stride - pad + r][q*stride - pad + s] (0 outside).
 pub fn im2col(p: &ConvProblem, x: &[f32], col: &mut [f32]) {
@@ -94,180 +97,260 @@ pub fn col2im(p: &ConvProblem, col: &[f32], x: &mut [f32]) {
     }
 }
 
-/// One channel's eval-mode BN + optional residual + optional ReLU.
-struct BnRow {
-    mean: f32,
-    scale: f32,
-    beta: f32,
-    relu: bool,
+/// Does this problem take the Winograd path?
+fn use_winograd(p: &ConvProblem) -> bool {
+    p.r == 3 && p.s == 3 && p.stride == 1 && p.pad == 1 && p.c >= 8 && p.k >= 8 && std::env::var_os("CDA_NO_WINOGRAD").is_none()
 }
 
-impl BnRow {
-    #[inline]
-    fn z(&self, y: f32, res: f32) -> f32 {
-        let z = (y - self.mean) * self.scale + self.beta + res;
-        if self.relu { z.max(0.0) } else { z }
+/// Does the dgrad of this (non-Winograd) problem go through GEMM + col2im? For few input channels
+/// (the stems), gathering dy for every one of C rows costs more than scattering C*R*S rows.
+fn use_col2im(p: &ConvProblem) -> bool {
+    !use_winograd(p) && p.r * p.s > 1 && p.c < 16 && std::env::var_os("CDA_NO_COL2IM").is_none()
+}
+
+/// Which algorithm `fprop` / `dgrad` use for `p` (for profiles and benchmarks).
+pub fn algorithm(p: &ConvProblem, dgrad: bool) -> &'static str {
+    if use_winograd(p) {
+        "winograd-f4x4"
+    } else if dgrad && use_col2im(p) {
+        "gemm-col2im"
+    } else {
+        "implicit-gemm"
     }
-    fn apply(&self, y: &[f32], res: Option<&[f32]>, out: &mut [f32]) {
-        match res {
-            Some(r) => out.iter_mut().zip(y).zip(r).for_each(|((o, &y), &r)| *o = self.z(y, r)),
-            None => out.iter_mut().zip(y).for_each(|(o, &y)| *o = self.z(y, 0.0)),
+}
+
+/// Transformed weights (Winograd U) kept between calls, keyed by the weight buffer's address and
+/// length and valid only while the buffer holds exactly the values they were made from (checked on
+/// every use by comparing with a copy). Holds at most `budget` bytes; least recently used first out.
+pub struct WeightCache {
+    inner: Mutex<CacheState>,
+    budget: usize,
+}
+
+#[derive(Default)]
+struct CacheState {
+    entries: Vec<CacheEntry>,
+    clock: u64,
+}
+
+struct CacheEntry {
+    ptr: usize,
+    copy: Vec<f32>,
+    isa: Isa,
+    /// U of the fprop and of the dgrad.
+    u: [Option<Arc<Vec<f32>>>; 2],
+    used: u64,
+}
+
+impl CacheEntry {
+    fn bytes(&self) -> usize {
+        4 * (self.copy.len() + self.u.iter().flatten().map(|u| u.len()).sum::<usize>())
+    }
+}
+
+impl WeightCache {
+    /// A cache of at most `budget_bytes`; 0 disables it.
+    pub fn new(budget_bytes: usize) -> WeightCache {
+        WeightCache { inner: Mutex::new(CacheState::default()), budget: budget_bytes }
+    }
+
+    /// The default budget: `CDA_WEIGHT_CACHE_MIB` MiB, else 1 GiB.
+    pub fn default_budget() -> usize {
+        std::env::var("CDA_WEIGHT_CACHE_MIB").ok().and_then(|v| v.parse::<usize>().ok()).map_or(1 << 30, |m| m << 20)
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).entries.iter().map(|e| e.bytes()).sum()
+    }
+
+    /// U for `w`, from the cache or made (and kept if the budget allows).
+    fn winograd_u(&self, kern: &Kernel, p: &ConvProblem, w: &[f32], dgrad: bool) -> Option<Arc<Vec<f32>>> {
+        if self.budget == 0 {
+            return None;
         }
-    }
-    fn apply_in_place(&self, res: Option<&[f32]>, out: &mut [f32]) {
-        match res {
-            Some(r) => out.iter_mut().zip(r).for_each(|(o, &r)| *o = self.z(*o, r)),
-            None => out.iter_mut().for_each(|o| *o = self.z(*o, 0.0)),
+        let mut st = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        st.clock += 1;
+        let now = st.clock;
+        let ptr = w.as_ptr() as usize;
+        let same = |e: &CacheEntry| e.ptr == ptr && e.isa == kern.isa && e.copy.len() == w.len() && bytemuck::cast_slice::<f32, u32>(&e.copy) == bytemuck::cast_slice::<f32, u32>(w);
+        let slot = dgrad as usize;
+        if let Some(e) = st.entries.iter_mut().find(|e| same(e)) {
+            e.used = now;
+            if let Some(u) = &e.u[slot] {
+                return Some(u.clone());
+            }
+        } else {
+            // A stale entry for this buffer goes; then make room for the copy.
+            st.entries.retain(|e| e.ptr != ptr);
+            st.entries.push(CacheEntry { ptr, copy: w.to_vec(), isa: kern.isa, u: [None, None], used: now });
         }
+        let len = winograd::weights_len(kern, p, dgrad);
+        let mut u = vec![0f32; len];
+        winograd::transform_weights(kern, p, w, dgrad, &mut u);
+        let u = Arc::new(u);
+        // Evict least recently used entries (never the current one) until the new U fits.
+        loop {
+            let total: usize = st.entries.iter().map(|e| e.bytes()).sum::<usize>() + 4 * len;
+            if total <= self.budget {
+                break;
+            }
+            let victim = st.entries.iter().enumerate().filter(|(_, e)| !same(e)).min_by_key(|(_, e)| e.used).map(|(i, _)| i);
+            match victim {
+                Some(i) => {
+                    st.entries.swap_remove(i);
+                }
+                None => {
+                    // Even alone it does not fit: do not keep it.
+                    st.entries.retain(|e| !same(e));
+                    return Some(u);
+                }
+            }
+        }
+        if let Some(e) = st.entries.iter_mut().find(|e| same(e)) {
+            e.u[slot] = Some(u.clone());
+        }
+        Some(u)
     }
+}
+
+/// Runs `f` on Winograd U of `w`: cached, or made into this thread's weight scratch.
+fn with_winograd_u<R>(cache: Option<&WeightCache>, kern: &Kernel, p: &ConvProblem, w: &[f32], dgrad: bool, f: impl FnOnce(&[f32]) -> R) -> R {
+    if let Some(u) = cache.and_then(|c| c.winograd_u(kern, p, w, dgrad)) {
+        return f(&u);
+    }
+    let len = winograd::weights_len(kern, p, dgrad);
+    with_scratch(Scratch::Weights, len, |u| {
+        winograd::transform_weights(kern, p, w, dgrad, u);
+        f(u)
+    })
 }
 
 /// y = conv(x, w); out = act((y - mean) * scale + beta [+ residual]); optional y and statistics.
 pub fn fprop(p: &ConvProblem, x: &[f32], w: &[f32], epi: FpropEpilogue<'_, [f32]>, out: &mut [f32]) {
+    fprop_with(None, p, x, w, epi, out)
+}
+
+/// [`fprop`] with transformed weights kept in `cache`.
+pub fn fprop_with(cache: Option<&WeightCache>, p: &ConvProblem, x: &[f32], w: &[f32], epi: FpropEpilogue<'_, [f32]>, out: &mut [f32]) {
     let (n, k) = (p.n as usize, p.k as usize);
-    let (in_len, out_len) = (p.input_len() / n, p.output_len() / n);
-    let pq = (p.p * p.q) as usize;
-    let crs = (p.c * p.r * p.s) as usize;
     assert_eq!(x.len(), p.input_len(), "conv fprop input");
     assert_eq!(w.len(), p.weight_len(), "conv fprop weight");
     assert_eq!(out.len(), p.output_len(), "conv fprop output");
     let FpropEpilogue { bn, residual, relu, y, stats } = epi;
-    let (mean, scale, beta) = (bn.mean, bn.scale, bn.beta);
-    let out_ptr = SyncPtr(out.as_mut_ptr());
-    let y_ptr = y.map(|y| {
-        assert_eq!(y.len(), p.output_len());
+    assert!(bn.mean.len() == k && bn.scale.len() == k && bn.beta.len() == k, "conv fprop BN parameters");
+    if let Some(r) = residual {
+        assert_eq!(r.len(), p.output_len(), "conv fprop residual");
+    }
+    let y = y.map(|y| {
+        assert_eq!(y.len(), p.output_len(), "conv fprop y");
         SyncPtr(y.as_mut_ptr())
     });
-    let want_stats = stats.is_some();
-    let (groups, gemm_threads) = image_groups(n);
-
-    let partials: Vec<Vec<f64>> = groups
-        .into_par_iter()
-        .map(|range| {
-            let mut acc = if want_stats { vec![0f64; 2 * k] } else { Vec::new() };
-            for img in range {
-                let xi = &x[img * in_len..(img + 1) * in_len];
-                // SAFETY: image ranges are disjoint across tasks, so each task writes its own slices.
-                let oi = unsafe { out_ptr.slice(img * out_len, out_len) };
-                let mut yi = y_ptr.as_ref().map(|yp| unsafe { yp.slice(img * out_len, out_len) });
-                {
-                    let gemm_dst: &mut [f32] = match yi.as_deref_mut() {
-                        Some(yv) => yv,
-                        None => &mut *oi,
-                    };
-                    if p.is_pointwise() {
-                        sgemm(k, pq, crs, gemm_dst, w, false, xi, gemm_threads);
-                    } else {
-                        with_columns(crs * pq, |col| {
-                            im2col(p, xi, col);
-                            sgemm(k, pq, crs, gemm_dst, w, false, col, gemm_threads);
-                        });
-                    }
-                }
-                let res = residual.map(|r| &r[img * out_len..(img + 1) * out_len]);
-                for ch in 0..k {
-                    let rows = ch * pq..(ch + 1) * pq;
-                    if want_stats {
-                        let raw: &[f32] = match yi.as_deref() {
-                            Some(yv) => &yv[rows.clone()],
-                            None => &oi[rows.clone()],
-                        };
-                        let (mut s1, mut s2) = (0f64, 0f64);
-                        for &v in raw {
-                            s1 += v as f64;
-                            s2 += (v as f64) * (v as f64);
-                        }
-                        acc[ch] += s1;
-                        acc[k + ch] += s2;
-                    }
-                    let affine = BnRow { mean: mean[ch], scale: scale[ch], beta: beta[ch], relu };
-                    let res_row = res.map(|r| &r[rows.clone()]);
-                    match yi.as_deref() {
-                        Some(yv) => affine.apply(&yv[rows.clone()], res_row, &mut oi[rows]),
-                        None => affine.apply_in_place(res_row, &mut oi[rows]),
-                    }
-                }
-            }
-            acc
-        })
-        .collect();
+    let f = Fprop { mean: bn.mean, scale: bn.scale, beta: bn.beta, residual, relu, y, out: SyncPtr(out.as_mut_ptr()), len: p.output_len() };
+    let mut moments = Vec::new();
+    if stats.is_some() {
+        moments.resize(k, Moments::default());
+    }
+    let mom = stats.is_some().then_some(&mut moments[..]);
+    let kern = Kernel::get();
+    if use_winograd(p) {
+        with_winograd_u(cache, kern, p, w, false, |u| winograd::fprop(kern, p, x, u, &f, mom));
+    } else {
+        let (c, r, s) = (p.c as usize, p.r as usize, p.s as usize);
+        let crs = c * r * s;
+        let panels = k.div_ceil(kern.mr);
+        let taps: Vec<(isize, isize)> = (0..r).flat_map(|i| (0..s).map(move |j| (i as isize - p.pad as isize, j as isize - p.pad as isize))).collect();
+        with_scratch(Scratch::Weights, panels * crs * kern.mr, |ap| {
+            implicit::pack_a(kern, k, crs, |m, kk| w[m * crs + kk], ap);
+            let src = Source { data: x, ch: c, h: p.h as usize, w: p.w as usize, step: p.stride as usize, taps: &taps };
+            let (pp, qq) = (p.p as usize, p.q as usize);
+            let grid = Grid { n, gp: pp, gq: qq, oh: pp, ow: qq, oh0: 0, ow0: 0, ostride: 1, m: k };
+            implicit::run(kern, ap, &src, &grid, Epi::Fprop(&f), mom);
+        });
+    }
     if let Some(stats) = stats {
-        assert_eq!(stats.len(), 2 * k);
-        let mut total = vec![0f64; 2 * k];
-        for part in &partials {
-            for (t, v) in total.iter_mut().zip(part) {
-                *t += v;
-            }
-        }
-        let count = (n * pq) as f64;
+        assert_eq!(stats.len(), 2 * k, "conv fprop stats");
+        let count = (n * (p.p * p.q) as usize) as f64;
         for ch in 0..k {
-            let mean = total[ch] / count;
+            let mean = moments[ch].s1 / count;
             stats[ch] = mean as f32;
-            stats[k + ch] = (total[k + ch] / count - mean * mean).max(0.0) as f32;
+            stats[k + ch] = (moments[ch].s2 / count - mean * mean).max(0.0) as f32;
         }
     }
 }
 
 /// dx_out = epilogue(W^T * dy) for every image.
 pub fn dgrad(p: &ConvProblem, dy: &[f32], w: &[f32], x: &[f32], epi: DgradEpilogue<'_, [f32]>, dx_out: &mut [f32]) {
-    let (n, k) = (p.n as usize, p.k as usize);
-    let (in_len, out_len) = (p.input_len() / n, p.output_len() / n);
-    let (c, hw) = (p.c as usize, (p.h * p.w) as usize);
-    let pq = (p.p * p.q) as usize;
-    let crs = (p.c * p.r * p.s) as usize;
+    dgrad_with(None, p, dy, w, x, epi, dx_out)
+}
+
+/// [`dgrad`] with transformed weights kept in `cache`.
+pub fn dgrad_with(cache: Option<&WeightCache>, p: &ConvProblem, dy: &[f32], w: &[f32], x: &[f32], epi: DgradEpilogue<'_, [f32]>, dx_out: &mut [f32]) {
+    let (n, c, k) = (p.n as usize, p.c as usize, p.k as usize);
     assert_eq!(dy.len(), p.output_len(), "conv dgrad dy");
+    assert_eq!(w.len(), p.weight_len(), "conv dgrad weight");
     assert_eq!(x.len(), p.input_len(), "conv dgrad x");
     assert_eq!(dx_out.len(), p.input_len(), "conv dgrad dx");
-    let dx_ptr = SyncPtr(dx_out.as_mut_ptr());
-    let (groups, gemm_threads) = image_groups(n);
-    groups.into_par_iter().for_each(|range| {
-        for img in range {
-            let dyi = &dy[img * out_len..(img + 1) * out_len];
-            let xi = &x[img * in_len..(img + 1) * in_len];
-            // SAFETY: disjoint image ranges per task.
-            let dxi = unsafe { dx_ptr.slice(img * in_len, in_len) };
-            let finish = |dx: &[f32], dxi: &mut [f32]| match &epi {
-                DgradEpilogue::Store => dxi.copy_from_slice(dx),
-                DgradEpilogue::MaskInput { add, accumulate } => {
-                    let add = add.map(|a| &a[img * in_len..(img + 1) * in_len]);
-                    for i in 0..in_len {
-                        let mut g = dx[i];
-                        if let Some(a) = add {
-                            g += a[i];
-                        }
-                        if *accumulate {
-                            g += dxi[i];
-                        }
-                        dxi[i] = if xi[i] > 0.0 { g } else { 0.0 };
-                    }
-                }
-                DgradEpilogue::BnRelu { y_prev, scale, coef } => {
-                    let yp = &y_prev[img * in_len..(img + 1) * in_len];
-                    let (ca, cb, cm) = (&coef[..c], &coef[c..2 * c], &coef[2 * c..3 * c]);
-                    for ch in 0..c {
-                        let sc = scale[ch];
-                        let r = ch * hw..(ch + 1) * hw;
-                        for ((d, (&g, &xv)), &yv) in dxi[r.clone()].iter_mut().zip(dx[r.clone()].iter().zip(&xi[r.clone()])).zip(&yp[r]) {
-                            let main = if xv > 0.0 { sc * g } else { 0.0 };
-                            *d = main + ca[ch] + cb[ch] * (yv - cm[ch]);
-                        }
-                    }
-                }
-            };
-            if p.is_pointwise() {
-                with_columns(in_len, |dx| {
-                    sgemm(crs, pq, k, dx, w, true, dyi, gemm_threads);
-                    finish(dx, dxi);
-                });
-            } else {
-                with_columns(crs * pq + in_len, |buf| {
-                    let (col, dx) = buf.split_at_mut(crs * pq);
-                    sgemm(crs, pq, k, col, w, true, dyi, gemm_threads);
-                    dx.fill(0.0);
-                    col2im(p, col, dx);
-                    finish(dx, dxi);
-                });
-            }
+    match &epi {
+        DgradEpilogue::Store => {}
+        DgradEpilogue::MaskInput { add, .. } => assert!(add.map_or(true, |a| a.len() == p.input_len()), "conv dgrad add"),
+        DgradEpilogue::BnRelu { y_prev, scale, coef } => {
+            assert!(y_prev.len() == p.input_len() && scale.len() == c && coef.len() == 3 * c, "conv dgrad BN operands")
         }
-    });
+    }
+    let d = Dgrad { kind: Kind::new(&epi), x, dx: SyncPtr(dx_out.as_mut_ptr()), c, len: p.input_len() };
+    let kern = Kernel::get();
+    if use_winograd(p) {
+        with_winograd_u(cache, kern, p, w, true, |u| winograd::dgrad(kern, p, dy, u, &d));
+        return;
+    }
+    let (h, wd, r, s) = (p.h as usize, p.w as usize, p.r as usize, p.s as usize);
+    if use_col2im(p) {
+        // A[(c, r, s)][k] = w[k][c][r][s]
+        let (m, rs) = (c * r * s, r * s);
+        with_scratch(Scratch::Weights, m.div_ceil(kern.mr) * kern.mr * k, |ap| {
+            implicit::pack_a(kern, m, k, |row, kj| w[(kj * c + row / rs) * rs + row % rs], ap);
+            implicit::dgrad_col2im(kern, ap, p, dy, &d);
+        });
+        return;
+    }
+    let (stride, pad) = (p.stride as usize, p.pad as isize);
+    // The taps (index, offset into dy) that reach phase ph along one axis.
+    let phase_taps = |ph: usize, len: usize| -> Vec<(usize, isize)> {
+        (0..len)
+            .filter(|&t| (ph as isize + pad - t as isize).rem_euclid(stride as isize) == 0)
+            .map(|t| (t, (ph as isize + pad - t as isize) / stride as isize))
+            .collect()
+    };
+    for ph in 0..stride.min(h) {
+        for pw in 0..stride.min(wd) {
+            let (gp, gq) = ((h - ph).div_ceil(stride), (wd - pw).div_ceil(stride));
+            let (tr, ts) = (phase_taps(ph, r), phase_taps(pw, s));
+            let grid = Grid { n, gp, gq, oh: h, ow: wd, oh0: ph, ow0: pw, ostride: stride, m: c };
+            if tr.is_empty() || ts.is_empty() {
+                // No tap reaches these positions: the epilogue of a zero gradient.
+                (0..n * c).into_par_iter().for_each(|nc| {
+                    let ch = nc % c;
+                    for i in 0..gp {
+                        // SAFETY: positions of this phase, one (image, channel) plane per task.
+                        unsafe { d.run(ch, None, gq, nc * h * wd + (ph + i * stride) * wd + pw, stride) };
+                    }
+                });
+                continue;
+            }
+            let taps: Vec<(usize, usize, isize, isize)> = tr.iter().flat_map(|&(ri, dr)| ts.iter().map(move |&(si, ds)| (ri, si, dr, ds))).collect();
+            let offsets: Vec<(isize, isize)> = taps.iter().map(|t| (t.2, t.3)).collect();
+            let nt = taps.len();
+            let kk = k * nt;
+            let panels = c.div_ceil(kern.mr);
+            with_scratch(Scratch::Weights, panels * kk * kern.mr, |ap| {
+                implicit::pack_a(kern, c, kk, |ci, j| {
+                    let (kj, t) = (j / nt, j % nt);
+                    w[((kj * c + ci) * r + taps[t].0) * s + taps[t].1]
+                }, ap);
+                let src = Source { data: dy, ch: k, h: p.p as usize, w: p.q as usize, step: 1, taps: &offsets };
+                implicit::run(kern, ap, &src, &grid, Epi::Dgrad(&d), None);
+            });
+        }
+    }
 }

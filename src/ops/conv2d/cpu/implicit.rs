@@ -1,0 +1,323 @@
+//! Implicit-GEMM convolution: out[m][col] = sum_kk A[m][kk] * B[kk][col] where the columns are output
+//! positions of all images (GEMM_N = N * grid), the reduction runs over (source channel, tap) and B is
+//! gathered from the N C H W source while it is packed (no im2col buffer). Used for fprop of every conv
+//! Winograd does not take, and for dgrad as one such GEMM per output phase: the positions
+//! `(ph + stride * i, pw + stride * j)` of dx receive only the taps with `(ph + pad - r) % stride == 0`,
+//! read from dy at `(i + (ph + pad - r) / stride, ...)`, so dgrad needs neither col2im nor zero taps.
+//!
+//! Blocking (BLIS order): tasks own (column block of NC, row chunk of <= MC); per task, the reduction
+//! goes in slices of KC: pack B (KC x NC, gathered) -> for each NR strip, for each MR row panel, the
+//! microkernel into a task-local C block. When the block is complete the epilogue writes it out.
+
+use rayon::prelude::*;
+
+use super::epilogue::{Dgrad, Fprop, Moments};
+use crate::ops::gemm::microkernel::Kernel;
+use crate::ops::par::{with_scratch, Scratch, SyncPtr};
+
+const KC: usize = 256;
+const MC: usize = 240;
+
+/// The source side of the GEMM: B[(c, t)][col] = src[n][c][oi * step + taps[t].0][oj * step + taps[t].1].
+pub struct Source<'a> {
+    pub data: &'a [f32],
+    pub ch: usize,
+    pub h: usize,
+    pub w: usize,
+    pub step: usize,
+    pub taps: &'a [(isize, isize)],
+}
+
+/// The columns: `n` images times a `gp` x `gq` grid of output positions
+/// `(oh0 + oi * ostride, ow0 + oj * ostride)` in an output plane of `oh` x `ow`.
+#[derive(Clone, Copy)]
+pub struct Grid {
+    pub n: usize,
+    pub gp: usize,
+    pub gq: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub oh0: usize,
+    pub ow0: usize,
+    pub ostride: usize,
+    /// Output channels (GEMM_M).
+    pub m: usize,
+}
+
+impl Grid {
+    fn cols(&self) -> usize {
+        self.n * self.gp * self.gq
+    }
+    /// (image, offset of the position in the image's plane) of column `col`.
+    #[inline]
+    fn locate(&self, col: usize) -> (usize, usize) {
+        let g = self.gp * self.gq;
+        let (n, r) = (col / g, col % g);
+        let (oi, oj) = (r / self.gq, r % self.gq);
+        (n, (self.oh0 + oi * self.ostride) * self.ow + self.ow0 + oj * self.ostride)
+    }
+}
+
+/// What happens to a finished block of raw results.
+pub enum Epi<'a, 'b> {
+    Fprop(&'b Fprop<'a>),
+    Dgrad(&'b Dgrad<'a>),
+}
+
+/// Packs A (M x KK, element (m, kk) from `a`) into MR-row panels: panel b holds, for each kk, the
+/// MR values of rows b*MR.. (zero past M).
+pub fn pack_a(kern: &Kernel, m: usize, kk: usize, a: impl Fn(usize, usize) -> f32 + Sync, dst: &mut [f32]) {
+    let mr = kern.mr;
+    let panels = m.div_ceil(mr);
+    assert!(dst.len() >= panels * kk * mr);
+    dst[..panels * kk * mr].par_chunks_mut(kk * mr).enumerate().for_each(|(b, panel)| {
+        for i in 0..mr {
+            let row = b * mr + i;
+            if row < m {
+                for k in 0..kk {
+                    panel[k * mr + i] = a(row, k);
+                }
+            } else {
+                for k in 0..kk {
+                    panel[k * mr + i] = 0.0;
+                }
+            }
+        }
+    });
+}
+
+/// Gathers B[kk0..kk0+kc][cols j0..j0+ncols] into strips of NR columns (zero-padded to `nc`).
+fn pack_b(src: &Source, grid: &Grid, nr: usize, j0: usize, ncols: usize, nc: usize, kk0: usize, kc: usize, offs: &mut [isize], dst: &mut [f32]) {
+    let taps = src.taps.len();
+    let plane = src.h * src.w;
+    let pointwise = taps == 1 && src.taps[0] == (0, 0) && src.step == 1 && grid.gp == src.h && grid.gq == src.w;
+    for s in 0..nc / nr {
+        let strip = &mut dst[s * kc * nr..(s + 1) * kc * nr];
+        let c0 = j0 + s * nr;
+        let valid = ncols.saturating_sub(s * nr).min(nr);
+        if pointwise && valid == nr {
+            let (n0, p0) = (c0 / plane, c0 % plane);
+            if p0 + nr <= plane {
+                // Columns are nr consecutive positions of one image: rows of B are contiguous.
+                let base = n0 * src.ch * plane + p0;
+                for k in 0..kc {
+                    let c = kk0 + k;
+                    strip[k * nr..(k + 1) * nr].copy_from_slice(&src.data[base + c * plane..base + c * plane + nr]);
+                }
+                continue;
+            }
+        }
+        // Per tap and column: the offset of (c = 0) in the source, or -1 where the tap falls outside.
+        let g = grid.gp * grid.gq;
+        for j in 0..nr {
+            let col = c0 + j;
+            if j >= valid {
+                for t in 0..taps {
+                    offs[t * nr + j] = -1;
+                }
+                continue;
+            }
+            let (n, r) = (col / g, col % g);
+            let (oi, oj) = ((r / grid.gq) * src.step, (r % grid.gq) * src.step);
+            let base = (n * src.ch * plane) as isize;
+            for (t, &(dr, ds)) in src.taps.iter().enumerate() {
+                let (ih, iw) = (oi as isize + dr, oj as isize + ds);
+                offs[t * nr + j] = if ih >= 0 && iw >= 0 && (ih as usize) < src.h && (iw as usize) < src.w { base + ih * src.w as isize + iw } else { -1 };
+            }
+        }
+        let (mut c, mut t) = (kk0 / taps, kk0 % taps);
+        for k in 0..kc {
+            let o = &offs[t * nr..(t + 1) * nr];
+            let cbase = c * plane;
+            let row = &mut strip[k * nr..(k + 1) * nr];
+            for j in 0..nr {
+                row[j] = if o[j] >= 0 { src.data[cbase + o[j] as usize] } else { 0.0 };
+            }
+            t += 1;
+            if t == taps {
+                t = 0;
+                c += 1;
+            }
+        }
+    }
+}
+
+/// C block (rows of panels p0..p1, columns j0..j0+ncols padded to ncp) = A * B over the whole reduction.
+#[allow(clippy::too_many_arguments)]
+fn gemm_block(kern: &Kernel, ap: &[f32], src: &Source, grid: &Grid, p0: usize, p1: usize, j0: usize, ncols: usize, ncp: usize, bbuf: &mut [f32], cblk: &mut [f32], offs: &mut [isize]) {
+    let (mr, nr) = (kern.mr, kern.nr);
+    let kk = src.ch * src.taps.len();
+    let mut k0 = 0;
+    while k0 < kk {
+        let kc = KC.min(kk - k0);
+        pack_b(src, grid, nr, j0, ncols, ncp, k0, kc, offs, bbuf);
+        for s in 0..ncp / nr {
+            let b = &bbuf[s * kc * nr..];
+            for p in p0..p1 {
+                let a = &ap[(p * kk + k0) * mr..];
+                let c = &mut cblk[(p - p0) * mr * ncp + s * nr..];
+                // SAFETY: the A panel holds kc*mr floats from k0, the B strip kc*nr, and the C
+                // block has mr rows of ncp >= (s+1)*nr floats from this tile.
+                unsafe { kern.run(kc, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), ncp, k0 > 0) };
+            }
+        }
+        k0 += kc;
+    }
+}
+
+/// dgrad as GEMM + col2im, for convs whose dx has few channels (the stems): per image and block of
+/// dy positions, Z[(c, r, s)][pos] = sum_k W[k][c][r][s] dy[k][pos] (A = `ap`, W^T packed with
+/// M = C*R*S, KK = K; B = dy rows, no gather), scattered into the image's dx; then the epilogue.
+pub fn dgrad_col2im(kern: &Kernel, ap: &[f32], p: &crate::ops::conv2d::ConvProblem, dy: &[f32], epi: &Dgrad) {
+    let (mr, nr) = (kern.mr, kern.nr);
+    let (n, c, k) = (p.n as usize, p.c as usize, p.k as usize);
+    let (h, w, r, s) = (p.h as usize, p.w as usize, p.r as usize, p.s as usize);
+    let (pp, qq, stride, pad) = (p.p as usize, p.q as usize, p.stride as isize, p.pad as isize);
+    let (plane_in, plane_out) = (h * w, pp * qq);
+    let m = c * r * s;
+    let panels = m.div_ceil(mr);
+    let nc = (4 * nr).max(64);
+    let taps = [(0isize, 0isize)];
+    (0..n).into_par_iter().for_each(|img| {
+        let dyi = &dy[img * k * plane_out..(img + 1) * k * plane_out];
+        let src = Source { data: dyi, ch: k, h: pp, w: qq, step: 1, taps: &taps };
+        let grid = Grid { n: 1, gp: pp, gq: qq, oh: pp, ow: qq, oh0: 0, ow0: 0, ostride: 1, m };
+        let kc_max = KC.min(k);
+        let offs_floats = (nr * std::mem::size_of::<isize>()).div_ceil(4);
+        with_scratch(Scratch::Task, c * plane_in + kc_max * nc + panels * mr * nc + offs_floats, |buf| {
+            let (offs_f, rest) = buf.split_at_mut(offs_floats);
+            let (raw, rest) = rest.split_at_mut(c * plane_in);
+            let (bbuf, cblk) = rest.split_at_mut(kc_max * nc);
+            // SAFETY: offs_f starts the (64-byte aligned) scratch, holds nr isizes and is this task's.
+            let offs: &mut [isize] = unsafe { std::slice::from_raw_parts_mut(offs_f.as_mut_ptr() as *mut isize, nr) };
+            raw.fill(0.0);
+            let mut j0 = 0;
+            while j0 < plane_out {
+                let ncols = (plane_out - j0).min(nc);
+                let ncp = ncols.div_ceil(nr) * nr;
+                gemm_block(kern, ap, &src, &grid, 0, panels, j0, ncols, ncp, bbuf, cblk, offs);
+                // col2im of this block of positions.
+                for row in 0..m {
+                    let (ci, rr, ss) = (row / (r * s), (row / s) % r, row % s);
+                    let z = &cblk[row * ncp..row * ncp + ncols];
+                    let dst = &mut raw[ci * plane_in..(ci + 1) * plane_in];
+                    for (j, &v) in z.iter().enumerate() {
+                        let pos = j0 + j;
+                        let (op, oq) = ((pos / qq) as isize, (pos % qq) as isize);
+                        let (ih, iw) = (op * stride - pad + rr as isize, oq * stride - pad + ss as isize);
+                        if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w {
+                            dst[ih as usize * w + iw as usize] += v;
+                        }
+                    }
+                }
+                j0 += ncols;
+            }
+            for ci in 0..c {
+                // SAFETY: this task owns image img of dx.
+                unsafe { epi.run(ci, Some(&raw[ci * plane_in..(ci + 1) * plane_in]), plane_in, (img * c + ci) * plane_in, 1) };
+            }
+        });
+    });
+}
+
+/// Runs the GEMM of `grid` (rows = output channels) over the packed A `ap` and the source, and hands
+/// every finished block to the epilogue. Returns the per-channel moments if `want_moments`.
+pub fn run(kern: &Kernel, ap: &[f32], src: &Source, grid: &Grid, epi: Epi, moments: Option<&mut [Moments]>) {
+    let (mr, nr) = (kern.mr, kern.nr);
+    let m = grid.m;
+    let kk = src.ch * src.taps.len();
+    let cols = grid.cols();
+    if cols == 0 || m == 0 {
+        return;
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let nc = (4 * nr).max(64);
+    let col_blocks = cols.div_ceil(nc);
+    let panels = m.div_ceil(mr);
+    // Row chunks: at most MC rows, and enough tasks for every thread.
+    let mut chunk_panels = panels.min(MC / mr).max(1);
+    while col_blocks * panels.div_ceil(chunk_panels) < 2 * threads && chunk_panels > 4 {
+        chunk_panels = chunk_panels.div_ceil(2);
+    }
+    let row_chunks = panels.div_ceil(chunk_panels);
+    let tasks = col_blocks * row_chunks;
+    let want = moments.is_some();
+    // Moments per task and channel of its chunk (reduced below).
+    let mom_len = if want { tasks * chunk_panels * mr } else { 0 };
+    let mut partial = vec![Moments::default(); mom_len];
+    let partial_ptr = SyncPtr(partial.as_mut_ptr());
+    let taps = src.taps.len();
+    (0..tasks).into_par_iter().for_each(|task| {
+        let (cb, rc) = (task / row_chunks, task % row_chunks);
+        let j0 = cb * nc;
+        let ncols = (cols - j0).min(nc);
+        let ncp = ncols.div_ceil(nr) * nr;
+        let p0 = rc * chunk_panels;
+        let p1 = (p0 + chunk_panels).min(panels);
+        let rows = (p1 - p0) * mr;
+        let kc_max = KC.min(kk);
+        let need = kc_max * ncp + rows * ncp;
+        let offs_floats = (taps * nr * std::mem::size_of::<isize>()).div_ceil(4);
+        with_scratch(Scratch::Task, need + offs_floats, |buf| {
+            let (offs_f, rest) = buf.split_at_mut(offs_floats);
+            let (bbuf, cblk) = rest.split_at_mut(kc_max * ncp);
+            // SAFETY: offs_f starts the (64-byte aligned) scratch, holds taps*nr isizes and is this
+            // task's alone.
+            let offs: &mut [isize] = unsafe { std::slice::from_raw_parts_mut(offs_f.as_mut_ptr() as *mut isize, taps * nr) };
+            gemm_block(kern, ap, src, grid, p0, p1, j0, ncols, ncp, bbuf, cblk, offs);
+            // Epilogue: runs of consecutive columns that map to consecutive positions.
+            let mom = if want {
+                // SAFETY: each task owns its own slot range of `partial`.
+                Some(unsafe { partial_ptr.slice(task * chunk_panels * mr, chunk_panels * mr) })
+            } else {
+                None
+            };
+            let mut mom = mom;
+            if let Some(mm) = mom.as_deref_mut() {
+                mm.iter_mut().for_each(|v| *v = Moments::default());
+            }
+            let row_end = (p1 * mr).min(m);
+            let mut j = 0;
+            while j < ncols {
+                let (n, pos) = grid.locate(j0 + j);
+                // Extend the run while positions stay consecutive (same image, same grid row unless
+                // the grid covers whole planes with unit stride).
+                let g = grid.gp * grid.gq;
+                let idx = (j0 + j) % g;
+                let len = if grid.ostride == 1 && grid.gq == grid.ow && grid.gp == grid.oh {
+                    (g - idx).min(ncols - j)
+                } else {
+                    (grid.gq - idx % grid.gq).min(ncols - j)
+                };
+                let plane = grid.oh * grid.ow;
+                for row in p0 * mr..row_end {
+                    let raw = &cblk[(row - p0 * mr) * ncp + j..][..len];
+                    let dst = (n * m + row) * plane + pos;
+                    // SAFETY: the (row, run) pairs of all tasks are disjoint positions of the output.
+                    unsafe {
+                        match &epi {
+                            Epi::Fprop(f) => f.run(row, raw, dst, mom.as_deref_mut().map(|mm| &mut mm[row - p0 * mr])),
+                            Epi::Dgrad(d) => d.run(row, Some(raw), len, dst, grid.ostride),
+                        }
+                    }
+                }
+                j += len;
+            }
+        });
+    });
+    if let Some(out) = moments {
+        for v in out.iter_mut() {
+            *v = Moments::default();
+        }
+        for task in 0..tasks {
+            let rc = task % row_chunks;
+            let r0 = rc * chunk_panels * mr;
+            for i in 0..chunk_panels * mr {
+                if r0 + i < m {
+                    out[r0 + i].s1 += partial[task * chunk_panels * mr + i].s1;
+                    out[r0 + i].s2 += partial[task * chunk_panels * mr + i].s2;
+                }
+            }
+        }
+    }
+}
