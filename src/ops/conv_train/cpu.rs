@@ -1,5 +1,11 @@
-//! CPU training convolutions: im2col + GEMM per image, images spread over the rayon pool; wgrad keeps
-//! one partial dw per task and sums them at the end. Scratch is thread-local and only grows.
+//! CPU training convolutions: im2col + GEMM over groups of images, the groups spread over the rayon
+//! pool; wgrad keeps one partial dw per task and sums them at the end. Scratch is thread-local and only
+//! grows.
+//!
+//! Deep layers have small P*Q (7x7 = 49, 4x4 = 16 on 28-pixel inputs), which makes one image's GEMM
+//! too narrow to run the SIMD kernel efficiently; so G images are put side by side (GEMM_N = G*P*Q of
+//! about 512 columns): their im2col columns form one [C*R*S x G*P*Q] matrix and their outputs or output
+//! gradients one [K x G*P*Q] matrix, copied from / to the N K P Q layout around the GEMM.
 
 use std::cell::RefCell;
 
@@ -36,9 +42,19 @@ fn valid_cols(qq: usize, w: isize, stride: isize, iw0: isize) -> (usize, usize) 
     (first.min(end), end)
 }
 
+/// Images per GEMM: enough that GEMM_N = G * P * Q reaches about 512 columns.
+fn images_per_gemm(pq: usize) -> usize {
+    (512 / pq.max(1)).max(1)
+}
+
 /// col[(c*R + r)*S + s][p*Q + q] = x[c][p*stride - pad + r][q*stride - pad + s] (0 outside): the same
 /// as `conv2d::cpu::im2col`, with the padded borders handled per row instead of per element.
 pub fn im2col(p: &ConvProblem, x: &[f32], col: &mut [f32]) {
+    im2col_into(p, x, col, (p.p * p.q) as usize, 0);
+}
+
+/// [`im2col`] of one image into columns off..off + P*Q of a matrix with row length `ld`.
+pub fn im2col_into(p: &ConvProblem, x: &[f32], col: &mut [f32], ld: usize, off: usize) {
     let (c_n, h, w, r_n, s_n, pp, qq) = (p.c as usize, p.h as isize, p.w as isize, p.r as usize, p.s as usize, p.p as usize, p.q as usize);
     let (stride, pad) = (p.stride as isize, p.pad as isize);
     let pq = pp * qq;
@@ -46,7 +62,7 @@ pub fn im2col(p: &ConvProblem, x: &[f32], col: &mut [f32]) {
         let plane = &x[c * (h * w) as usize..(c + 1) * (h * w) as usize];
         for r in 0..r_n {
             for s in 0..s_n {
-                let row = &mut col[((c * r_n + r) * s_n + s) * pq..][..pq];
+                let row = &mut col[((c * r_n + r) * s_n + s) * ld + off..][..pq];
                 let iw0 = s as isize - pad;
                 let (q0, q1) = valid_cols(qq, w, stride, iw0);
                 for op in 0..pp {
@@ -75,6 +91,11 @@ pub fn im2col(p: &ConvProblem, x: &[f32], col: &mut [f32]) {
 
 /// The adjoint of [`im2col`]: x[c][ih][iw] += col[...] (x must be zeroed or hold what to add to).
 pub fn col2im(p: &ConvProblem, col: &[f32], x: &mut [f32]) {
+    col2im_from(p, col, (p.p * p.q) as usize, 0, x);
+}
+
+/// [`col2im`] from columns off..off + P*Q of a matrix with row length `ld`.
+pub fn col2im_from(p: &ConvProblem, col: &[f32], ld: usize, off: usize, x: &mut [f32]) {
     let (c_n, h, w, r_n, s_n, pp, qq) = (p.c as usize, p.h as isize, p.w as isize, p.r as usize, p.s as usize, p.p as usize, p.q as usize);
     let (stride, pad) = (p.stride as isize, p.pad as isize);
     let pq = pp * qq;
@@ -82,7 +103,7 @@ pub fn col2im(p: &ConvProblem, col: &[f32], x: &mut [f32]) {
         let plane = &mut x[c * (h * w) as usize..(c + 1) * (h * w) as usize];
         for r in 0..r_n {
             for s in 0..s_n {
-                let row = &col[((c * r_n + r) * s_n + s) * pq..][..pq];
+                let row = &col[((c * r_n + r) * s_n + s) * ld + off..][..pq];
                 let iw0 = s as isize - pad;
                 let (q0, q1) = valid_cols(qq, w, stride, iw0);
                 for op in 0..pp {
@@ -102,6 +123,17 @@ pub fn col2im(p: &ConvProblem, col: &[f32], x: &mut [f32]) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Copies images a..a+g of an N K PQ tensor into a [K x g*PQ] matrix (image j in columns j*PQ..).
+fn gather(t: &[f32], k: usize, pq: usize, a: usize, g: usize, out: &mut [f32]) {
+    let ld = g * pq;
+    for j in 0..g {
+        let img = &t[(a + j) * k * pq..(a + j + 1) * k * pq];
+        for kk in 0..k {
+            out[kk * ld + j * pq..kk * ld + (j + 1) * pq].copy_from_slice(&img[kk * pq..(kk + 1) * pq]);
         }
     }
 }
@@ -135,19 +167,31 @@ pub fn fprop(p: &ConvProblem, x: &[f32], w: &[f32], y: &mut [f32]) {
     assert!(x.len() == p.input_len() && w.len() == p.weight_len() && y.len() == p.output_len(), "conv fprop operands");
     let y_ptr = SyncPtr(y.as_mut_ptr());
     let (groups, gemm_threads) = image_groups(n);
+    let per = images_per_gemm(pq);
     groups.into_par_iter().for_each(|range| {
-        for img in range {
-            let xi = &x[img * in_len..(img + 1) * in_len];
+        let mut a = range.start;
+        while a < range.end {
+            let g = per.min(range.end - a);
+            let ld = g * pq;
             // SAFETY: image ranges are disjoint across tasks.
-            let yi = unsafe { y_ptr.slice(img * out_len, out_len) };
-            if p.is_pointwise() {
-                sgemm(k, pq, crs, yi, w, false, xi, gemm_threads);
-            } else {
-                with_scratch(crs * pq, |col| {
-                    im2col(p, xi, col);
-                    sgemm(k, pq, crs, yi, w, false, col, gemm_threads);
-                });
-            }
+            let ys = unsafe { y_ptr.slice(a * out_len, g * out_len) };
+            with_scratch(crs * ld + if g > 1 { k * ld } else { 0 }, |buf| {
+                let (col, tmp) = buf.split_at_mut(crs * ld);
+                for j in 0..g {
+                    im2col_into(p, &x[(a + j) * in_len..(a + j + 1) * in_len], col, ld, j * pq);
+                }
+                if g == 1 {
+                    sgemm(k, pq, crs, ys, w, false, col, gemm_threads);
+                } else {
+                    sgemm(k, ld, crs, tmp, w, false, col, gemm_threads);
+                    for j in 0..g {
+                        for kk in 0..k {
+                            ys[j * out_len + kk * pq..j * out_len + (kk + 1) * pq].copy_from_slice(&tmp[kk * ld + j * pq..kk * ld + (j + 1) * pq]);
+                        }
+                    }
+                }
+            });
+            a += g;
         }
     });
 }
@@ -160,27 +204,32 @@ pub fn dgrad(p: &ConvProblem, dy: &[f32], w: &[f32], dx: &mut [f32], accumulate:
     assert!(dy.len() == p.output_len() && w.len() == p.weight_len() && dx.len() == p.input_len(), "conv dgrad operands");
     let dx_ptr = SyncPtr(dx.as_mut_ptr());
     let (groups, gemm_threads) = image_groups(n);
+    let per = images_per_gemm(pq);
     groups.into_par_iter().for_each(|range| {
-        for img in range {
-            let dyi = &dy[img * out_len..(img + 1) * out_len];
+        let mut a = range.start;
+        while a < range.end {
+            let g = per.min(range.end - a);
+            let ld = g * pq;
             // SAFETY: image ranges are disjoint across tasks.
-            let dxi = unsafe { dx_ptr.slice(img * in_len, in_len) };
-            if p.is_pointwise() && !accumulate {
-                sgemm(crs, pq, k, dxi, w, true, dyi, gemm_threads);
-            } else if p.is_pointwise() {
-                with_scratch(in_len, |tmp| {
-                    sgemm(crs, pq, k, tmp, w, true, dyi, gemm_threads);
-                    dxi.iter_mut().zip(tmp.iter()).for_each(|(d, t)| *d += t);
-                });
-            } else {
-                with_scratch(crs * pq, |col| {
-                    sgemm(crs, pq, k, col, w, true, dyi, gemm_threads);
+            let dxs = unsafe { dx_ptr.slice(a * in_len, g * in_len) };
+            with_scratch(crs * ld + if g > 1 { k * ld } else { 0 }, |buf| {
+                let (col, dyg) = buf.split_at_mut(crs * ld);
+                let lhs: &[f32] = if g == 1 {
+                    &dy[a * out_len..(a + 1) * out_len]
+                } else {
+                    gather(dy, k, pq, a, g, dyg);
+                    dyg
+                };
+                sgemm(crs, ld, k, col, w, true, lhs, gemm_threads);
+                for j in 0..g {
+                    let dxi = &mut dxs[j * in_len..(j + 1) * in_len];
                     if !accumulate {
                         dxi.fill(0.0);
                     }
-                    col2im(p, col, dxi);
-                });
-            }
+                    col2im_from(p, col, ld, j * pq, dxi);
+                }
+            });
+            a += g;
         }
     });
 }
@@ -192,21 +241,29 @@ pub fn wgrad(p: &ConvProblem, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let (k, pq, crs) = (p.k as usize, (p.p * p.q) as usize, (p.c * p.r * p.s) as usize);
     assert!(x.len() == p.input_len() && dy.len() == p.output_len() && dw.len() == p.weight_len(), "conv wgrad operands");
     let (groups, gemm_threads) = image_groups(n);
+    let per = images_per_gemm(pq);
     let partials: Vec<Vec<f32>> = groups
         .into_par_iter()
         .map(|range| {
             let mut acc = vec![0f32; k * crs];
-            for img in range {
-                let xi = &x[img * in_len..(img + 1) * in_len];
-                let dyi = &dy[img * out_len..(img + 1) * out_len];
-                if p.is_pointwise() {
-                    gemm_acc_rhs_t(k, crs, pq, &mut acc, dyi, xi, gemm_threads);
-                } else {
-                    with_scratch(crs * pq, |col| {
-                        im2col(p, xi, col);
-                        gemm_acc_rhs_t(k, crs, pq, &mut acc, dyi, col, gemm_threads);
-                    });
-                }
+            let mut a = range.start;
+            while a < range.end {
+                let g = per.min(range.end - a);
+                let ld = g * pq;
+                with_scratch(crs * ld + if g > 1 { k * ld } else { 0 }, |buf| {
+                    let (col, dyg) = buf.split_at_mut(crs * ld);
+                    for j in 0..g {
+                        im2col_into(p, &x[(a + j) * in_len..(a + j + 1) * in_len], col, ld, j * pq);
+                    }
+                    let lhs: &[f32] = if g == 1 {
+                        &dy[a * out_len..(a + 1) * out_len]
+                    } else {
+                        gather(dy, k, pq, a, g, dyg);
+                        dyg
+                    };
+                    gemm_acc_rhs_t(k, crs, ld, &mut acc, lhs, col, gemm_threads);
+                });
+                a += g;
             }
             acc
         })
