@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use cda_engine::backend::cpu::CpuBackend;
 use cda_engine::backend::Backend;
+use cda_engine::bench::process_cpu_secs;
 use cda_engine::ops::conv2d::{cpu::algorithm, BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
 
 struct Layer {
@@ -62,17 +63,21 @@ const LAYERS: &[Layer] = &[
     Layer { case: "iv", n: 4, c: 512, k: 512, h: 7, r: 3, stride: 1 },
 ];
 
-fn median3(mut f: impl FnMut()) -> f64 {
+/// Median of 3 timed calls after a warm-up: (wall seconds, process CPU seconds).
+fn median3(mut f: impl FnMut()) -> (f64, f64) {
     f();
-    let mut t: Vec<f64> = (0..3)
+    let mut t: Vec<(f64, f64)> = (0..3)
         .map(|_| {
+            let c0 = process_cpu_secs().unwrap_or(0.0);
             let t0 = Instant::now();
             f();
-            t0.elapsed().as_secs_f64()
+            (t0.elapsed().as_secs_f64(), process_cpu_secs().unwrap_or(0.0) - c0)
         })
         .collect();
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    t[1]
+    let mut wall: Vec<f64> = t.iter().map(|v| v.0).collect();
+    wall.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    t.sort_by(|a, b| a.1.partial_cmp(&b.1).unwrap());
+    (wall[1], t[1].1)
 }
 
 fn main() {
@@ -82,7 +87,8 @@ fn main() {
     let be = CpuBackend::new(threads).unwrap();
     let ceil = cda_engine::bench::ceiling(&be, 0.5);
     println!("{} | microkernel {} {}: {:.1} GFLOP/s ({:.1} on one thread), FMA peak {:.1} ({:.1})", be.describe(), ceil.isa, ceil.kernel, ceil.kernel_gflops, ceil.kernel_gflops_1t, ceil.fma_gflops, ceil.fma_gflops_1t);
-    println!("{:<4} {:<28} {:<14} {:>9} {:>8} {:>9} {:>8}", "case", "layer", "algorithm", "fprop ms", "GFLOP/s", "dgrad ms", "GFLOP/s");
+    println!("wall ms (median of 3), GFLOP/s from wall time; cpu ms = CPU time of all threads (robust to other load)");
+    println!("{:<4} {:<28} {:<14} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8}", "case", "layer", "algorithm", "fprop ms", "cpu ms", "GFLOP/s", "dgrad ms", "cpu ms", "GFLOP/s");
     for l in LAYERS.iter().filter(|l| filter.is_empty() || l.case == filter) {
         let pad = l.r / 2;
         let geom = cda_engine::model::ConvGeom { c: l.c, k: l.k, r: l.r, s: l.r, stride: l.stride, pad };
@@ -105,18 +111,18 @@ fn main() {
         let mut out = be.alloc(p.output_len()).unwrap();
         let mut stats = be.alloc(2 * l.k).unwrap();
         let mut dx = be.alloc(p.input_len()).unwrap();
-        let tf = median3(|| {
+        let (tf, cf) = median3(|| {
             let epi = FpropEpilogue { bn: BnAffine { mean: &mean, scale: &scale, beta: &beta }, residual: None, relu: true, y: Some(&mut y), stats: Some(&mut stats) };
             be.conv_fprop(&p, &x, &w, epi, &mut out).unwrap();
         });
-        let td = median3(|| {
+        let (td, cd) = median3(|| {
             let epi = if l.c == 3 { DgradEpilogue::Store } else { DgradEpilogue::BnRelu { y_prev: &yp, scale: &sc, coef: &coef } };
             be.conv_dgrad(&p, &dy, &w, &x, epi, &mut dx).unwrap();
         });
         let gf = p.flops() / 1e9;
         let name = format!("{}x{}/{} {}->{} N{} {}x{}", l.r, l.r, l.stride, l.c, l.k, l.n, l.h, l.h);
         let alg = format!("{}|{}", short(algorithm(&p, false)), short(algorithm(&p, true)));
-        println!("{:<4} {:<28} {:<14} {:>9.2} {:>8.1} {:>9.2} {:>8.1}", l.case, name, alg, 1e3 * tf, gf / tf, 1e3 * td, gf / td);
+        println!("{:<4} {:<28} {:<14} {:>9.2} {:>8.2} {:>8.1} {:>9.2} {:>8.2} {:>8.1}", l.case, name, alg, 1e3 * tf, 1e3 * cf, gf / tf, 1e3 * td, 1e3 * cd, gf / td);
     }
 }
 

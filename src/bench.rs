@@ -100,6 +100,22 @@ pub struct BenchResult {
     pub conv_gflop_per_iter: f64,
     /// The process's peak resident memory (VmHWM) in MiB, where the OS reports it.
     pub peak_rss_mib: Option<f64>,
+    /// CPU time of the process (all threads) per timed iteration, where the OS reports it: on a
+    /// loaded machine, wall time includes waiting for cores and this does not.
+    pub cpu_ms_per_iter: Option<f64>,
+}
+
+/// CPU time this process has run so far, all threads, in seconds (Linux: the sum of
+/// /proc/self/task/*/schedstat, nanosecond resolution). Unlike wall time it leaves out time spent
+/// waiting for a core, so it stays comparable when other processes load the machine.
+pub fn process_cpu_secs() -> Option<f64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        let text = std::fs::read_to_string(path).ok()?;
+        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total as f64 * 1e-9)
 }
 
 /// Peak resident set size of this process in MiB (Linux: VmHWM of /proc/self/status).
@@ -153,10 +169,12 @@ pub fn bench_with<B: Backend>(backend: &B, model: &ResNet, res: usize, batch: us
     rec.reset(&init, &targets)?;
     let spec = AugmentSpec { crop: true, flip: true, jitter: cfg.jitter };
     let mut t0 = Instant::now();
+    let mut cpu0 = None;
     for t in 0..warmup + iters {
         if t == warmup {
             backend.synchronize()?;
             on_warm();
+            cpu0 = process_cpu_secs();
             t0 = Instant::now();
         }
         let aug = sample_batch(&mut rng, &spec, batch, res, res, 0.5, false);
@@ -164,6 +182,7 @@ pub fn bench_with<B: Backend>(backend: &B, model: &ResNet, res: usize, batch: us
     }
     backend.synchronize()?;
     let secs = t0.elapsed().as_secs_f64();
+    let cpu_ms_per_iter = cpu0.zip(process_cpu_secs()).map(|(a, b)| 1e3 * (b - a) / iters as f64);
     let ms = 1e3 * secs / iters as f64;
     let flops = 6.0 * model.macs_per_image(res, res) as f64 * batch as f64;
     Ok(BenchResult {
@@ -178,6 +197,7 @@ pub fn bench_with<B: Backend>(backend: &B, model: &ResNet, res: usize, batch: us
         gflops: flops / (ms * 1e-3) / 1e9,
         conv_gflop_per_iter: 4.0 * model.macs_per_image(res, res) as f64 * batch as f64 / 1e9,
         peak_rss_mib: peak_rss_mib(),
+        cpu_ms_per_iter,
     })
 }
 

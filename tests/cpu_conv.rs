@@ -206,6 +206,9 @@ fn implicit_cases() {
     check("7x7/2 C3 K8 N1 32x30", problem(1, 3, 32, 30, 8, 7, 2, 3), 14);
     check("3x3/2 C16 K24 N3 11x13", problem(3, 16, 11, 13, 24, 3, 2, 1), 15);
     check("3x3/2 C20 K40 N2 16x16", problem(2, 20, 16, 16, 40, 3, 2, 1), 16);
+    // K < C: dgrad by output phases rather than col2im.
+    check("3x3/2 C24 K16 N2 9x11", problem(2, 24, 9, 11, 16, 3, 2, 1), 22);
+    check("5x5/3 C20 K12 N2 13x14", problem(2, 20, 13, 14, 12, 5, 3, 2), 23);
     check("1x1/2 C24 K40 N2 7x7", problem(2, 24, 7, 7, 40, 1, 2, 0), 17);
     check("1x1/2 C16 K32 N3 8x8", problem(3, 16, 8, 8, 32, 1, 2, 0), 18);
     check("1x1/1 C40 K17 N3 5x7", problem(3, 40, 5, 7, 17, 1, 1, 0), 19);

@@ -20,7 +20,6 @@ mod winograd;
 
 use std::sync::{Arc, Mutex};
 
-use rayon::prelude::*;
 
 use super::{ConvProblem, DgradEpilogue, FpropEpilogue};
 use crate::ops::gemm::microkernel::{Isa, Kernel};
@@ -104,8 +103,17 @@ fn use_winograd(p: &ConvProblem) -> bool {
 
 /// Does the dgrad of this (non-Winograd) problem go through GEMM + col2im? For few input channels
 /// (the stems), gathering dy for every one of C rows costs more than scattering C*R*S rows.
+/// For strided convs with K >= C the same holds (the phases' gathers cost per input channel what
+/// the scatter costs per output channel). `CDA_DGRAD=phased|col2im` overrides (for measurements).
 fn use_col2im(p: &ConvProblem) -> bool {
-    !use_winograd(p) && p.r * p.s > 1 && p.c < 16 && std::env::var_os("CDA_NO_COL2IM").is_none()
+    if use_winograd(p) || p.r * p.s == 1 {
+        return false;
+    }
+    match std::env::var("CDA_DGRAD").ok().as_deref() {
+        Some("phased") => false,
+        Some("col2im") => true,
+        _ => p.c < 16 || (p.stride > 1 && p.k >= p.c),
+    }
 }
 
 /// Which algorithm `fprop` / `dgrad` use for `p` (for profiles and benchmarks).
@@ -322,35 +330,44 @@ pub fn dgrad_with(cache: Option<&WeightCache>, p: &ConvProblem, dy: &[f32], w: &
             .map(|t| (t, (ph as isize + pad - t as isize) / stride as isize))
             .collect()
     };
+    let panels = c.div_ceil(kern.mr);
+    if stride == 1 {
+        // One phase: the whole plane, positions contiguous.
+        let (tr, ts) = (phase_taps(0, r), phase_taps(0, s));
+        let taps: Vec<(usize, usize, isize, isize)> = tr.iter().flat_map(|&(ri, dr)| ts.iter().map(move |&(si, ds)| (ri, si, dr, ds))).collect();
+        let offsets: Vec<(isize, isize)> = taps.iter().map(|t| (t.2, t.3)).collect();
+        let nt = taps.len();
+        let kk = k * nt;
+        with_scratch(Scratch::Weights, panels * kk * kern.mr, |ap| {
+            implicit::pack_a(kern, c, kk, |ci, j| w[((j / nt * c + ci) * r + taps[j % nt].0) * s + taps[j % nt].1], ap);
+            let src = Source { data: dy, ch: k, h: p.p as usize, w: p.q as usize, step: 1, taps: &offsets };
+            let grid = Grid { n, gp: h, gq: wd, oh: h, ow: wd, oh0: 0, ow0: 0, ostride: 1, m: c };
+            implicit::run(kern, ap, &src, &grid, Epi::Dgrad(&d), None);
+        });
+        return;
+    }
+    // stride x stride phases, A of each packed one after the other.
+    let mut phases = Vec::new();
+    let mut a_len = 0;
     for ph in 0..stride.min(h) {
         for pw in 0..stride.min(wd) {
-            let (gp, gq) = ((h - ph).div_ceil(stride), (wd - pw).div_ceil(stride));
             let (tr, ts) = (phase_taps(ph, r), phase_taps(pw, s));
-            let grid = Grid { n, gp, gq, oh: h, ow: wd, oh0: ph, ow0: pw, ostride: stride, m: c };
-            if tr.is_empty() || ts.is_empty() {
-                // No tap reaches these positions: the epilogue of a zero gradient.
-                (0..n * c).into_par_iter().for_each(|nc| {
-                    let ch = nc % c;
-                    for i in 0..gp {
-                        // SAFETY: positions of this phase, one (image, channel) plane per task.
-                        unsafe { d.run(ch, None, gq, nc * h * wd + (ph + i * stride) * wd + pw, stride) };
-                    }
-                });
-                continue;
-            }
             let taps: Vec<(usize, usize, isize, isize)> = tr.iter().flat_map(|&(ri, dr)| ts.iter().map(move |&(si, ds)| (ri, si, dr, ds))).collect();
-            let offsets: Vec<(isize, isize)> = taps.iter().map(|t| (t.2, t.3)).collect();
-            let nt = taps.len();
-            let kk = k * nt;
-            let panels = c.div_ceil(kern.mr);
-            with_scratch(Scratch::Weights, panels * kk * kern.mr, |ap| {
-                implicit::pack_a(kern, c, kk, |ci, j| {
-                    let (kj, t) = (j / nt, j % nt);
-                    w[((kj * c + ci) * r + taps[t].0) * s + taps[t].1]
-                }, ap);
-                let src = Source { data: dy, ch: k, h: p.p as usize, w: p.q as usize, step: 1, taps: &offsets };
-                implicit::run(kern, ap, &src, &grid, Epi::Dgrad(&d), None);
-            });
+            let (gp, gq) = ((h - ph).div_ceil(stride), (wd - pw).div_ceil(stride));
+            phases.push((implicit::Phase { ph, pw, gp, gq, taps: taps.iter().map(|t| (t.2, t.3)).collect(), a: a_len }, taps.iter().map(|t| (t.0, t.1)).collect::<Vec<_>>()));
+            a_len += panels * kern.mr * k * taps.len();
         }
     }
+    with_scratch(Scratch::Weights, a_len.max(1), |ap| {
+        for (f, rs) in &phases {
+            let nt = rs.len();
+            if nt == 0 {
+                continue;
+            }
+            let kk = k * nt;
+            implicit::pack_a(kern, c, kk, |ci, j| w[((j / nt * c + ci) * r + rs[j % nt].0) * s + rs[j % nt].1], &mut ap[f.a..f.a + panels * kern.mr * kk]);
+        }
+        let phases: Vec<implicit::Phase> = phases.into_iter().map(|(f, _)| f).collect();
+        implicit::dgrad_phased(kern, ap, &phases, p, dy, &d);
+    });
 }
