@@ -17,7 +17,8 @@ use cda_engine::ops::sgd::{cpu as sgd, SgdConfig};
 
 /// Convolutions sum at most C*R*S = 147 (fprop), K*R*S = 54 (dgrad) or N*P*Q = 162 (wgrad) fp32
 /// products of O(1) values: the fp32 rounding of such sums stays below ~1e-6 of the result's scale;
-/// 2e-5 leaves room for summation order and still catches any wrong tap or index (O(1) errors).
+/// Winograd F(4x4,3x3) (the 3x3 stride-1 fprop/dgrad) adds its transforms' rounding, up to 6e-6 of
+/// the scale; 2e-5 leaves room for that and still catches any wrong tap or index (O(1) errors).
 #[test]
 fn conv_fprop_dgrad_wgrad_match_pytorch() {
     // One thread puts every image of a case into one task, so the multi-image GEMM groups are used;
@@ -44,6 +45,12 @@ fn check_convs() {
         conv::dgrad(&p, t("dy"), t("w"), &mut dx, true);
         let twice: Vec<f32> = t("dx").iter().map(|v| 2.0 * v).collect();
         assert_close(&format!("conv {case} dgrad accumulate"), &dx, &twice, 2e-5);
+        let mut y2 = vec![0.0; p.output_len()];
+        conv::fprop_im2col(&p, t("x"), t("w"), &mut y2);
+        assert_close(&format!("conv {case} fprop (im2col)"), &y2, t("y"), 2e-5);
+        let mut dx2 = vec![0.0; p.input_len()];
+        conv::dgrad_im2col(&p, t("dy"), t("w"), &mut dx2, false);
+        assert_close(&format!("conv {case} dgrad (im2col)"), &dx2, t("dx"), 2e-5);
         let mut dw = vec![1.0; p.weight_len()];
         conv::wgrad(&p, t("x"), t("dy"), &mut dw);
         assert_close(&format!("conv {case} wgrad"), &dw, t("dw"), 2e-5);

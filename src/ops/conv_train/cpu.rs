@@ -11,7 +11,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::ops::conv2d::ConvProblem;
+use crate::ops::conv2d::{BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
 use crate::ops::gemm::sgemm;
 use crate::ops::par::{image_groups, SyncPtr};
 
@@ -159,8 +159,35 @@ fn gemm_acc_rhs_t(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], rh
     }
 }
 
-/// y = conv(x, w), no bias.
+/// y = conv(x, w), no bias: the recover convolution (`conv2d::cpu::fprop`: Winograd F(4x4,3x3) for
+/// 3x3 stride-1 convs, implicit GEMM otherwise) with an identity BN epilogue ((y - 0) * 1 + 0 = y
+/// exactly in fp32).
 pub fn fprop(p: &ConvProblem, x: &[f32], w: &[f32], y: &mut [f32]) {
+    let k = p.k as usize;
+    let (zero, one) = (vec![0f32; k], vec![1f32; k]);
+    let epi = FpropEpilogue { bn: BnAffine { mean: &zero[..], scale: &one[..], beta: &zero[..] }, residual: None, relu: false, y: None, stats: None };
+    crate::ops::conv2d::cpu::fprop(p, x, w, epi, y);
+}
+
+/// dx = conv_transpose(dy, w), or dx += that when `accumulate`: the recover convolution's dgrad
+/// (`conv2d::cpu::dgrad`, plain store epilogue).
+pub fn dgrad(p: &ConvProblem, dy: &[f32], w: &[f32], dx: &mut [f32], accumulate: bool) {
+    let len = p.input_len();
+    assert!(dy.len() == p.output_len() && w.len() == p.weight_len() && dx.len() == len, "conv dgrad operands");
+    // The store epilogue never reads x; the op only checks its length.
+    with_scratch(if accumulate { 2 * len } else { len }, |buf| {
+        let (x, tmp) = buf.split_at_mut(len);
+        if accumulate {
+            crate::ops::conv2d::cpu::dgrad(p, dy, w, x, DgradEpilogue::Store, tmp);
+            dx.iter_mut().zip(tmp.iter()).for_each(|(d, t)| *d += t);
+        } else {
+            crate::ops::conv2d::cpu::dgrad(p, dy, w, x, DgradEpilogue::Store, dx);
+        }
+    });
+}
+
+/// [`fprop`] by im2col + the `gemm` crate over groups of images (the reference path).
+pub fn fprop_im2col(p: &ConvProblem, x: &[f32], w: &[f32], y: &mut [f32]) {
     let n = p.n as usize;
     let (in_len, out_len) = (p.input_len() / n, p.output_len() / n);
     let (k, pq, crs) = (p.k as usize, (p.p * p.q) as usize, (p.c * p.r * p.s) as usize);
@@ -196,8 +223,8 @@ pub fn fprop(p: &ConvProblem, x: &[f32], w: &[f32], y: &mut [f32]) {
     });
 }
 
-/// dx = conv_transpose(dy, w), or dx += that when `accumulate`.
-pub fn dgrad(p: &ConvProblem, dy: &[f32], w: &[f32], dx: &mut [f32], accumulate: bool) {
+/// [`dgrad`] by the `gemm` crate + col2im over groups of images (the reference path).
+pub fn dgrad_im2col(p: &ConvProblem, dy: &[f32], w: &[f32], dx: &mut [f32], accumulate: bool) {
     let n = p.n as usize;
     let (in_len, out_len) = (p.input_len() / n, p.output_len() / n);
     let (k, pq, crs) = (p.k as usize, (p.p * p.q) as usize, (p.c * p.r * p.s) as usize);

@@ -10,6 +10,8 @@
 //! `torch.nn.grad.conv2d_input` for dgrad. Accumulation is fp32 inside the GEMM (as PyTorch's CPU
 //! convolution), so results agree with PyTorch to fp32 summation-order rounding.
 //!
-//! CPU half: [`cpu`] (reuses `conv2d::cpu::{im2col, col2im}` and the shared GEMM).
+//! CPU half: [`cpu`]: fprop and dgrad run on the recover convolution (`conv2d::cpu`, Winograd or
+//! implicit GEMM) with plain epilogues; wgrad is im2col + the `gemm` crate; the im2col versions of
+//! fprop and dgrad are kept as references.
 
 pub mod cpu;
