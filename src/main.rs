@@ -85,6 +85,9 @@ enum Command {
         /// At most this many classes (columns).
         #[arg(long, default_value_t = 10)]
         classes: usize,
+        /// Enlarge each image this many times (0 = at least 96 pixels per tile).
+        #[arg(long, default_value_t = 0)]
+        scale: usize,
     },
     /// Time whole recover iterations (forward, losses, backward, Adam) on a teacher or a random ResNet.
     /// The last stdout line is JSON: device, arch, res, batch, threads, ms_per_iter.
@@ -150,7 +153,7 @@ fn main() -> ExitCode {
         Command::Forward { weights, input, output, device, threads } => forward(&weights, &input, &output, device, threads),
         Command::Run { args, device, threads, quiet } => run(&args, device, threads, quiet),
         Command::Evaluate { weights, images, mean, std, threads } => evaluate(weights.as_deref(), &images, mean, std, threads),
-        Command::Grid { folders, out, rows, classes } => cda_engine::recover::gallery::grid(&folders, &out, rows, classes),
+        Command::Grid { folders, out, rows, classes, scale } => cda_engine::recover::gallery::grid(&folders, &out, rows, classes, scale),
         Command::Bench { ceiling: true, threads, device, .. } => cpu_for(device, threads).map(|b| {
             println!("{}", serde_json::to_string(&cda_engine::bench::ceiling(&b, 1.0)).expect("result serialises"));
         }),

@@ -105,8 +105,9 @@ pub fn evaluate<B: Backend>(backend: &B, model: &ResNet, root: &Path, mean: Opti
     })
 }
 
-/// Writes a PNG grid: for each folder, `rows` rows (IPC 0..rows), one column per class.
-pub fn grid(folders: &[PathBuf], out: &Path, rows: usize, max_classes: usize) -> Result<()> {
+/// Writes a PNG grid: for each folder, `rows` rows (IPC 0..rows), one column per class; tiles are
+/// enlarged `scale` times (nearest neighbour; 0 = enough for small images to be seen, at least 96 px).
+pub fn grid(folders: &[PathBuf], out: &Path, rows: usize, max_classes: usize, scale: usize) -> Result<()> {
     let mut tiles = Vec::new();
     let mut shape = None;
     let mut cols = 0;
@@ -128,7 +129,23 @@ pub fn grid(folders: &[PathBuf], out: &Path, rows: usize, max_classes: usize) ->
         }
     }
     let (c, h, w) = shape.ok_or_else(|| Error::Option("no images to draw".into()))?;
-    save_grid_png(out, &tiles, cols, c, h, w)?;
+    let scale = if scale == 0 { 96usize.div_ceil(h.min(w)).max(1) } else { scale };
+    let (sh, sw) = (h * scale, w * scale);
+    let tiles: Vec<Vec<u8>> = tiles
+        .iter()
+        .map(|t| {
+            let mut big = vec![0u8; c * sh * sw];
+            for ch in 0..c {
+                for y in 0..sh {
+                    for x in 0..sw {
+                        big[(ch * sh + y) * sw + x] = t[(ch * h + y / scale) * w + x / scale];
+                    }
+                }
+            }
+            big
+        })
+        .collect();
+    save_grid_png(out, &tiles, cols, c, sh, sw)?;
     eprintln!("wrote {} ({} images, {} columns)", out.display(), tiles.len(), cols);
     Ok(())
 }
