@@ -3,7 +3,7 @@
 //! (2 * N * K * P * Q * C * R * S per pass, whatever the algorithm), next to the measured FMA and
 //! microkernel ceilings. Correctness is checked elsewhere (tests/cpu_conv.rs); this only times.
 //!
-//!     cargo bench --bench conv_layers [-- THREADS [FILTER]]
+//!     cargo bench --bench conv_layers [-- THREADS [CASE | LAYER SUBSTRING]]
 //!
 //! Each row: median of 3 timed calls after one warm-up call (which also fills the weight cache).
 
@@ -89,7 +89,11 @@ fn main() {
     println!("{} | microkernel {} {}: {:.1} GFLOP/s ({:.1} on one thread), FMA peak {:.1} ({:.1})", be.describe(), ceil.isa, ceil.kernel, ceil.kernel_gflops, ceil.kernel_gflops_1t, ceil.fma_gflops, ceil.fma_gflops_1t);
     println!("wall ms (median of 3), GFLOP/s from wall time; cpu ms = CPU time of all threads (robust to other load)");
     println!("{:<4} {:<28} {:<14} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8}", "case", "layer", "algorithm", "fprop ms", "cpu ms", "GFLOP/s", "dgrad ms", "cpu ms", "GFLOP/s");
-    for l in LAYERS.iter().filter(|l| filter.is_empty() || l.case == filter) {
+    for l in LAYERS.iter() {
+        let name = format!("{}x{}/{} {}->{} N{} {}x{}", l.r, l.r, l.stride, l.c, l.k, l.n, l.h, l.h);
+        if !(filter.is_empty() || l.case == filter || name.contains(&filter)) {
+            continue;
+        }
         let pad = l.r / 2;
         let geom = cda_engine::model::ConvGeom { c: l.c, k: l.k, r: l.r, s: l.r, stride: l.stride, pad };
         let p = ConvProblem::new(l.n, l.h, l.h, &geom);
@@ -120,7 +124,6 @@ fn main() {
             be.conv_dgrad(&p, &dy, &w, &x, epi, &mut dx).unwrap();
         });
         let gf = p.flops() / 1e9;
-        let name = format!("{}x{}/{} {}->{} N{} {}x{}", l.r, l.r, l.stride, l.c, l.k, l.n, l.h, l.h);
         let alg = format!("{}|{}", short(algorithm(&p, false)), short(algorithm(&p, true)));
         println!("{:<4} {:<28} {:<14} {:>9.2} {:>8.2} {:>8.1} {:>9.2} {:>8.2} {:>8.1}", l.case, name, alg, 1e3 * tf, 1e3 * cf, gf / tf, 1e3 * td, 1e3 * cd, gf / td);
     }
