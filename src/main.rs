@@ -112,6 +112,7 @@ enum Command {
         iters: usize,
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// cpu, cuda, or auto (a usable GPU, else the CPU).
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
         /// Print a per-op time table (op, shape, algorithm) of the timed iterations to stderr.
@@ -318,11 +319,32 @@ fn bench(weights: Option<&std::path::Path>, arch: &str, stem: &str, in_channels:
         return Err(Error::Option("--iters and --batch must be at least 1".into()));
     }
     let model = cda_engine::bench::bench_model(weights, arch, stem, in_channels, classes)?;
-    let backend = cpu_for(device, threads)?;
-    let (r, table) = cda_engine::bench::bench_cpu(&backend, &model, res, batch, iters, 2, profile)?;
-    if let Some(t) = table {
-        eprint!("{t}");
-    }
+    let on_cpu = device == Device::Cpu || (device == Device::Auto && cda_engine::device::gpu_usable().is_err());
+    let r = if on_cpu {
+        let backend = cpu_for(device, threads)?;
+        let (r, table) = cda_engine::bench::bench_cpu(&backend, &model, res, batch, iters, 2, profile)?;
+        if let Some(t) = table {
+            eprint!("{t}");
+        }
+        r
+    } else {
+        if profile {
+            return Err(Error::Option("--profile times CPU ops; on a GPU use nsys or benches/gpu/run_checks.sh".into()));
+        }
+        struct Bench<'a> {
+            model: &'a ResNet,
+            res: usize,
+            batch: usize,
+            iters: usize,
+        }
+        impl BackendTask for Bench<'_> {
+            type Output = cda_engine::bench::BenchResult;
+            fn run<B: Backend>(self, backend: &B) -> Result<Self::Output> {
+                cda_engine::bench::bench(backend, self.model, self.res, self.batch, self.iters, 2, 0)
+            }
+        }
+        with_backend(Device::Cuda, threads, Bench { model: &model, res, batch, iters })?
+    };
     eprintln!("{} {} {}x{} batch {} on {}: {:.1} ms/iter ({:.1} GFLOP/s)", r.arch, r.stem, res, res, batch, r.device, r.ms_per_iter, r.gflops);
     println!("{}", serde_json::to_string(&r).expect("result serialises"));
     Ok(())

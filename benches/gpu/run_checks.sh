@@ -13,6 +13,7 @@
 #                             + backward, vs the CPU backend; exports the ResNet-18 case
 #   pytorch_check             that case vs torchvision's ResNet-18 in PyTorch (fp32)
 #   timings                   per-layer conv kernels and whole recover iterations (eager, graph, 2 streams)
+#   bench_cli                 `cda-engine bench --device cuda`, ResNet-18 224px batch 100 (its JSON line)
 #   pytorch_peer              the official PyTorch recover iteration on the same card
 # The summary table is printed last and saved as OUT_DIR/table.txt.
 set -uo pipefail
@@ -61,6 +62,7 @@ else
     echo "pytorch_check SKIPPED (no PyTorch with CUDA, torchvision and safetensors)" | tee -a "$status"
 fi
 CDA_GPU_BENCH=1 step timings 75 "$tests" --test-threads=1 --nocapture gpu_timings
+step bench_cli 40 "$here/bin/cda-engine" bench --device cuda --arch resnet18 --res 224 --batch 100 --iters 10
 if have_torch; then
     step pytorch_peer 45 python3 "$here/scripts/pytorch_peer.py" --archs resnet18,resnet50 --batch 100 --res 224 --iters 10
 else
