@@ -6,12 +6,15 @@
 //!     cargo bench --bench conv_layers [-- THREADS [CASE | LAYER SUBSTRING]]
 //!
 //! Each row: median of 3 timed calls after one warm-up call (which also fills the weight cache).
+//! The `v1` columns time the engine's first algorithm on the same shapes, im2col/col2im + the `gemm`
+//! crate without epilogues (`ops::conv_train::cpu::{fprop_im2col, dgrad_im2col}`), as the baseline.
 
 use std::time::Instant;
 
 use cda_engine::backend::cpu::CpuBackend;
 use cda_engine::backend::Backend;
 use cda_engine::bench::process_cpu_secs;
+use cda_engine::ops::conv_train::cpu as conv_v1;
 use cda_engine::ops::conv2d::{cpu::algorithm, BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
 
 struct Layer {
@@ -88,7 +91,7 @@ fn main() {
     let ceil = cda_engine::bench::ceiling(&be, 0.5);
     println!("{} | microkernel {} {}: {:.1} GFLOP/s ({:.1} on one thread), FMA peak {:.1} ({:.1})", be.describe(), ceil.isa, ceil.kernel, ceil.kernel_gflops, ceil.kernel_gflops_1t, ceil.fma_gflops, ceil.fma_gflops_1t);
     println!("wall ms (median of 3), GFLOP/s from wall time; cpu ms = CPU time of all threads (robust to other load)");
-    println!("{:<4} {:<28} {:<14} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8}", "case", "layer", "algorithm", "fprop ms", "cpu ms", "GFLOP/s", "dgrad ms", "cpu ms", "GFLOP/s");
+    println!("{:<4} {:<28} {:<14} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8}", "case", "layer", "algorithm", "fprop ms", "cpu ms", "GFLOP/s", "dgrad ms", "cpu ms", "GFLOP/s", "v1 fp ms", "v1 dg ms");
     for l in LAYERS.iter() {
         let name = format!("{}x{}/{} {}->{} N{} {}x{}", l.r, l.r, l.stride, l.c, l.k, l.n, l.h, l.h);
         if !(filter.is_empty() || l.case == filter || name.contains(&filter)) {
@@ -123,9 +126,24 @@ fn main() {
             let epi = if l.c == 3 { DgradEpilogue::Store } else { DgradEpilogue::BnRelu { y_prev: &yp, scale: &sc, coef: &coef } };
             be.conv_dgrad(&p, &dy, &w, &x, epi, &mut dx).unwrap();
         });
+        let (tf1, _) = median3(|| be.install(|| conv_v1::fprop_im2col(&p, &x, &w, &mut out)));
+        let (td1, _) = median3(|| be.install(|| conv_v1::dgrad_im2col(&p, &dy, &w, &mut dx, false)));
         let gf = p.flops() / 1e9;
         let alg = format!("{}|{}", short(algorithm(&p, false)), short(algorithm(&p, true)));
-        println!("{:<4} {:<28} {:<14} {:>9.2} {:>8.2} {:>8.1} {:>9.2} {:>8.2} {:>8.1}", l.case, name, alg, 1e3 * tf, 1e3 * cf, gf / tf, 1e3 * td, 1e3 * cd, gf / td);
+        println!(
+            "{:<4} {:<28} {:<14} {:>9.2} {:>8.2} {:>8.1} {:>9.2} {:>8.2} {:>8.1} {:>8.2} {:>8.2}",
+            l.case,
+            name,
+            alg,
+            1e3 * tf,
+            1e3 * cf,
+            gf / tf,
+            1e3 * td,
+            1e3 * cd,
+            gf / td,
+            1e3 * tf1,
+            1e3 * td1
+        );
     }
 }
 
