@@ -31,6 +31,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures"))
 from tv_resnet import ResNet  # noqa: E402
+from make_recover_fixtures import BNFeatureHook  # noqa: E402  (the official utils.py hook)
 
 
 def teacher(path):
@@ -47,17 +48,6 @@ def teacher(path):
     mean = [float(v) for v in meta["mean"].strip("[]").split(",")]
     std = [float(v) for v in meta["std"].strip("[]").split(",")]
     return m.eval(), mean, std
-
-
-class BNFeatureHook:  # official utils.py
-    def __init__(self, module):
-        self.hook = module.register_forward_hook(self.hook_fn)
-
-    def hook_fn(self, module, input, output):
-        nch = input[0].shape[1]
-        mean = input[0].mean([0, 2, 3])
-        var = input[0].permute(1, 0, 2, 3).contiguous().reshape([nch, -1]).var(1, unbiased=False)
-        self.r_feature = torch.norm(module.running_var.data - var, 2) + torch.norm(module.running_mean.data - mean, 2)
 
 
 def load_folder(root, mean, std):
