@@ -214,4 +214,8 @@ fn implicit_cases() {
     check("1x1/1 C40 K17 N3 5x7", problem(3, 40, 5, 7, 17, 1, 1, 0), 19);
     check("1x1/1 C300 K24 N2 4x4", problem(2, 300, 4, 4, 24, 1, 1, 0), 20);
     check("3x3/1 C5 K7 N1 9x9", problem(1, 5, 9, 9, 7, 3, 1, 1), 21);
+    // Planes of >= 128 positions: the pointwise path (the `gemm` crate per image, then the epilogue),
+    // with images over threads (N3) and one image with the GEMM split over threads (N1).
+    check("1x1/1 C40 K17 N3 12x11 (pointwise)", problem(3, 40, 12, 11, 17, 1, 1, 0), 24);
+    check("1x1/1 C300 K24 N1 16x16 (pointwise)", problem(1, 300, 16, 16, 24, 1, 1, 0), 25);
 }

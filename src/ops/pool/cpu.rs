@@ -16,18 +16,22 @@ pub fn maxpool_fwd(p: &PoolProblem, x: &[f32], out: &mut [f32], argmax: &mut [i3
             for op in 0..pp {
                 for oq in 0..qq {
                     let (h0, w0) = (op as isize * stride - pad, oq as isize * stride - pad);
-                    let mut best = f32::NEG_INFINITY;
-                    let mut best_i = -1i32;
-                    for ih in h0.max(0)..(h0 + win).min(h) {
-                        for iw in w0.max(0)..(w0 + win).min(w) {
-                            let i = (ih * w + iw) as usize;
-                            let v = src[i];
-                            if v > best || v.is_nan() || best_i < 0 {
-                                best = v;
-                                best_i = i as i32;
-                            }
+                    // The window's first element starts the search, so the loop is branch-free
+                    // selects (a data-dependent branch here mispredicts about half the time).
+                    // First maximum wins; a NaN wins (the last one, as PyTorch's CPU kernel).
+                    let (ih0, iw0) = (h0.max(0), w0.max(0));
+                    let mut best_i = (ih0 * w + iw0) as usize;
+                    let mut best = src[best_i];
+                    for ih in ih0..(h0 + win).min(h) {
+                        let row = &src[(ih * w) as usize..];
+                        for iw in iw0..(w0 + win).min(w) {
+                            let v = row[iw as usize];
+                            let take = v > best || v.is_nan();
+                            best = if take { v } else { best };
+                            best_i = if take { (ih * w + iw) as usize } else { best_i };
                         }
                     }
+                    let best_i = best_i as i32;
                     o[op * qq + oq] = best;
                     am[op * qq + oq] = best_i;
                 }

@@ -304,7 +304,7 @@ pub struct Phase {
 /// Strided dgrad: tasks over groups of images; each task runs the GEMM of every phase on its images
 /// into a local raw dx (every position is reached by exactly one phase, or none: zero), then the
 /// epilogue once over contiguous rows.
-pub fn dgrad_phased(kern: &Kernel, ap: &[f32], phases: &[Phase], p: &crate::ops::conv2d::ConvProblem, dy: &[f32], epi: &Dgrad) {
+pub fn dgrad_phased(kern: &Kernel, ap: &[f32], phases: &[&Phase], p: &crate::ops::conv2d::ConvProblem, dy: &[f32], epi: &Dgrad) {
     let (mr, nr) = (kern.mr, kern.nr);
     let (n, c, k) = (p.n as usize, p.c as usize, p.k as usize);
     let (h, w, stride) = (p.h as usize, p.w as usize, p.stride as usize);
