@@ -218,4 +218,6 @@ fn implicit_cases() {
     // with images over threads (N3) and one image with the GEMM split over threads (N1).
     check("1x1/1 C40 K17 N3 12x11 (pointwise)", problem(3, 40, 12, 11, 17, 1, 1, 0), 24);
     check("1x1/1 C300 K24 N1 16x16 (pointwise)", problem(1, 300, 16, 16, 24, 1, 1, 0), 25);
+    // Strided 1x1: gathered input, one image per GEMM (12x12 = 144 positions) and odd sizes.
+    check("1x1/2 C8 K12 N3 24x23 (pointwise)", problem(3, 8, 24, 23, 12, 1, 2, 0), 26);
 }

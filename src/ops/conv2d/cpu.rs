@@ -103,26 +103,59 @@ fn use_winograd(p: &ConvProblem) -> bool {
     p.r == 3 && p.s == 3 && p.stride == 1 && p.pad == 1 && p.c >= 8 && p.k >= 8 && std::env::var_os("CDA_NO_WINOGRAD").is_none()
 }
 
-/// Is this a pointwise conv (1x1, stride 1, no padding) on planes of at least 128 positions: per image
-/// a plain GEMM on the N C H W planes, which the `gemm` crate runs 5-20% faster than our packing at
-/// ResNet-50's 14x14..56x56 shapes (its B needs no gather); the epilogue then runs over each image's
-/// result while it is in cache. On smaller planes (7x7) per-image GEMMs are too narrow and the
-/// implicit GEMM over all images wins (by 15-30%). `CDA_NO_POINTWISE_GEMM=1` turns it off.
+/// Is this a pointwise conv (1x1, no padding) that runs as plain GEMMs on the `gemm` crate: stride 1 on
+/// planes of at least 128 positions, and every strided one (the downsample convs, after gathering the
+/// strided input). Per layer (2 threads) the `gemm` crate beats our packing there: stride-1 fprop by
+/// 5-10% and dgrad by 3-23% on 14x14..56x56 planes, strided 1x1 convs about 2x. Stride-1 convs on
+/// smaller planes (7x7) keep the implicit GEMM, which was 15-30% faster there. `CDA_NO_POINTWISE_GEMM=1`
+/// turns the path off (for measurements).
 fn use_pointwise_gemm(p: &ConvProblem) -> bool {
-    p.r == 1 && p.s == 1 && p.stride == 1 && p.pad == 0 && p.h * p.w >= 128 && std::env::var_os("CDA_NO_POINTWISE_GEMM").is_none()
+    p.r == 1 && p.s == 1 && p.pad == 0 && (p.stride > 1 || p.h * p.w >= 128) && std::env::var_os("CDA_NO_POINTWISE_GEMM").is_none()
 }
 
-/// Pointwise conv by the `gemm` crate, image by image: raw = lhs * plane (M x HW; `lhs_transposed`:
-/// dgrad's W^T), then `epi(image, row, raw row)`.
-fn pointwise_gemm(n: usize, m: usize, kk: usize, hw: usize, lhs: &[f32], lhs_transposed: bool, src: &[f32], epi: impl Fn(usize, usize, &[f32]) + Sync) {
-    // Images over threads when there are enough of them, else the GEMM splits itself.
+/// Pointwise conv as GEMMs over groups of images placed side by side (so small planes still give wide
+/// GEMMs): raw (M x g*cols) = lhs (M x KK; `lhs_transposed`: dgrad's W^T) * B (KK x g*cols), where B
+/// is `direct(img)` for a single image whose operand is already dense, else assembled by
+/// `fill(img, b, ld, col0)`. Then `epi(img, row, raw row, plane)` for every image and row, with a
+/// scratch `plane` of `plane_len` floats.
+#[allow(clippy::too_many_arguments)]
+fn pointwise_gemm<'s>(
+    n: usize,
+    m: usize,
+    kk: usize,
+    cols: usize,
+    lhs: &[f32],
+    lhs_transposed: bool,
+    direct: impl Fn(usize) -> Option<&'s [f32]> + Sync,
+    fill: impl Fn(usize, &mut [f32], usize, usize) + Sync,
+    plane_len: usize,
+    epi: impl Fn(usize, usize, &[f32], &mut [f32]) + Sync,
+) {
     let threads = rayon::current_num_threads().max(1);
-    let gemm_threads = if n >= threads { 1 } else { threads };
-    (0..n).into_par_iter().for_each(|img| {
-        with_scratch(Scratch::Task, m * hw, |raw| {
-            crate::ops::gemm::sgemm(m, hw, kk, raw, lhs, lhs_transposed, &src[img * kk * hw..(img + 1) * kk * hw], gemm_threads);
-            for row in 0..m {
-                epi(img, row, &raw[row * hw..(row + 1) * hw]);
+    let g = if cols >= 128 { 1 } else { 128usize.div_ceil(cols).min(n.div_ceil(threads)).max(1) };
+    let groups = n.div_ceil(g);
+    // Groups over threads when there are enough of them, else the GEMM splits itself.
+    let gemm_threads = if groups >= threads { 1 } else { threads };
+    (0..groups).into_par_iter().for_each(|gi| {
+        let (i0, gn) = (gi * g, g.min(n - gi * g));
+        let ld = gn * cols;
+        with_scratch(Scratch::Task, kk * ld + m * ld + plane_len, |buf| {
+            let (bbuf, rest) = buf.split_at_mut(kk * ld);
+            let (raw, plane) = rest.split_at_mut(m * ld);
+            let b: &[f32] = match direct(i0) {
+                Some(d) if gn == 1 => d,
+                _ => {
+                    for j in 0..gn {
+                        fill(i0 + j, bbuf, ld, j * cols);
+                    }
+                    bbuf
+                }
+            };
+            crate::ops::gemm::sgemm(m, ld, kk, raw, lhs, lhs_transposed, b, gemm_threads);
+            for j in 0..gn {
+                for row in 0..m {
+                    epi(i0 + j, row, &raw[row * ld + j * cols..row * ld + (j + 1) * cols], plane);
+                }
             }
         });
     });
@@ -315,16 +348,31 @@ pub fn fprop_with(cache: Option<&WeightCache>, p: &ConvProblem, x: &[f32], w: &[
     if use_winograd(p) {
         with_winograd_u(cache, kern, p, w, false, |u| winograd::fprop(kern, p, x, u, &f, mom));
     } else if use_pointwise_gemm(p) {
-        let (c, hw) = (p.c as usize, (p.h * p.w) as usize);
+        let (c, h, wd, stride) = (p.c as usize, p.h as usize, p.w as usize, p.stride as usize);
+        let (pp, qq) = (p.p as usize, p.q as usize);
+        let pq = pp * qq;
         // Per image and channel, summed below (tasks own disjoint images).
         let mut partial = vec![Moments::default(); if mom.is_some() { n * k } else { 0 }];
         let part = SyncPtr(partial.as_mut_ptr());
         let want = mom.is_some();
-        pointwise_gemm(n, k, c, hw, w, false, x, |img, ch, raw| {
+        let direct = |img: usize| (stride == 1).then(|| &x[img * c * h * wd..(img + 1) * c * h * wd]);
+        // B rows: channel ch of image img at the strided positions (i * stride, j * stride).
+        let fill = |img: usize, b: &mut [f32], ld: usize, col0: usize| {
+            for ch in 0..c {
+                let src = &x[(img * c + ch) * h * wd..(img * c + ch + 1) * h * wd];
+                let dst = &mut b[ch * ld + col0..ch * ld + col0 + pq];
+                for i in 0..pp {
+                    for j in 0..qq {
+                        dst[i * qq + j] = src[i * stride * wd + j * stride];
+                    }
+                }
+            }
+        };
+        pointwise_gemm(n, k, c, pq, w, false, direct, fill, 0, |img, ch, raw, _| {
             // SAFETY: image img's outputs and moment slots belong to this task alone.
             unsafe {
                 let m = want.then(|| &mut part.slice(img * k + ch, 1)[0]);
-                f.run(ch, raw, (img * k + ch) * hw, m);
+                f.run(ch, raw, (img * k + ch) * pq, m);
             }
         });
         if let Some(out) = mom {
@@ -387,9 +435,33 @@ pub fn dgrad_with(cache: Option<&WeightCache>, p: &ConvProblem, dy: &[f32], w: &
     }
     let (h, wd, r, s) = (p.h as usize, p.w as usize, p.r as usize, p.s as usize);
     if use_pointwise_gemm(p) {
-        let hw = h * wd;
-        // SAFETY: image img's rows of dx belong to this task alone.
-        pointwise_gemm(n, c, k, hw, w, true, dy, |img, ch, raw| unsafe { d.run(ch, Some(raw), hw, (img * c + ch) * hw, 1) });
+        let (hw, stride, pp, qq) = (h * wd, p.stride as usize, p.p as usize, p.q as usize);
+        let pq = pp * qq;
+        let direct = |img: usize| Some(&dy[img * k * pq..(img + 1) * k * pq]);
+        let fill = |img: usize, b: &mut [f32], ld: usize, col0: usize| {
+            for kk in 0..k {
+                b[kk * ld + col0..kk * ld + col0 + pq].copy_from_slice(&dy[(img * k + kk) * pq..(img * k + kk + 1) * pq]);
+            }
+        };
+        let plane_len = if stride > 1 { hw } else { 0 };
+        pointwise_gemm(n, c, k, pq, w, true, direct, fill, plane_len, |img, ch, raw, plane| {
+            let at = (img * c + ch) * hw;
+            // SAFETY: image img's rows of dx belong to this task alone.
+            unsafe {
+                if stride == 1 {
+                    d.run(ch, Some(raw), hw, at, 1);
+                } else {
+                    // Only the strided positions receive a gradient; the epilogue sees the whole row.
+                    plane.fill(0.0);
+                    for i in 0..pp {
+                        for j in 0..qq {
+                            plane[i * stride * wd + j * stride] = raw[i * qq + j];
+                        }
+                    }
+                    d.run(ch, Some(plane), hw, at, 1);
+                }
+            }
+        });
         return;
     }
     if use_col2im(p) {
