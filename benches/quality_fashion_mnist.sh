@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-target/quality}
-IPCS=${IPCS:-"10 50"}
+IPCS=${IPCS-"10 50"}  # IPCS="" skips the distilled rows (e.g. only the full set)
 SEEDS=${SEEDS:-"0 1 2"}
 EPOCHS=${EPOCHS:-300}
 BATCH=${BATCH:-50}
