@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
-
 use super::{ConvProblem, DgradEpilogue, FpropEpilogue};
 use crate::ops::gemm::microkernel::{Isa, Kernel};
 use crate::ops::par::{with_scratch, Scratch, SyncPtr};
