@@ -12,7 +12,8 @@
 //! scalar) and write raw results through [`epilogue`] while they are in cache. Scratch is per thread
 //! and grow-only, so steady-state calls allocate almost nothing.
 //!
-//! `im2col` / `col2im` stay as plain reference helpers (the training ops use them).
+//! im2col / col2im (the first version's algorithm, kept as the reference the per-layer bench times)
+//! live with the training convolutions in `ops::conv_train::cpu`.
 
 mod epilogue;
 mod implicit;
@@ -27,75 +28,6 @@ use crate::ops::gemm::microkernel::{Isa, Kernel};
 use crate::ops::par::{with_scratch, Scratch, SyncPtr};
 use epilogue::{Dgrad, Fprop, Kind, Moments};
 use implicit::{Epi, Grid, Source};
-
-/// col[(c*R + r)*S + s][p*Q + q] = x[c][p*stride - pad + r][q*stride - pad + s] (0 outside).
-pub fn im2col(p: &ConvProblem, x: &[f32], col: &mut [f32]) {
-    let (c_n, h, w, r_n, s_n, pp, qq) = (p.c as usize, p.h as isize, p.w as isize, p.r as usize, p.s as usize, p.p as usize, p.q as usize);
-    let (stride, pad) = (p.stride as isize, p.pad as isize);
-    let pq = pp * qq;
-    for c in 0..c_n {
-        let plane = &x[c * (h * w) as usize..(c + 1) * (h * w) as usize];
-        for r in 0..r_n {
-            for s in 0..s_n {
-                let row = &mut col[((c * r_n + r) * s_n + s) * pq..][..pq];
-                for op in 0..pp {
-                    let ih = op as isize * stride - pad + r as isize;
-                    let dst = &mut row[op * qq..(op + 1) * qq];
-                    if ih < 0 || ih >= h {
-                        dst.fill(0.0);
-                        continue;
-                    }
-                    let src = &plane[(ih * w) as usize..((ih + 1) * w) as usize];
-                    let iw0 = s as isize - pad;
-                    if stride == 1 && iw0 >= 0 && iw0 + qq as isize <= w {
-                        dst.copy_from_slice(&src[iw0 as usize..iw0 as usize + qq]);
-                    } else {
-                        for (oq, d) in dst.iter_mut().enumerate() {
-                            let iw = oq as isize * stride + iw0;
-                            *d = if iw >= 0 && iw < w { src[iw as usize] } else { 0.0 };
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The adjoint of [`im2col`]: x[c][ih][iw] += col[...] (x must be zeroed by the caller).
-pub fn col2im(p: &ConvProblem, col: &[f32], x: &mut [f32]) {
-    let (c_n, h, w, r_n, s_n, pp, qq) = (p.c as usize, p.h as isize, p.w as isize, p.r as usize, p.s as usize, p.p as usize, p.q as usize);
-    let (stride, pad) = (p.stride as isize, p.pad as isize);
-    let pq = pp * qq;
-    for c in 0..c_n {
-        let plane = &mut x[c * (h * w) as usize..(c + 1) * (h * w) as usize];
-        for r in 0..r_n {
-            for s in 0..s_n {
-                let row = &col[((c * r_n + r) * s_n + s) * pq..][..pq];
-                for op in 0..pp {
-                    let ih = op as isize * stride - pad + r as isize;
-                    if ih < 0 || ih >= h {
-                        continue;
-                    }
-                    let dst = &mut plane[(ih * w) as usize..((ih + 1) * w) as usize];
-                    let src = &row[op * qq..(op + 1) * qq];
-                    let iw0 = s as isize - pad;
-                    if stride == 1 && iw0 >= 0 && iw0 + qq as isize <= w {
-                        for (d, v) in dst[iw0 as usize..iw0 as usize + qq].iter_mut().zip(src) {
-                            *d += v;
-                        }
-                    } else {
-                        for (oq, v) in src.iter().enumerate() {
-                            let iw = oq as isize * stride + iw0;
-                            if iw >= 0 && iw < w {
-                                dst[iw as usize] += v;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
 
 /// Does this problem take the Winograd path?
 fn use_winograd(p: &ConvProblem) -> bool {

@@ -47,8 +47,8 @@ fn images_per_gemm(pq: usize) -> usize {
     (512 / pq.max(1)).max(1)
 }
 
-/// col[(c*R + r)*S + s][p*Q + q] = x[c][p*stride - pad + r][q*stride - pad + s] (0 outside): the same
-/// as `conv2d::cpu::im2col`, with the padded borders handled per row instead of per element.
+/// col[(c*R + r)*S + s][p*Q + q] = x[c][p*stride - pad + r][q*stride - pad + s] (0 outside), with the
+/// padded borders handled per row instead of per element.
 pub fn im2col(p: &ConvProblem, x: &[f32], col: &mut [f32]) {
     im2col_into(p, x, col, (p.p * p.q) as usize, 0);
 }
