@@ -25,22 +25,10 @@ impl ImageFolder {
         if channels != 1 && channels != 3 {
             return Err(Error::input(root.display().to_string(), format!("image folders give 1 or 3 channels; the model takes {channels}")));
         }
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
-            .map_err(|e| Error::io(root, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_dir())
-            .collect();
-        dirs.sort();
         let mut items = Vec::new();
         let mut classes = Vec::new();
-        for (idx, dir) in dirs.iter().enumerate() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-                .map_err(|e| Error::io(dir, e))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && is_image(p))
-                .collect();
-            files.sort();
-            classes.push(dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        for (idx, (name, files)) in list_classes(root)?.into_iter().enumerate() {
+            classes.push(name);
             items.extend(files.into_iter().map(|f| (f, idx)));
         }
         if items.is_empty() {
@@ -54,8 +42,31 @@ impl ImageFolder {
     }
 }
 
-/// Decodes an image file as C x H x W floats in [0, 1] with the requested channel count.
-pub fn load_image(path: &Path, channels: usize) -> Result<Image> {
+/// The class subfolders of `root` in sorted order (torchvision's class indices), each with its sorted
+/// .png/.jpg/.jpeg files.
+pub fn list_classes(root: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .map_err(|e| Error::io(root, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    let mut out = Vec::new();
+    for dir in dirs {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| Error::io(&dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && is_image(p))
+            .collect();
+        files.sort();
+        out.push((dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), files));
+    }
+    Ok(out)
+}
+
+/// Decodes an image file as C x H x W floats in [0, 1]: with `channels` channels (1: luma, 3: RGB),
+/// or None for the file's own (1 for grayscale files, else 3).
+pub fn load_image(path: &Path, channels: Option<usize>) -> Result<Image> {
     let img = image::ImageReader::open(path)
         .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
@@ -63,19 +74,15 @@ pub fn load_image(path: &Path, channels: usize) -> Result<Image> {
         .decode()
         .map_err(|e| Error::input(path.display().to_string(), format!("cannot decode image: {e}")))?;
     let (w, h) = (img.width() as usize, img.height() as usize);
-    let data: Vec<f32> = if channels == 1 {
-        img.into_luma8().into_raw().into_iter().map(|v| v as f32 / 255.0).collect()
-    } else {
-        let rgb = img.into_rgb8().into_raw();
-        let mut chw = vec![0f32; 3 * h * w];
-        for i in 0..h * w {
-            for c in 0..3 {
-                chw[c * h * w + i] = rgb[i * 3 + c] as f32 / 255.0;
-            }
+    let c = channels.unwrap_or(if img.color().channel_count() <= 2 { 1 } else { 3 });
+    let raw = if c == 1 { img.into_luma8().into_raw() } else { img.into_rgb8().into_raw() };
+    let mut data = vec![0f32; c * h * w];
+    for i in 0..h * w {
+        for ch in 0..c {
+            data[ch * h * w + i] = raw[i * c + ch] as f32 / 255.0;
         }
-        chw
-    };
-    Ok(Image { c: channels, h, w, data })
+    }
+    Ok(Image { c, h, w, data })
 }
 
 impl Dataset for ImageFolder {
@@ -92,7 +99,7 @@ impl Dataset for ImageFolder {
         self.items[i].1
     }
     fn image(&self, i: usize) -> Result<Image> {
-        load_image(&self.items[i].0, self.channels)
+        load_image(&self.items[i].0, Some(self.channels))
     }
     fn describe(&self) -> String {
         format!("{} ({} images in {} classes)", self.root.display(), self.items.len(), self.classes.len())

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::argmax;
-use super::output::{load_image_unit, save_grid_png};
+use super::output::save_grid_png;
+use crate::data::folder::{list_classes, load_image};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::ResNet;
@@ -13,22 +14,7 @@ use crate::net::Net;
 
 /// An ImageFolder: class folders in sorted order (torchvision's class indices), image files sorted.
 pub fn image_folder(root: &Path) -> Result<Vec<(usize, Vec<PathBuf>)>> {
-    let mut classes: Vec<PathBuf> = std::fs::read_dir(root)
-        .map_err(|e| Error::io(root, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    classes.sort();
-    let mut out = Vec::new();
-    for (idx, dir) in classes.iter().enumerate() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| Error::io(dir, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| matches!(e.to_ascii_lowercase().to_str(), Some("jpg" | "jpeg" | "png"))))
-            .collect();
-        files.sort();
-        out.push((idx, files));
-    }
+    let out: Vec<(usize, Vec<PathBuf>)> = list_classes(root)?.into_iter().map(|(_, files)| files).enumerate().collect();
     if out.iter().all(|(_, f)| f.is_empty()) {
         return Err(Error::input(root.display().to_string(), "no class folders with .jpg/.jpeg/.png images"));
     }
@@ -67,7 +53,7 @@ pub fn evaluate<B: Backend>(backend: &B, model: &ResNet, root: &Path, mean: Opti
         let mut data = Vec::new();
         let mut size = None;
         for (_, path) in chunk {
-            let (img, ic, h, w) = load_image_unit(path)?;
+            let crate::data::Image { data: img, c: ic, h, w } = load_image(path, None)?;
             if ic != c {
                 return Err(Error::input(path.display().to_string(), format!("{ic}-channel image for a {c}-channel teacher")));
             }
@@ -120,7 +106,7 @@ pub fn grid(folders: &[PathBuf], out: &Path, rows: usize, max_classes: usize, sc
                 let Some(f) = files.get(r) else {
                     return Err(Error::input(root.display().to_string(), format!("a class folder has fewer than {rows} images")));
                 };
-                let (img, c, h, w) = load_image_unit(f)?;
+                let crate::data::Image { data: img, c, h, w } = load_image(f, None)?;
                 if *shape.get_or_insert((c, h, w)) != (c, h, w) {
                     return Err(Error::input(f.display().to_string(), "images of different sizes or channels"));
                 }

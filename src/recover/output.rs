@@ -68,28 +68,6 @@ pub fn save_image(path: &Path, pixels_chw: &[u8], c: usize, h: usize, w: usize, 
     })
 }
 
-/// Reads an image file as C x H x W floats in [0, 1] (C = 1 for grayscale files, else 3).
-pub fn load_image_unit(path: &Path) -> Result<(Vec<f32>, usize, usize, usize)> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?
-        .decode()
-        .map_err(|e| Error::input(path.display().to_string(), format!("cannot decode image: {e}")))?;
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let (c, raw) = match img.color().channel_count() {
-        1 | 2 => (1, img.into_luma8().into_raw()),
-        _ => (3, img.into_rgb8().into_raw()),
-    };
-    let mut chw = vec![0f32; c * h * w];
-    for i in 0..h * w {
-        for ch in 0..c {
-            chw[ch * h * w + i] = raw[i * c + ch] as f32 / 255.0;
-        }
-    }
-    Ok((chw, c, h, w))
-}
-
 /// Writes a grid of images (rows x cols tiles of c x h x w bytes, 2-pixel white gutters) as PNG.
 pub fn save_grid_png(path: &Path, tiles: &[Vec<u8>], cols: usize, c: usize, h: usize, w: usize) -> Result<()> {
     let rows = tiles.len().div_ceil(cols.max(1));
