@@ -237,3 +237,26 @@ fn random_resnet18_32px_vs_cpu() {
     let Some(g) = emulated() else { return };
     check_large(&g, "resnet18", 32, 2, std::env::var_os("CDA_EMU_EXPORT").map(std::path::PathBuf::from));
 }
+
+#[test]
+fn training_conv_wgrad_all_shapes() {
+    let Some(g) = emulated() else { return };
+    for (i, (name, p)) in cuda_common::train::wgrad_shapes().iter().enumerate() {
+        cuda_common::train::check_conv_wgrad(&g, name, p, 300 + i as u64);
+    }
+}
+
+#[test]
+fn training_batchnorm_forward_and_backward() {
+    let Some(g) = emulated() else { return };
+    cuda_common::train::check_batchnorm(&g);
+}
+
+#[test]
+fn training_fc_grad_kd_loss_and_optimizers() {
+    let Some(g) = emulated() else { return };
+    cuda_common::train::check_linear_wgrad(&g);
+    cuda_common::train::check_kd_loss(&g);
+    cuda_common::train::check_optimizers(&g);
+    cuda_common::train::check_train_errors(&g);
+}

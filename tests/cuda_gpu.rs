@@ -72,6 +72,17 @@ fn gpu_kernels_match_cpu() {
     check_crop_resize(&g);
     check_adam(&g);
     check_image_prior(&g);
+    // The training ops, on the emulated tests' shapes and on ResNet layer shapes (wgrad).
+    train::check_batchnorm(&g);
+    train::check_linear_wgrad(&g);
+    train::check_kd_loss(&g);
+    train::check_optimizers(&g);
+    train::check_train_errors(&g);
+    let mut wgrad = train::wgrad_shapes();
+    wgrad.extend(resnet_layer_shapes());
+    for (i, (name, p)) in wgrad.iter().enumerate() {
+        train::check_conv_wgrad(&g, name, p, 900 + i as u64);
+    }
     let kinds = [DgradKind::Store, DgradKind::MaskAdd, DgradKind::MaskAccumulate, DgradKind::BnRelu];
     for v in [ConvVersion::Fp32, ConvVersion::Tf32] {
         let mut shapes = conv_shapes();

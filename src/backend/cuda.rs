@@ -28,6 +28,8 @@ use crate::ops::conv2d::{ConvProblem, DgradEpilogue, FpropEpilogue};
 use crate::ops::crop_resize::CropResizeProblem;
 use crate::ops::pool::PoolProblem;
 
+mod train;
+
 /// Which convolution kernels run (see kernels/conv2d.cu).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvVersion {

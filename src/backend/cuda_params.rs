@@ -140,6 +140,106 @@ pub struct ImagePriorArgs {
 }
 const _: () = assert!(std::mem::size_of::<ImagePriorArgs>() == 56);
 
+/// Mirrors `BnTrainArgs` in kernels/batchnorm.cu (train-mode statistics, eval-mode affine).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BnTrainArgs {
+    pub y: u64,
+    pub gamma: u64,
+    pub beta: u64,
+    pub running_mean: u64,
+    pub running_var: u64,
+    pub save_mean: u64,
+    pub save_invstd: u64,
+    /// 2C floats: alpha, shift.
+    pub coef: u64,
+    pub momentum: f64,
+    pub eps: f64,
+    pub n: i32,
+    pub c: i32,
+    pub hw: i32,
+    pub reserved: i32,
+}
+const _: () = assert!(std::mem::size_of::<BnTrainArgs>() == 96);
+
+/// Mirrors `BnTrainBwdArgs` in kernels/batchnorm.cu. `dresidual` is 0 when not wanted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BnTrainBwdArgs {
+    pub dout: u64,
+    pub out: u64,
+    pub y: u64,
+    pub gamma: u64,
+    pub save_mean: u64,
+    pub save_invstd: u64,
+    pub dy: u64,
+    pub dgamma: u64,
+    pub dbeta: u64,
+    pub dresidual: u64,
+    /// 3C floats: grad_mean, k, w.
+    pub coef3: u64,
+    pub n: i32,
+    pub c: i32,
+    pub hw: i32,
+    pub relu: i32,
+}
+const _: () = assert!(std::mem::size_of::<BnTrainBwdArgs>() == 104);
+
+/// Mirrors `KdLossArgs` in kernels/kd_loss.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KdLossArgs {
+    pub student: u64,
+    pub teacher: u64,
+    pub dstudent: u64,
+    /// float64 workspace, one loss per row.
+    pub row_loss: u64,
+    pub losses: u64,
+    pub temperature: f64,
+    pub n: i32,
+    pub classes: i32,
+    pub slot: i32,
+    pub reserved: i32,
+}
+const _: () = assert!(std::mem::size_of::<KdLossArgs>() == 64);
+
+/// Mirrors `SgdArgs` in kernels/sgd.cu. `buf` is 0 when momentum is 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SgdArgs {
+    pub param: u64,
+    pub grad: u64,
+    pub buf: u64,
+    pub len: i64,
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub nesterov: i32,
+    pub first: i32,
+    pub reserved: i32,
+}
+const _: () = assert!(std::mem::size_of::<SgdArgs>() == 56);
+
+/// Mirrors `AdamWArgs` in kernels/adamw.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AdamWArgs {
+    pub param: u64,
+    pub grad: u64,
+    pub m: u64,
+    pub v: u64,
+    pub len: i64,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub step_size: f32,
+    pub bias_correction2_sqrt: f32,
+    pub eps: f32,
+    pub decay: f32,
+    pub apply_decay: i32,
+    pub reserved: i32,
+}
+const _: () = assert!(std::mem::size_of::<AdamWArgs>() == 72);
+
 /// A value that may be passed to a kernel by value: plain old data whose bytes are the C layout
 /// the kernel declares.
 ///
@@ -152,6 +252,7 @@ pub unsafe trait KernelParam: Copy + 'static {}
 unsafe impl KernelParam for i32 {}
 unsafe impl KernelParam for u32 {}
 unsafe impl KernelParam for u64 {}
+unsafe impl KernelParam for i64 {}
 unsafe impl KernelParam for f32 {}
 unsafe impl KernelParam for f64 {}
 // SAFETY: each is #[repr(C)] and mirrored by the kernel struct of the same name, with its size asserted
@@ -167,3 +268,8 @@ unsafe impl KernelParam for BnBackwardArgs {}
 unsafe impl KernelParam for SoftmaxCeArgs {}
 unsafe impl KernelParam for AdamArgs {}
 unsafe impl KernelParam for ImagePriorArgs {}
+unsafe impl KernelParam for BnTrainArgs {}
+unsafe impl KernelParam for BnTrainBwdArgs {}
+unsafe impl KernelParam for KdLossArgs {}
+unsafe impl KernelParam for SgdArgs {}
+unsafe impl KernelParam for AdamWArgs {}

@@ -20,6 +20,8 @@ use rand::{Rng, SeedableRng};
 
 use crate::common::{assert_close, tensor};
 
+pub mod train;
+
 /// A fixture file: under `CDA_FIXTURE_DIR` when set (test binaries copied to a GPU machine, see
 /// benches/gpu/build_bundle.sh), else in this source tree's tests/fixtures.
 pub fn fixture(rel: &str) -> std::path::PathBuf {
