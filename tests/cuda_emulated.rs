@@ -260,3 +260,12 @@ fn training_fc_grad_kd_loss_and_optimizers() {
     cuda_common::train::check_optimizers(&g);
     cuda_common::train::check_train_errors(&g);
 }
+
+#[test]
+fn training_step_on_the_cuda_executor_matches_pytorch() {
+    let Some(g) = emulated() else { return };
+    for name in ["basic_cifar_ce_sgd", "bottleneck_imagenet_kd_adamw", "basic_resnet18_w4_ce_sgd"] {
+        cuda_common::train::check_train_step_fixture(&g, name, false);
+        cuda_common::train::check_train_step_fixture(&g, name, true);
+    }
+}

@@ -83,6 +83,12 @@ fn gpu_kernels_match_cpu() {
     for (i, (name, p)) in wgrad.iter().enumerate() {
         train::check_conv_wgrad(&g, name, p, 900 + i as u64);
     }
+    // A whole training step of the CUDA executor against PyTorch, fp32 and TF32.
+    for name in ["basic_cifar_ce_sgd", "bottleneck_imagenet_kd_adamw", "basic_resnet18_w4_ce_sgd"] {
+        train::check_train_step_fixture(&g, name, false);
+        train::check_train_step_fixture(&g, name, true);
+    }
+    g.set_conv_version(ConvVersion::Tf32);
     let kinds = [DgradKind::Store, DgradKind::MaskAdd, DgradKind::MaskAccumulate, DgradKind::BnRelu];
     for v in [ConvVersion::Fp32, ConvVersion::Tf32] {
         let mut shapes = conv_shapes();

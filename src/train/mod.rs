@@ -7,6 +7,7 @@
 //! `schedule` (cosine with warm-up).
 
 pub mod cli;
+pub mod cuda_net;
 pub mod distill;
 pub mod eval;
 pub mod labels;

@@ -22,7 +22,7 @@ use crate::ops::pool::{cpu as pool, PoolProblem};
 use super::model::TrainModel;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Src {
+pub(super) enum Src {
     Input,
     Pool,
     Conv(usize),
@@ -36,49 +36,29 @@ pub enum Mode {
     Eval,
 }
 
-struct Layer {
-    in_hw: (usize, usize),
-    out_hw: (usize, usize),
-    input: Src,
-    residual: Option<Src>,
-    relu: bool,
+pub(super) struct Layer {
+    pub in_hw: (usize, usize),
+    pub out_hw: (usize, usize),
+    pub input: Src,
+    pub residual: Option<Src>,
+    pub relu: bool,
 }
 
-pub struct TrainNet {
-    pub max_n: usize,
-    pub h: usize,
-    pub w: usize,
-    layers: Vec<Layer>,
-    schedule: Vec<usize>,
+/// The execution plan of a network: each conv's input, shortcut and sizes, the order convs run in
+/// and the blocks for the backward walk. Shared by [`TrainNet`] and the CUDA executor
+/// (`super::cuda_net`).
+pub(super) struct Plan {
+    pub layers: Vec<Layer>,
+    pub schedule: Vec<usize>,
     /// (block input, conv ids, downsample id) per block.
-    blocks: Vec<(Src, Vec<usize>, Option<usize>)>,
-    pool_hw: Option<(usize, usize)>,
-    y: Vec<Vec<f32>>,
-    out: Vec<Vec<f32>>,
-    save_mean: Vec<Vec<f32>>,
-    save_invstd: Vec<Vec<f32>>,
-    pool_out: Vec<f32>,
-    argmax: Vec<i32>,
-    feat: Vec<f32>,
-    /// Logits of the last forward (n x classes prefix).
-    pub logits: Vec<f32>,
-    g_feat: Vec<f32>,
-    scratch: Vec<Vec<f32>>,
-    last_hw: usize,
-    /// Batch size of the last forward.
-    n: usize,
-    mode: Mode,
+    pub blocks: Vec<(Src, Vec<usize>, Option<usize>)>,
+    pub pool_hw: Option<(usize, usize)>,
+    /// Positions per channel of the last block's output (the average pool's input).
+    pub last_hw: usize,
 }
 
-fn problem(model: &TrainModel, l: &Layer, i: usize, n: usize) -> ConvProblem {
-    ConvProblem::new(n, l.in_hw.0, l.in_hw.1, &model.convs[i].geom)
-}
-
-impl TrainNet {
-    pub fn new(model: &TrainModel, max_n: usize, h: usize, w: usize) -> Result<TrainNet> {
-        if max_n == 0 {
-            return Err(Error::Option("batch size must be at least 1".into()));
-        }
+impl Plan {
+    pub fn new(model: &TrainModel, h: usize, w: usize) -> Result<Plan> {
         let min_side = if model.stem == Stem::ImageNet { 32 } else { 8 };
         if h < min_side || w < min_side {
             return Err(Error::input("image size", format!("{h}x{w} is too small for this ResNet (at least {min_side}x{min_side})")));
@@ -125,6 +105,50 @@ impl TrainNet {
             (ch, cw) = hw;
         }
         let layers: Vec<Layer> = layers.into_iter().map(|l| l.expect("every conv is placed")).collect();
+        Ok(Plan { layers, schedule, blocks, pool_hw, last_hw: ch * cw })
+    }
+
+    pub fn last_conv(&self) -> usize {
+        *self.blocks.last().unwrap().1.last().unwrap()
+    }
+}
+
+pub struct TrainNet {
+    pub max_n: usize,
+    pub h: usize,
+    pub w: usize,
+    layers: Vec<Layer>,
+    schedule: Vec<usize>,
+    /// (block input, conv ids, downsample id) per block.
+    blocks: Vec<(Src, Vec<usize>, Option<usize>)>,
+    pool_hw: Option<(usize, usize)>,
+    y: Vec<Vec<f32>>,
+    out: Vec<Vec<f32>>,
+    save_mean: Vec<Vec<f32>>,
+    save_invstd: Vec<Vec<f32>>,
+    pool_out: Vec<f32>,
+    argmax: Vec<i32>,
+    feat: Vec<f32>,
+    /// Logits of the last forward (n x classes prefix).
+    pub logits: Vec<f32>,
+    g_feat: Vec<f32>,
+    scratch: Vec<Vec<f32>>,
+    last_hw: usize,
+    /// Batch size of the last forward.
+    n: usize,
+    mode: Mode,
+}
+
+pub(super) fn problem(model: &TrainModel, l: &Layer, i: usize, n: usize) -> ConvProblem {
+    ConvProblem::new(n, l.in_hw.0, l.in_hw.1, &model.convs[i].geom)
+}
+
+impl TrainNet {
+    pub fn new(model: &TrainModel, max_n: usize, h: usize, w: usize) -> Result<TrainNet> {
+        if max_n == 0 {
+            return Err(Error::Option("batch size must be at least 1".into()));
+        }
+        let Plan { layers, schedule, blocks, pool_hw, last_hw } = Plan::new(model, h, w)?;
         let mut max_act = max_n * model.in_channels * h * w;
         let mut y = Vec::new();
         let mut out = Vec::new();
@@ -158,7 +182,7 @@ impl TrainNet {
             logits: vec![0.0; max_n * model.num_classes],
             g_feat: vec![0.0; max_n * model.feat_dim],
             scratch: (0..5).map(|_| vec![0.0; max_act]).collect(),
-            last_hw: ch * cw,
+            last_hw,
             n: 0,
             mode: Mode::Eval,
         })
