@@ -37,17 +37,21 @@ pub fn gpu_usable() -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Runs `task` on the CPU (with `threads` threads, 0 = all cores) or on GPU 0.
-pub fn with_backend<T: BackendTask>(device: Device, threads: usize, task: T) -> Result<T::Output> {
-    let use_gpu = match device {
+/// Whether `device` means GPU 0: an error for `cuda` when no GPU is usable (saying why).
+pub fn use_gpu(device: Device) -> Result<bool> {
+    Ok(match device {
         Device::Cpu => false,
         Device::Cuda => {
             gpu_usable().map_err(|why| Error::Cuda(format!("--device cuda: {why}")))?;
             true
         }
         Device::Auto => gpu_usable().is_ok(),
-    };
-    if use_gpu {
+    })
+}
+
+/// Runs `task` on the CPU (with `threads` threads, 0 = all cores) or on GPU 0.
+pub fn with_backend<T: BackendTask>(device: Device, threads: usize, task: T) -> Result<T::Output> {
+    if use_gpu(device)? {
         task.run(&GpuBackend::new(0)?)
     } else {
         task.run(&CpuBackend::new(threads)?)

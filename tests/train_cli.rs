@@ -105,6 +105,10 @@ fn squeeze_relabel_validate_round_trip_on_a_tiny_folder() {
     args.extend(common);
     fails_with(&args, "another image set");
     fails_with(&["validate", "--teacher", s(&teacher), "--images", s(&subset), "--test-data", s(&data), "--student", "vgg11"], "unknown architecture");
+    if cda_engine::device::gpu_usable().is_err() {
+        // Without a usable GPU, asking for the CUDA executor is an error that says why.
+        fails_with(&["validate", "--teacher", s(&teacher), "--images", s(&subset), "--test-data", s(&data), "--device", "cuda"], "--device cuda");
+    }
     fails_with(&["validate", "--teacher", s(&teacher), "--images", s(&subset), "--labels", s(&teacher), "--test-data", s(&data)], "not a relabel file");
     fails_with(&["relabel", "--teacher", s(&teacher), "--images", s(&subset), "--out", s(&labels), "--topk", "3"], "--topk 3");
     fails_with(&["squeeze", "--data", "no-such-dataset", "--out", s(&teacher)], "not a dataset name");

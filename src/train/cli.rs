@@ -441,6 +441,10 @@ pub struct ValidateArgs {
     /// JSON record (settings, per-epoch loss and top-1), rewritten after every epoch.
     #[arg(long)]
     pub record: Option<PathBuf>,
+    /// Where the student trains: cpu, cuda (the CUDA training executor on GPU 0), or auto (a usable
+    /// GPU, else the CPU). Data loading and the test-set evaluation run on the CPU either way.
+    #[arg(long, value_enum, default_value_t = crate::device::Device::Cpu)]
+    pub device: crate::device::Device,
 }
 
 pub fn validate(a: &ValidateArgs) -> Result<()> {
@@ -480,11 +484,16 @@ pub fn validate(a: &ValidateArgs) -> Result<()> {
         workers: c.workers.max(1),
         aug,
         labels: a.labels.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "online".into()),
+        device: String::new(),
     };
     let pool = thread_pool(c.threads)?;
+    let gpu = if crate::device::use_gpu(a.device)? { Some(crate::backend::cuda::GpuBackend::new(0)?) } else { None };
+    let mut cfg = cfg;
+    cfg.device = gpu.as_ref().map_or_else(|| format!("cpu ({} threads)", pool.current_num_threads()), |g| crate::backend::Backend::describe(g));
+    let device = gpu.as_ref().map_or(super::distill::TrainDevice::Cpu, super::distill::TrainDevice::Gpu);
     let show = !c.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     eprintln!(
-        "validate: student {} on {} ({} images), teacher {} ({}), {} epochs, T = {}, labels {}",
+        "validate: student {} on {} ({} images), teacher {} ({}), {} epochs, T = {}, labels {}, on {}",
         spec.describe(),
         images.describe(),
         images.len(),
@@ -492,9 +501,10 @@ pub fn validate(a: &ValidateArgs) -> Result<()> {
         m.arch_name(),
         c.epochs,
         a.temperature,
-        cfg.labels
+        cfg.labels,
+        cfg.device
     );
-    let s = pool.install(|| super::distill::validate(&mut teacher, &mut student, images, labels.as_ref(), test, &cfg, a.record.as_deref(), show))?;
+    let s = pool.install(|| super::distill::validate(&mut teacher, &mut student, images, labels.as_ref(), test, &cfg, a.record.as_deref(), show, device))?;
     eprintln!("student top-1 {:.2}% after {} epochs ({:.0}s)", s.top1, s.epochs, s.seconds);
     let line = serde_json::json!({
         "top1": s.top1, "best_top1": s.best_top1, "epochs": s.epochs, "images": s.images, "steps": s.steps,
