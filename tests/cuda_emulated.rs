@@ -270,23 +270,11 @@ fn training_step_on_the_cuda_executor_matches_pytorch() {
     }
 }
 
-/// `validate` end to end on the CUDA executor (host emulation) against the CPU executor: a tiny
-/// ImageFolder (3 classes x 4 grey 16x16 images), an untrained width-4 ResNet-18 teacher, online KD
-/// with CutMix, 3 epochs of batches of 4 (9 AdamW steps), the same seeds on both sides.
-#[test]
-fn validate_on_the_cuda_executor_matches_the_cpu() {
-    use cda_engine::data::augment::MixKind;
-    use cda_engine::model::Stem;
-    use cda_engine::train::distill::{validate, AugmentConfig, TrainDevice, ValidateConfig};
-    use cda_engine::train::model::{ArchSpec, TrainModel};
-    use std::sync::Arc;
-
-    let Some(g) = emulated() else { return };
-    g.set_conv_version(ConvVersion::Fp32);
-    let dir = tempfile::tempdir().unwrap();
+/// A tiny ImageFolder: 3 classes x 4 grey 16x16 images, a bright square in a class-specific corner.
+fn tiny_folder(root: &std::path::Path) {
     let mut seed = 7u32;
     for c in 0..3 {
-        let d = dir.path().join(format!("c{c}"));
+        let d = root.join(format!("c{c}"));
         std::fs::create_dir_all(&d).unwrap();
         for i in 0..4 {
             let img = image::GrayImage::from_fn(16, 16, |x, y| {
@@ -297,8 +285,86 @@ fn validate_on_the_cuda_executor_matches_the_cpu() {
             img.save(d.join(format!("{i}.png"))).unwrap();
         }
     }
+}
+
+/// `squeeze`, `relabel` and `validate` end to end on the CUDA executor (host emulation) against the
+/// CPU executor, on the tiny folder with a width-4 ResNet-18 and the same seeds on both sides:
+/// squeeze 2 epochs of SGD (Nesterov) with CutMix; relabel 2 epochs; validate online KD with CutMix,
+/// 3 epochs of batches of 4 (9 AdamW steps) from an untrained teacher.
+#[test]
+fn training_commands_on_the_cuda_executor_match_the_cpu() {
+    use cda_engine::data::augment::{Crop, MixKind};
+    use cda_engine::model::{ResNet, Stem};
+    use cda_engine::train::distill::{relabel, validate, AugmentConfig, ValidateConfig};
+    use cda_engine::train::labels::LabelFile;
+    use cda_engine::train::learner::TrainDevice;
+    use cda_engine::train::model::{ArchSpec, TrainModel};
+    use cda_engine::train::squeeze::{squeeze, SqueezeConfig};
+    use std::sync::Arc;
+
+    let Some(g) = emulated() else { return };
+    g.set_conv_version(ConvVersion::Fp32);
+    let dir = tempfile::tempdir().unwrap();
+    tiny_folder(dir.path());
     let images: Arc<dyn cda_engine::data::Dataset> = Arc::new(cda_engine::data::folder::ImageFolder::open(dir.path(), 1).unwrap());
     let spec = ArchSpec::parse("resnet18-w4", Stem::Cifar, 1, 3).unwrap();
+
+    // squeeze: 6 SGD steps of the same data. The lr is small on purpose: on 4-image batches train-mode
+    // BN makes the trajectory chaotic, and at lr 0.05 fp32 rounding differences (1e-6, the single-step
+    // test above) grew to 10% of the BN biases' scale within 6 steps; at 0.005 they stay below 1e-5
+    // (measured), checked at 1e-4, which a wrong gradient or a skipped update exceeds by far.
+    let scfg = SqueezeConfig {
+        data: "tiny".into(),
+        test_data: None,
+        arch: "resnet18-w4".into(),
+        epochs: 2,
+        batch_size: 4,
+        lr: 0.005,
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 5e-4,
+        warmup_epochs: 0,
+        seed: 4,
+        image_size: 16,
+        crop: Crop::Resized { min_scale: 0.5, max_scale: 1.0 },
+        flip: true,
+        mix: MixKind::Cutmix,
+        mean: vec![0.3],
+        std: vec![0.4],
+        workers: 1,
+    };
+    let squeezed = |device: TrainDevice<'_>, name: &str| {
+        let out = dir.path().join(name);
+        let s = squeeze(&scfg, &spec, images.clone(), Some(images.clone()), &out, "test", false, device).unwrap();
+        (s, ResNet::load(&out).unwrap())
+    };
+    let (cpu_s, cpu_teacher) = squeezed(TrainDevice::Cpu, "cpu.safetensors");
+    let (emu_s, emu_teacher) = squeezed(TrainDevice::Emulated(&g), "emu.safetensors");
+    for (c, e) in cpu_s.history.iter().zip(&emu_s.history) {
+        common::assert_close(&format!("squeeze epoch {} loss", c.epoch), &[e.train_loss as f32], &[c.train_loss as f32], 1e-4);
+    }
+    let (tc, te) = (TrainModel::from_resnet(&cpu_teacher).tensors(), TrainModel::from_resnet(&emu_teacher).tensors());
+    for (name, t) in &tc {
+        common::assert_close(&format!("squeezed {name}"), &te[name].data, &t.data, 1e-4);
+    }
+
+    // relabel with the CPU-trained teacher: eval-mode logits of the same views (fp32 forwards of the
+    // same weights agree to ~1e-6), stored as fp16: a value next to a rounding boundary may land one
+    // fp16 step (2^-10 relative) away, so 1e-3 of the scale.
+    let aug = AugmentConfig { image_size: 16, min_scale: 0.5, flip: true, mix: MixKind::Cutmix, batch_size: 4, mean: vec![0.3], std: vec![0.4] };
+    let relabelled = |device: TrainDevice<'_>, name: &str| {
+        let out = dir.path().join(name);
+        let mut t = TrainModel::from_resnet(&cpu_teacher);
+        relabel(&mut t, images.clone(), &aug, 2, 0, 5, 1, &out, Default::default(), false, device).unwrap();
+        LabelFile::open(&out).unwrap()
+    };
+    let (lc, le) = (relabelled(TrainDevice::Cpu, "cpu.labels"), relabelled(TrainDevice::Emulated(&g), "emu.labels"));
+    for e in 0..2 {
+        let (got, want) = (le.epoch(e).unwrap().logits, lc.epoch(e).unwrap().logits);
+        assert_eq!((got.len(), want.len()), (12 * 3, 12 * 3));
+        common::assert_close(&format!("relabel epoch {e} logits"), &got, &want, 1e-3);
+    }
+
     let teacher = TrainModel::init(&spec, 1).unwrap();
     let student = TrainModel::init(&spec, 2).unwrap();
     let cfg = ValidateConfig {

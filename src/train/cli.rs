@@ -159,6 +159,24 @@ pub struct SqueezeArgs {
     pub workers: usize,
     #[arg(long)]
     pub quiet: bool,
+    /// Where the networks run: cpu, cuda (the CUDA training executor on GPU 0), or auto (a usable
+    /// GPU, else the CPU). Data loading and test-set evaluation run on the CPU either way.
+    #[arg(long, value_enum, default_value_t = crate::device::Device::Cpu)]
+    pub device: crate::device::Device,
+}
+
+/// GPU 0 when `device` asks for it (an error saying why if `cuda` cannot start), else None (the CPU).
+fn gpu_for(device: crate::device::Device) -> Result<Option<crate::backend::cuda::GpuBackend>> {
+    Ok(if crate::device::use_gpu(device)? { Some(crate::backend::cuda::GpuBackend::new(0)?) } else { None })
+}
+
+/// "cpu (N threads)" or the GPU's description.
+fn device_name(gpu: Option<&crate::backend::cuda::GpuBackend>, threads: usize) -> String {
+    gpu.map_or_else(|| format!("cpu ({threads} threads)"), crate::backend::Backend::describe)
+}
+
+fn train_device(gpu: Option<&crate::backend::cuda::GpuBackend>) -> super::learner::TrainDevice<'_> {
+    gpu.map_or(super::learner::TrainDevice::Cpu, super::learner::TrainDevice::Gpu)
 }
 
 /// Opens a dataset given by name or path with the right channel count; the default test split.
@@ -243,18 +261,19 @@ pub fn squeeze(a: &SqueezeArgs) -> Result<()> {
     )
     .to_lowercase();
     let pool = thread_pool(a.threads)?;
+    let gpu = gpu_for(a.device)?;
     let show = !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     eprintln!(
-        "squeeze: {} on {} ({} classes, {}px), {} epochs of {} steps, {} threads",
+        "squeeze: {} on {} ({} classes, {}px), {} epochs of {} steps, on {}",
         spec.describe(),
         train.describe(),
         train.num_classes(),
         size,
         a.epochs,
         train.len() / a.batch_size.max(1),
-        pool.current_num_threads()
+        device_name(gpu.as_ref(), pool.current_num_threads())
     );
-    let summary = pool.install(|| super::squeeze::squeeze(&cfg, &spec, train, test, &a.out, &recipe, show))?;
+    let summary = pool.install(|| super::squeeze::squeeze(&cfg, &spec, train, test, &a.out, &recipe, show, train_device(gpu.as_ref())))?;
     eprintln!(
         "wrote {} ({} parameters){}",
         a.out.display(),
@@ -332,6 +351,10 @@ pub struct DistillArgs {
     pub workers: usize,
     #[arg(long)]
     pub quiet: bool,
+    /// Where the networks run: cpu, cuda (the CUDA training executor on GPU 0), or auto (a usable
+    /// GPU, else the CPU). Data loading and test-set evaluation run on the CPU either way.
+    #[arg(long, value_enum, default_value_t = crate::device::Device::Cpu)]
+    pub device: crate::device::Device,
 }
 
 impl DistillArgs {
@@ -398,7 +421,8 @@ pub fn relabel(a: &RelabelArgs) -> Result<()> {
     let pool = thread_pool(c.threads)?;
     let show = !c.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     eprintln!("relabel: {} images from {} with teacher {}, {} epochs", images.len(), images.describe(), name, c.epochs);
-    let s = pool.install(|| super::distill::relabel(&mut teacher, images, &aug, c.epochs, a.topk, c.seed, c.workers.max(1), &a.out, extra, show))?;
+    let gpu = gpu_for(c.device)?;
+    let s = pool.install(|| super::distill::relabel(&mut teacher, images, &aug, c.epochs, a.topk, c.seed, c.workers.max(1), &a.out, extra, show, train_device(gpu.as_ref())))?;
     eprintln!("wrote {} ({:.1} MB, {} epochs, batch {})", s.out.display(), s.bytes as f64 / 1e6, s.epochs, s.batch_size);
     println!("{}", serde_json::to_string(&s).expect("summary serialises"));
     Ok(())
@@ -441,10 +465,6 @@ pub struct ValidateArgs {
     /// JSON record (settings, per-epoch loss and top-1), rewritten after every epoch.
     #[arg(long)]
     pub record: Option<PathBuf>,
-    /// Where the student trains: cpu, cuda (the CUDA training executor on GPU 0), or auto (a usable
-    /// GPU, else the CPU). Data loading and the test-set evaluation run on the CPU either way.
-    #[arg(long, value_enum, default_value_t = crate::device::Device::Cpu)]
-    pub device: crate::device::Device,
 }
 
 pub fn validate(a: &ValidateArgs) -> Result<()> {
@@ -487,10 +507,10 @@ pub fn validate(a: &ValidateArgs) -> Result<()> {
         device: String::new(),
     };
     let pool = thread_pool(c.threads)?;
-    let gpu = if crate::device::use_gpu(a.device)? { Some(crate::backend::cuda::GpuBackend::new(0)?) } else { None };
+    let gpu = gpu_for(c.device)?;
     let mut cfg = cfg;
-    cfg.device = gpu.as_ref().map_or_else(|| format!("cpu ({} threads)", pool.current_num_threads()), |g| crate::backend::Backend::describe(g));
-    let device = gpu.as_ref().map_or(super::distill::TrainDevice::Cpu, super::distill::TrainDevice::Gpu);
+    cfg.device = device_name(gpu.as_ref(), pool.current_num_threads());
+    let device = train_device(gpu.as_ref());
     let show = !c.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     eprintln!(
         "validate: student {} on {} ({} images), teacher {} ({}), {} epochs, T = {}, labels {}, on {}",

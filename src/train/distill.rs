@@ -19,8 +19,8 @@ use serde::Serialize;
 use super::eval::{evaluate, EvalResult};
 use super::labels::{EpochLabels, LabelFile, LabelMeta, LabelWriter};
 use super::model::TrainModel;
-use super::net::{Mode, TrainNet};
-use super::optim::Optimizer;
+use super::learner::{learner, Learner, TrainDevice};
+use super::optim::OptimKind;
 use super::progress::Progress;
 use super::schedule::Cosine;
 use crate::data::augment::{Crop, MixKind};
@@ -28,9 +28,6 @@ use crate::data::loader::{epoch_order, plan_epoch, BatchPlan, EpochLoader, Sampl
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
-use crate::backend::cuda::{CudaBackend, CudaBuf, EmulatedBackend, GpuBackend};
-use crate::backend::cuda_device::Device;
-use crate::backend::Backend;
 use crate::ops::kd_loss::cpu::kl_div;
 
 /// Augmentation and batching shared by relabel and online validate.
@@ -75,7 +72,7 @@ pub struct RelabelSummary {
 
 /// Writes the relabel file for `images` (`extra` goes into its metadata).
 #[allow(clippy::too_many_arguments)]
-pub fn relabel(teacher: &mut TrainModel, images: Arc<dyn Dataset>, aug: &AugmentConfig, epochs: usize, topk: usize, seed: u64, workers: usize, out: &Path, extra: std::collections::BTreeMap<String, String>, show: bool) -> Result<RelabelSummary> {
+pub fn relabel(teacher: &mut TrainModel, images: Arc<dyn Dataset>, aug: &AugmentConfig, epochs: usize, topk: usize, seed: u64, workers: usize, out: &Path, extra: std::collections::BTreeMap<String, String>, show: bool, device: TrainDevice<'_>) -> Result<RelabelSummary> {
     check_images(images.as_ref(), teacher)?;
     if epochs == 0 || aug.batch_size == 0 {
         return Err(Error::Option("--epochs and --batch-size must be at least 1".into()));
@@ -88,7 +85,7 @@ pub fn relabel(teacher: &mut TrainModel, images: Arc<dyn Dataset>, aug: &Augment
     let k = teacher.num_classes;
     let meta = LabelMeta { epochs, batch_size: bs, images: n, classes: k, topk, extra };
     let mut writer = LabelWriter::create(out, meta)?;
-    let mut net = TrainNet::new(teacher, bs, aug.image_size, aug.image_size)?;
+    let mut net = learner(device, teacher, bs, aug.image_size, None)?;
     let progress = Progress::new((epochs * n.div_ceil(bs)) as u64, show);
     let start = Instant::now();
     for epoch in 0..epochs {
@@ -96,8 +93,7 @@ pub fn relabel(teacher: &mut TrainModel, images: Arc<dyn Dataset>, aug: &Augment
         let mut rec = EpochLabels { ids: Vec::with_capacity(n), views: Vec::with_capacity(n), mixes: Vec::new(), logits: Vec::with_capacity(n * k) };
         for b in EpochLoader::new(images.clone(), aug.sample_spec(), aug.mix, plans, workers, 2) {
             let b = b?;
-            net.forward(teacher, &b.x, b.n, Mode::Eval)?;
-            rec.logits.extend_from_slice(net.logits(k));
+            rec.logits.extend_from_slice(&net.forward_eval(&b.x, b.n)?);
             rec.ids.extend_from_slice(&b.ids);
             rec.views.extend_from_slice(&b.views);
             rec.mixes.push(b.mix);
@@ -183,162 +179,16 @@ pub fn validate(teacher: &mut TrainModel, student: &mut TrainModel, images: Arc<
     let steps_per_epoch = n.div_ceil(bs);
     let size = cfg.aug.image_size;
     let online = labels.is_none();
-    match device {
-        TrainDevice::Cpu => {
-            let mut t = CpuTrainer::new(teacher, student, bs, size, online, cfg)?;
-            validate_loop(&mut t, images, labels, test, cfg, bs, steps_per_epoch, record, show)
-        }
-        TrainDevice::Gpu(g) => {
-            let mut t = CudaTrainer::new(g, teacher, student, bs, size, online, cfg)?;
-            validate_loop(&mut t, images, labels, test, cfg, bs, steps_per_epoch, record, show)
-        }
-        TrainDevice::Emulated(g) => {
-            let mut t = CudaTrainer::new(g, teacher, student, bs, size, online, cfg)?;
-            validate_loop(&mut t, images, labels, test, cfg, bs, steps_per_epoch, record, show)
-        }
-    }
-}
-
-/// Where validate trains the student.
-pub enum TrainDevice<'a> {
-    Cpu,
-    /// The CUDA training executor (`super::cuda_net`) on a GPU.
-    Gpu(&'a GpuBackend),
-    /// The same executor on the host emulation of the kernels (for tests).
-    Emulated(&'a EmulatedBackend),
-}
-
-/// The per-batch work of validate on one device.
-trait Trainer {
-    /// The online teacher's eval-mode logits on the batch x (n x classes).
-    fn teacher_logits(&mut self, x: &[f32], n: usize) -> Result<Vec<f32>>;
-    /// Student train-mode forward, KD loss against `targets`, backward and AdamW step at `lr`; the loss.
-    fn step(&mut self, x: &[f32], n: usize, targets: &[f32], lr: f64) -> Result<f32>;
-    /// The student with its current weights and running statistics.
-    fn student(&mut self) -> Result<&mut TrainModel>;
-}
-
-struct CpuTrainer<'a> {
-    teacher: &'a mut TrainModel,
-    student: &'a mut TrainModel,
-    net: TrainNet,
-    tnet: Option<TrainNet>,
-    opt: Optimizer,
-    dlogits: Vec<f32>,
-    temperature: f64,
-}
-
-impl<'a> CpuTrainer<'a> {
-    fn new(teacher: &'a mut TrainModel, student: &'a mut TrainModel, bs: usize, size: usize, online: bool, cfg: &ValidateConfig) -> Result<Self> {
-        let net = TrainNet::new(student, bs, size, size)?;
-        let tnet = if online { Some(TrainNet::new(teacher, bs, size, size)?) } else { None };
-        let opt = Optimizer::adamw(student, cfg.weight_decay);
-        let dlogits = vec![0f32; bs * student.num_classes];
-        Ok(CpuTrainer { teacher, student, net, tnet, opt, dlogits, temperature: cfg.temperature })
-    }
-}
-
-impl Trainer for CpuTrainer<'_> {
-    fn teacher_logits(&mut self, x: &[f32], n: usize) -> Result<Vec<f32>> {
-        let tn = self.tnet.as_mut().ok_or_else(|| Error::Option("no online teacher".into()))?;
-        tn.forward(self.teacher, x, n, Mode::Eval)?;
-        Ok(tn.logits(self.teacher.num_classes).to_vec())
-    }
-
-    fn step(&mut self, x: &[f32], n: usize, targets: &[f32], lr: f64) -> Result<f32> {
-        let k = self.student.num_classes;
-        self.net.forward(self.student, x, n, Mode::Train)?;
-        let loss = kl_div(n, k, self.net.logits(k), targets, self.temperature, &mut self.dlogits[..n * k]);
-        if loss.is_finite() {
-            self.net.backward(self.student, x, &self.dlogits[..n * k])?;
-            self.opt.step(self.student, lr);
-        }
-        Ok(loss)
-    }
-
-    fn student(&mut self) -> Result<&mut TrainModel> {
-        Ok(self.student)
-    }
-}
-
-/// validate on the CUDA executor: the batch and the targets are uploaded, the loss read back (one
-/// float per step); the weights come back to the host only to evaluate and at the end.
-struct CudaTrainer<'a, D: Device> {
-    g: &'a CudaBackend<D>,
-    teacher: &'a TrainModel,
-    student: &'a mut TrainModel,
-    net: super::cuda_net::CudaTrainNet<D>,
-    tnet: Option<super::cuda_net::CudaTrainNet<D>>,
-    x: CudaBuf<D>,
-    targets: CudaBuf<D>,
-    dlogits: CudaBuf<D>,
-    losses: CudaBuf<D>,
-    temperature: f64,
-    /// The host copy of the student is current.
-    synced: bool,
-}
-
-impl<'a, D: Device> CudaTrainer<'a, D> {
-    fn new(g: &'a CudaBackend<D>, teacher: &'a TrainModel, student: &'a mut TrainModel, bs: usize, size: usize, online: bool, cfg: &ValidateConfig) -> Result<Self> {
-        use super::cuda_net::{CudaTrainNet, DeviceOptim};
-        let adamw = DeviceOptim { kind: super::optim::OptimKind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, weight_decay: cfg.weight_decay };
-        let net = CudaTrainNet::new(g, student, bs, size, size, Some(adamw))?;
-        let tnet = if online { Some(CudaTrainNet::new(g, teacher, bs, size, size, None)?) } else { None };
-        let k = student.num_classes;
-        Ok(CudaTrainer {
-            g,
-            teacher,
-            net,
-            tnet,
-            x: g.alloc(bs * student.in_channels * size * size)?,
-            targets: g.alloc(bs * k)?,
-            dlogits: g.alloc(bs * k)?,
-            losses: g.alloc(1)?,
-            student,
-            temperature: cfg.temperature,
-            synced: true,
-        })
-    }
-}
-
-impl<D: Device> Trainer for CudaTrainer<'_, D> {
-    fn teacher_logits(&mut self, x: &[f32], n: usize) -> Result<Vec<f32>> {
-        let tn = self.tnet.as_mut().ok_or_else(|| Error::Option("no online teacher".into()))?;
-        self.g.upload(x, &mut self.x)?;
-        tn.forward(self.g, self.teacher, &self.x, n, Mode::Eval)?;
-        let mut out = vec![0f32; n * self.teacher.num_classes];
-        self.g.download(tn.logits(), &mut out)?;
-        Ok(out)
-    }
-
-    fn step(&mut self, x: &[f32], n: usize, targets: &[f32], lr: f64) -> Result<f32> {
-        let k = self.student.num_classes;
-        self.synced = false;
-        self.g.upload(x, &mut self.x)?;
-        self.g.upload(&targets[..n * k], &mut self.targets)?;
-        self.net.forward(self.g, self.student, &self.x, n, Mode::Train)?;
-        self.g.kd_kl_div(n, k, self.net.logits(), &self.targets, self.temperature, &mut self.dlogits, &mut self.losses, 0)?;
-        let mut loss = [0f32];
-        self.g.download(&self.losses, &mut loss)?;
-        if loss[0].is_finite() {
-            self.net.backward(self.g, self.student, &self.x, &self.dlogits)?;
-            self.net.step(self.g, lr)?;
-        }
-        Ok(loss[0])
-    }
-
-    fn student(&mut self) -> Result<&mut TrainModel> {
-        if !self.synced {
-            self.net.download(self.g, self.student)?;
-            self.synced = true;
-        }
-        Ok(self.student)
-    }
+    let adamw = (OptimKind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, cfg.weight_decay);
+    let mut learner_s = learner(device, student, bs, size, Some(adamw))?;
+    let mut learner_t = if online { Some(learner(device, teacher, bs, size, None)?) } else { None };
+    validate_loop(learner_s.as_mut(), learner_t.as_deref_mut(), images, labels, test, cfg, bs, steps_per_epoch, record, show)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn validate_loop(
-    trainer: &mut dyn Trainer,
+fn validate_loop<'t>(
+    student: &mut dyn Learner,
+    mut teacher: Option<&mut (dyn Learner + 't)>,
     images: Arc<dyn Dataset>,
     labels: Option<&LabelFile>,
     test: Arc<dyn Dataset>,
@@ -349,7 +199,8 @@ fn validate_loop(
     show: bool,
 ) -> Result<ValidateSummary> {
     let n = images.len();
-    let k = trainer.student()?.num_classes;
+    let k = student.model()?.num_classes;
+    let mut dlogits = vec![0f32; bs * k];
     let sched = Cosine { base: cfg.lr, total: cfg.epochs, warmup: 0 };
     let spec = cfg.aug.sample_spec();
     let progress = Progress::new((cfg.epochs * steps_per_epoch) as u64, show);
@@ -377,15 +228,18 @@ fn validate_loop(
         let (mut loss_sum, mut seen, mut row) = (0f64, 0usize, 0usize);
         for b in EpochLoader::new(images.clone(), spec.clone(), cfg.aug.mix, plans, cfg.workers, 2) {
             let b = b?;
-            let targets: Vec<f32> = match &stored {
-                Some(all) => all[row * k..(row + b.n) * k].to_vec(),
-                None => trainer.teacher_logits(&b.x, b.n)?,
+            let targets: Vec<f32> = match (&stored, teacher.as_deref_mut()) {
+                (Some(all), _) => all[row * k..(row + b.n) * k].to_vec(),
+                (None, Some(t)) => t.forward_eval(&b.x, b.n)?,
+                (None, None) => unreachable!("online validation has a teacher"),
             };
             row += b.n;
-            let loss = trainer.step(&b.x, b.n, &targets, lr)?;
+            let logits = student.forward_train(&b.x, b.n)?;
+            let loss = kl_div(b.n, k, &logits, &targets, cfg.temperature, &mut dlogits[..b.n * k]);
             if !loss.is_finite() {
                 return Err(Error::Numeric(format!("distillation loss became {loss} at epoch {}; lower --lr", epoch + 1)));
             }
+            student.backward_step(&b.x, &dlogits[..b.n * k], lr)?;
             loss_sum += loss as f64 * b.n as f64;
             seen += b.n;
             steps += 1;
@@ -393,7 +247,7 @@ fn validate_loop(
         }
         let last = epoch + 1 == cfg.epochs;
         let test_result = if last || (epoch + 1) % eval_every == 0 {
-            Some(evaluate(trainer.student()?, test.clone(), cfg.aug.image_size, &cfg.aug.mean, &cfg.aug.std, 500, cfg.workers)?)
+            Some(evaluate(student.model()?, test.clone(), cfg.aug.image_size, &cfg.aug.mean, &cfg.aug.std, 500, cfg.workers)?)
         } else {
             None
         };
@@ -410,12 +264,12 @@ fn validate_loop(
         }
         history.push(rec);
         if let Some(path) = record {
-            let partial = summary(trainer.student()?, n, steps, start, cfg, &history);
+            let partial = summary(student.model()?, n, steps, start, cfg, &history);
             write_atomic(path, serde_json::to_string_pretty(&partial).expect("record serialises").as_bytes())?;
         }
     }
     progress.finish();
-    Ok(summary(trainer.student()?, n, steps, start, cfg, &history))
+    Ok(summary(student.model()?, n, steps, start, cfg, &history))
 }
 
 fn summary(student: &TrainModel, n: usize, steps: usize, start: Instant, cfg: &ValidateConfig, history: &[ValidateEpoch]) -> ValidateSummary {

@@ -11,6 +11,7 @@ pub mod cuda_net;
 pub mod distill;
 pub mod eval;
 pub mod labels;
+pub mod learner;
 pub mod model;
 pub mod net;
 pub mod optim;

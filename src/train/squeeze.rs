@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use super::eval::{evaluate, EvalResult};
 use super::model::{ArchSpec, TrainModel};
-use super::net::{Mode, TrainNet};
-use super::optim::Optimizer;
+use super::learner::{learner, TrainDevice};
+use super::optim::OptimKind;
 use super::progress::Progress;
 use super::schedule::Cosine;
 use crate::data::augment::{Crop, MixKind};
@@ -73,7 +73,8 @@ pub struct SqueezeSummary {
 }
 
 /// Trains and saves the teacher; returns the summary (also written to `<out>.json`).
-pub fn squeeze(cfg: &SqueezeConfig, spec: &ArchSpec, train: Arc<dyn Dataset>, test: Option<Arc<dyn Dataset>>, out: &Path, recipe: &str, show: bool) -> Result<SqueezeSummary> {
+#[allow(clippy::too_many_arguments)]
+pub fn squeeze(cfg: &SqueezeConfig, spec: &ArchSpec, train: Arc<dyn Dataset>, test: Option<Arc<dyn Dataset>>, out: &Path, recipe: &str, show: bool, device: TrainDevice<'_>) -> Result<SqueezeSummary> {
     if cfg.epochs == 0 || cfg.batch_size == 0 {
         return Err(Error::Option("--epochs and --batch-size must be at least 1".into()));
     }
@@ -84,11 +85,11 @@ pub fn squeeze(cfg: &SqueezeConfig, spec: &ArchSpec, train: Arc<dyn Dataset>, te
     let mut model = TrainModel::init(spec, cfg.seed)?;
     model.mean = Some(cfg.mean.clone());
     model.std = Some(cfg.std.clone());
-    let mut net = TrainNet::new(&model, cfg.batch_size, cfg.image_size, cfg.image_size)?;
-    let mut opt = Optimizer::sgd(&model, cfg.momentum, cfg.nesterov, cfg.weight_decay);
+    let k = model.num_classes;
+    let sgd = (OptimKind::Sgd { momentum: cfg.momentum, nesterov: cfg.nesterov }, cfg.weight_decay);
+    let mut net = learner(device, &mut model, cfg.batch_size, cfg.image_size, Some(sgd))?;
     let sched = Cosine { base: cfg.lr, total: cfg.epochs * steps_per_epoch, warmup: cfg.warmup_epochs * steps_per_epoch };
     let sample = SampleSpec { size: cfg.image_size, crop: cfg.crop, flip: cfg.flip, mean: cfg.mean.clone(), std: cfg.std.clone() };
-    let k = model.num_classes;
     let progress = Progress::new((cfg.epochs * steps_per_epoch) as u64, show);
     let start = Instant::now();
     let mut history = Vec::new();
@@ -106,8 +107,7 @@ pub fn squeeze(cfg: &SqueezeConfig, spec: &ArchSpec, train: Arc<dyn Dataset>, te
             if let Some(&bad) = b.labels.iter().find(|&&l| l >= k) {
                 return Err(Error::input(train.describe(), format!("label {bad} is outside the model's {k} classes")));
             }
-            net.forward(&mut model, &b.x, b.n, Mode::Train)?;
-            let logits = net.logits(k);
+            let logits = &net.forward_train(&b.x, b.n)?;
             let dl = &mut dlogits[..b.n * k];
             let loss = match &b.mix {
                 None => {
@@ -132,16 +132,15 @@ pub fn squeeze(cfg: &SqueezeConfig, spec: &ArchSpec, train: Arc<dyn Dataset>, te
             for (row, &l) in logits.chunks(k).zip(&b.labels) {
                 correct += (super::eval::argmax(row) == l) as usize;
             }
-            net.backward(&mut model, &b.x, &dlogits[..b.n * k])?;
             lr = sched.lr(step);
-            opt.step(&mut model, lr);
+            net.backward_step(&b.x, &dlogits[..b.n * k], lr)?;
             loss_sum += loss as f64 * b.n as f64;
             seen += b.n;
             step += 1;
             progress.step(|| format!("epoch {}/{} loss {:.4}", epoch + 1, cfg.epochs, loss_sum / seen as f64));
         }
         let test_result = match &test {
-            Some(t) => Some(evaluate(&mut model, t.clone(), cfg.image_size, &cfg.mean, &cfg.std, 500, cfg.workers)?),
+            Some(t) => Some(evaluate(net.model()?, t.clone(), cfg.image_size, &cfg.mean, &cfg.std, 500, cfg.workers)?),
             None => None,
         };
         let rec = EpochRecord {
@@ -164,6 +163,9 @@ pub fn squeeze(cfg: &SqueezeConfig, spec: &ArchSpec, train: Arc<dyn Dataset>, te
         history.push(rec);
     }
     progress.finish();
+    // The weights and running statistics back on the host (from a device), then the model is ours.
+    net.model()?;
+    drop(net);
     let test_top1 = history.last().and_then(|h| h.test.as_ref().map(|t| t.top1));
     let mut extra: Vec<(&str, String)> = vec![
         ("dataset", cfg.data.clone()),
