@@ -45,6 +45,8 @@ mkdir -p "$bundle/bin" "$bundle/fixtures" "$bundle/scripts"
 cp "$target/release/cda-engine" "$bundle/bin/cda-engine"
 cp "$test_bin" "$bundle/bin/cuda_gpu_tests"
 cp -r tests/fixtures/forward "$bundle/fixtures/forward"
+cp -r tests/fixtures/train "$bundle/fixtures/train"
+cp weights/fashion_mnist_resnet18_w16.safetensors "$bundle/teacher.safetensors"
 cp benches/gpu/pytorch_check.py benches/gpu/pytorch_peer.py benches/gpu/table.py "$bundle/scripts/"
 cp benches/gpu/run_checks.sh "$bundle/run_checks.sh"
 chmod +x "$bundle/run_checks.sh" "$bundle/bin/"*

@@ -14,6 +14,9 @@
 #   pytorch_check             that case vs torchvision's ResNet-18 in PyTorch (fp32)
 #   timings                   per-layer conv kernels and whole recover iterations (eager, graph, 2 streams)
 #   bench_cli                 `cda-engine bench --device cuda`, ResNet-18 224px batch 100 (its JSON line)
+#   run_cli, validate_cli     the main job on the GPU (`cda-engine run --device cuda`, the shipped
+#                             Fashion-MNIST teacher, IPC 10), then `validate --device cuda` (the CUDA
+#                             training executor) on that set for 30 epochs, and the same on the CPU
 #   pytorch_peer              the official PyTorch recover iteration on the same card
 # The summary table is printed last and saved as OUT_DIR/table.txt.
 set -uo pipefail
@@ -63,6 +66,11 @@ else
 fi
 CDA_GPU_BENCH=1 step timings 75 "$tests" --test-threads=1 --nocapture gpu_timings
 step bench_cli 40 "$here/bin/cda-engine" bench --device cuda --arch resnet18 --res 224 --batch 100 --iters 10
+step run_cli 40 "$here/bin/cda-engine" run --device cuda --weights "$here/teacher.safetensors" --out "$work/syn" --quiet
+for dev in cuda cpu; do
+    step "validate_cli_$dev" 40 "$here/bin/cda-engine" validate --device "$dev" --teacher "$here/teacher.safetensors" \
+        --images "$work/syn" --test-data "$work/syn" --epochs 30 --batch-size 50 --eval-every 10 --quiet
+done
 if have_torch; then
     step pytorch_peer 45 python3 "$here/scripts/pytorch_peer.py" --archs resnet18,resnet50 --batch 100 --res 224 --iters 10
 else
