@@ -6,6 +6,8 @@
 //! Python. The caller passes weight_decay 0 for tensors with ndim <= 1 when the recipe says so.
 //!
 //! CPU half: [`cpu`].
+//! CUDA half: kernels/adamw.cu, launched by `CudaBackend::adamw_step` (src/backend/cuda/train.rs);
+//! bit-identical to the CPU half (tests/cuda_common/train.rs).
 
 pub mod cpu;
 

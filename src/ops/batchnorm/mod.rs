@@ -17,6 +17,9 @@
 //! Sums run in 8 f32 lanes within an image plane and in f64 across planes.
 //!
 //! CPU half: [`cpu`].
+//! CUDA half: kernels/batchnorm.cu (`bn_train_stats_f32`, `bn_eval_coef_f32`, `bn_apply_f32`,
+//! `bn_train_bwd_*`), launched by `CudaBackend::bn_fwd_train` / `bn_fwd_eval` / `bn_bwd_train`
+//! (src/backend/cuda/train.rs); checked against the CPU half in tests/cuda_common/train.rs.
 
 pub mod cpu;
 

@@ -13,5 +13,8 @@
 //! CPU half: [`cpu`]: fprop and dgrad run on the recover convolution (`conv2d::cpu`, Winograd or
 //! implicit GEMM) with plain epilogues; wgrad is im2col + the `gemm` crate; the im2col versions of
 //! fprop and dgrad are kept as references.
+//! CUDA half: the recover kernels run fprop and dgrad (kernels/conv2d.cu with plain epilogues);
+//! wgrad is kernels/conv_train.cu (split-GEMM_K tiles, deterministic reduction), launched by
+//! `CudaBackend::conv_wgrad` (src/backend/cuda/train.rs); checked in tests/cuda_common/train.rs.
 
 pub mod cpu;

@@ -13,5 +13,8 @@
 //! Softmaxes are max-subtracted and accumulated in f64.
 //!
 //! CPU half: [`cpu`].
+//! CUDA half of `kl_div`: kernels/kd_loss.cu, launched by `CudaBackend::kd_kl_div`
+//! (src/backend/cuda/train.rs); checked in tests/cuda_common/train.rs. The training loops compute
+//! these n x classes losses on the host for every device (src/train/learner.rs).
 
 pub mod cpu;

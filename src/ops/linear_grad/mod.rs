@@ -7,5 +7,7 @@
 //!   dx[n, c, :] = dout[n, c] / HW.
 //!
 //! CPU half: [`cpu`].
+//! CUDA half of `wgrad`: kernels/linear_grad.cu, launched by `CudaBackend::linear_wgrad`; the
+//! average pool's backward is the recover kernel (`Backend::avgpool_bwd`).
 
 pub mod cpu;

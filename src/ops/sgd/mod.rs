@@ -10,6 +10,8 @@
 //! weight_decay 0 when the recipe says so.
 //!
 //! CPU half: [`cpu`].
+//! CUDA half: kernels/sgd.cu, launched by `CudaBackend::sgd_step` (src/backend/cuda/train.rs);
+//! bit-identical to the CPU half (tests/cuda_common/train.rs).
 
 pub mod cpu;
 
