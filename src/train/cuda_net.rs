@@ -205,11 +205,9 @@ impl<D: Device> CudaTrainNet<D> {
                 )?,
                 Mode::Eval => g.bn_fwd_eval(&bp, &self.y[i], gamma, beta, &self.running_mean[i], &self.running_var[i], BN_EPS, residual, l.relu, out_i)?,
             }
-            if i == 0 {
-                if self.plan.pool_hw.is_some() {
-                    let pp = PoolProblem::stem(n, c.geom.k, l.out_hw.0, l.out_hw.1);
-                    g.maxpool_fwd(&pp, &self.out[0], &mut self.pool_out, &mut self.argmax)?;
-                }
+            if i == 0 && self.plan.pool_hw.is_some() {
+                let pp = PoolProblem::stem(n, c.geom.k, l.out_hw.0, l.out_hw.1);
+                g.maxpool_fwd(&pp, &self.out[0], &mut self.pool_out, &mut self.argmax)?;
             }
         }
         let (f, k) = (model.feat_dim, model.num_classes);
