@@ -12,9 +12,14 @@
 #   benches/quality_fashion_mnist.sh                       # IPC 10 and 50, seeds 0 1 2
 #   IPCS=10 SEEDS="0 1 2" FULL=0 benches/quality_fashion_mnist.sh
 #
+#   JOBS=2 THREADS=1 benches/quality_fashion_mnist.sh      # two students at a time, one thread each
+#
 # Environment: OUT (default target/quality), IPCS, SEEDS, EPOCHS (300), BATCH (student batch, 50),
 # T (20), MIN_SCALE (0.08), LR (1e-3), FULL (1: run row d), FULL_EPOCHS (4), FULL_BATCH (256),
-# THREADS (0 = all cores), EXTRA (more validate flags). Finished runs are skipped on rerun.
+# THREADS (0 = all cores), JOBS (students trained at the same time, 1), EXTRA (more validate flags).
+# Finished runs are skipped on rerun. A larger-IPC set starts from a copy of the next smaller one
+# (recover seeds each batch by its first IPC index and class, so the images are those of a fresh run).
+# Small students use few cores well: on 2 cores JOBS=2 THREADS=1 gets more done than one 2-thread job.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-target/quality}
@@ -29,6 +34,7 @@ FULL=${FULL:-1}
 FULL_EPOCHS=${FULL_EPOCHS:-4}
 FULL_BATCH=${FULL_BATCH:-256}
 THREADS=${THREADS:-0}
+JOBS=${JOBS:-1}
 EXTRA=${EXTRA:-}
 
 cargo build --release --quiet
@@ -54,19 +60,38 @@ validate() {
     echo "  $line"
 }
 
+# The runs to validate, one "name images epochs batch seed" line each.
+queue=()
+prev=""
 for ipc in $IPCS; do
-    "$BIN" run --ipc-end "$ipc" --out "$OUT/cda_ipc$ipc" --threads "$THREADS" --quiet | tail -n 1
-    "$BIN" run --ipc-end "$ipc" --milestone 0 --out "$OUT/sre2l_ipc$ipc" --threads "$THREADS" --quiet | tail -n 1
+    for kind in cda sre2l; do
+        if [ -n "$prev" ] && [ -d "$OUT/${kind}_ipc$prev" ] && [ ! -d "$OUT/${kind}_ipc$ipc" ]; then
+            cp -r "$OUT/${kind}_ipc$prev" "$OUT/${kind}_ipc$ipc"
+        fi
+    done
+    # CDA (the preset's curriculum) and SRe2L (--milestone 0); side by side when JOBS > 1.
+    "$BIN" run --ipc-end "$ipc" --out "$OUT/cda_ipc$ipc" --threads "$THREADS" --quiet >"$OUT/cda_ipc$ipc.run.log" &
+    cda_pid=$!
+    if [ "$JOBS" -le 1 ]; then wait "$cda_pid"; fi
+    "$BIN" run --ipc-end "$ipc" --milestone 0 --out "$OUT/sre2l_ipc$ipc" --threads "$THREADS" --quiet >"$OUT/sre2l_ipc$ipc.run.log"
+    if [ "$JOBS" -gt 1 ]; then wait "$cda_pid"; fi
+    tail -n 1 "$OUT/cda_ipc$ipc.run.log" "$OUT/sre2l_ipc$ipc.run.log"
     [ -d "$OUT/real_ipc$ipc" ] || "$BIN" sample --data fashion-mnist --ipc "$ipc" --seed 0 --out "$OUT/real_ipc$ipc" | tail -n 1
     for seed in $SEEDS; do
-        validate "cda_ipc$ipc" "$OUT/cda_ipc$ipc" "$EPOCHS" "$BATCH" "$seed"
-        validate "sre2l_ipc$ipc" "$OUT/sre2l_ipc$ipc" "$EPOCHS" "$BATCH" "$seed"
-        validate "real_ipc$ipc" "$OUT/real_ipc$ipc" "$EPOCHS" "$BATCH" "$seed"
+        for kind in cda sre2l real; do
+            queue+=("${kind}_ipc$ipc $OUT/${kind}_ipc$ipc $EPOCHS $BATCH $seed")
+        done
     done
+    prev=$ipc
 done
 if [ "$FULL" = 1 ]; then
     for seed in $SEEDS; do
-        validate "full" fashion-mnist "$FULL_EPOCHS" "$FULL_BATCH" "$seed"
+        queue+=("full fashion-mnist $FULL_EPOCHS $FULL_BATCH $seed")
     done
+fi
+if [ ${#queue[@]} -gt 0 ]; then
+    export BIN OUT RESULTS T MIN_SCALE LR THREADS EXTRA
+    export -f validate
+    printf '%s\n' "${queue[@]}" | xargs -P "$JOBS" -L 1 bash -c 'validate "$@"' _
 fi
 python3 benches/quality_fashion_mnist.py "$RESULTS"
