@@ -3,8 +3,8 @@
 //! Each launches `kernels/<op>.cu` and has its CPU twin in `crate::ops::<op>::cpu`; the tests
 //! (tests/cuda_common/train.rs) compare the two on the host emulation and, where there is one, a GPU.
 //!
-//! These are inherent methods rather than `Backend` methods: the recover executor does not need them,
-//! and the training executor (`crate::train::net`) still runs on the CPU backend only.
+//! These are inherent methods rather than `Backend` methods: the recover executor does not need them;
+//! the CUDA training executor (`crate::train::cuda_net`) calls them directly.
 
 use super::*;
 use crate::ops::adamw::{AdamScalars, AdamWConfig};
