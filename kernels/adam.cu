@@ -29,12 +29,6 @@ struct AdamArgs {
 };
 CDA_PARAMS_SIZE(AdamArgs, 72);
 
-CDA_DEVICE float adam_lerp(float start, float end, float weight) {
-    float diff = __fadd_rn(end, -start);
-    return fabsf(weight) < 0.5f ? __fadd_rn(start, __fmul_rn(weight, diff))
-                                : __fadd_rn(end, -__fmul_rn(diff, __fadd_rn(1.0f, -weight)));
-}
-
 CDA_GLOBAL void adam_clip_f32(AdamArgs a) {
     const int64_t total = (int64_t)a.n * a.c * a.hw;
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -43,7 +37,7 @@ CDA_GLOBAL void adam_clip_f32(AdamArgs a) {
     const float bc2_sqrt = a.scalars[3], eps = a.scalars[4];
     const int ch = (int)((i / a.hw) % a.c);
     const float gi = a.g[i];
-    const float mi = adam_lerp(a.m[i], gi, __fadd_rn(1.0f, -beta1));
+    const float mi = cda_lerp_rn(a.m[i], gi, __fadd_rn(1.0f, -beta1));
     const float vi = __fadd_rn(__fmul_rn(a.v[i], beta2), __fmul_rn(__fmul_rn(__fadd_rn(1.0f, -beta2), gi), gi));
     a.m[i] = mi;
     a.v[i] = vi;

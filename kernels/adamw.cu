@@ -21,19 +21,12 @@ struct AdamWArgs {
 };
 CDA_PARAMS_SIZE(AdamWArgs, 72);
 
-// PyTorch's lerp: start + w * (end - start) for |w| < 0.5, else end - (end - start) * (1 - w).
-CDA_DEVICE float adamw_lerp(float start, float end, float weight) {
-    float diff = __fadd_rn(end, -start);
-    return fabsf(weight) < 0.5f ? __fadd_rn(start, __fmul_rn(weight, diff))
-                                : __fadd_rn(end, -__fmul_rn(diff, __fadd_rn(1.0f, -weight)));
-}
-
 CDA_GLOBAL void adamw_step_f32(AdamWArgs a) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= a.len) return;
     const float g = a.grad[i];
     const float p = a.apply_decay ? __fmul_rn(a.param[i], a.decay) : a.param[i];
-    const float mi = adamw_lerp(a.m[i], g, __fadd_rn(1.0f, -a.beta1));
+    const float mi = cda_lerp_rn(a.m[i], g, __fadd_rn(1.0f, -a.beta1));
     const float vi = __fadd_rn(__fmul_rn(a.v[i], a.beta2), __fmul_rn(__fmul_rn(__fadd_rn(1.0f, -a.beta2), g), g));
     a.m[i] = mi;
     a.v[i] = vi;

@@ -118,3 +118,12 @@ CDA_DEVICE T cda_block_max(T v, T* scratch) {
     for (int w = 1; w < warps; ++w) m = scratch[w] > m ? scratch[w] : m;
     return m;
 }
+
+// PyTorch's lerp, start + w * (end - start) for |w| < 0.5, else end - (end - start) * (1 - w), with
+// every operation rounded separately (no FMA contraction) so that it matches the CPU twins bit for bit
+// (Adam's and AdamW's first-moment update).
+CDA_DEVICE float cda_lerp_rn(float start, float end, float weight) {
+    float diff = __fadd_rn(end, -start);
+    return fabsf(weight) < 0.5f ? __fadd_rn(start, __fmul_rn(weight, diff))
+                                : __fadd_rn(end, -__fmul_rn(diff, __fadd_rn(1.0f, -weight)));
+}
