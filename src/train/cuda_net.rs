@@ -82,11 +82,16 @@ fn read_write<T>(v: &mut [T], read: usize, write: usize) -> (&T, &mut T) {
     }
 }
 
-/// Two distinct mutable elements of `v`.
+/// Two distinct mutable elements of `v`, in the order asked for.
 fn two_mut<T>(v: &mut [T], i: usize, j: usize) -> (&mut T, &mut T) {
-    assert!(i < j && j < v.len(), "two_mut({i}, {j})");
-    let (a, b) = v.split_at_mut(j);
-    (&mut a[i], &mut b[0])
+    assert!(i != j && i < v.len() && j < v.len(), "two_mut({i}, {j})");
+    if i < j {
+        let (a, b) = v.split_at_mut(j);
+        (&mut a[i], &mut b[0])
+    } else {
+        let (a, b) = v.split_at_mut(i);
+        (&mut b[0], &mut a[j])
+    }
 }
 
 impl<D: Device> CudaTrainNet<D> {
@@ -232,8 +237,7 @@ impl<D: Device> CudaTrainNet<D> {
         }
         let (f, k) = (model.feat_dim, model.num_classes);
         {
-            let (dw, db) = two_mut(&mut self.grad, model.fc_weight.min(model.fc_bias), model.fc_weight.max(model.fc_bias));
-            let (dw, db) = if model.fc_weight < model.fc_bias { (dw, db) } else { (db, dw) };
+            let (dw, db) = two_mut(&mut self.grad, model.fc_weight, model.fc_bias);
             g.linear_wgrad(n, f, k, &self.feat, dlogits, dw, db)?;
         }
         g.linear_bwd_data(n, f, k, dlogits, &self.data[model.fc_weight], &mut self.g_feat)?;
@@ -371,9 +375,7 @@ fn bn_backward<D: Device>(
     let l = &plan.layers[i];
     let c = &model.convs[i];
     let bp = BnProblem { n, c: c.geom.k, hw: l.out_hw.0 * l.out_hw.1 };
-    let (lo, hi) = (c.gamma.min(c.beta), c.gamma.max(c.beta));
-    let (a, b) = two_mut(grad, lo, hi);
-    let (dgamma, dbeta) = if c.gamma < c.beta { (a, b) } else { (b, a) };
+    let (dgamma, dbeta) = two_mut(grad, c.gamma, c.beta);
     g.bn_bwd_train(&bp, dout, &out[i], l.relu, &y[i], &data[c.gamma], &save_mean[i], &save_invstd[i], dy, dgamma, dbeta, dres)
 }
 

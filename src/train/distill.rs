@@ -179,7 +179,7 @@ pub fn validate(teacher: &mut TrainModel, student: &mut TrainModel, images: Arc<
     let steps_per_epoch = n.div_ceil(bs);
     let size = cfg.aug.image_size;
     let online = labels.is_none();
-    let adamw = (OptimKind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, cfg.weight_decay);
+    let adamw = (OptimKind::ADAMW, cfg.weight_decay);
     let mut learner_s = learner(device, student, bs, size, Some(adamw))?;
     let mut learner_t = if online { Some(learner(device, teacher, bs, size, None)?) } else { None };
     validate_loop(learner_s.as_mut(), learner_t.as_deref_mut(), images, labels, test, cfg, bs, steps_per_epoch, record, show)

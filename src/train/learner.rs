@@ -57,14 +57,7 @@ pub struct CpuLearner<'a> {
 impl<'a> CpuLearner<'a> {
     pub fn new(model: &'a mut TrainModel, max_n: usize, size: usize, optim: Option<(OptimKind, f64)>) -> Result<Self> {
         let net = TrainNet::new(model, max_n, size, size)?;
-        let opt = optim.map(|(kind, wd)| match kind {
-            OptimKind::Sgd { momentum, nesterov } => Optimizer::sgd(model, momentum, nesterov, wd),
-            OptimKind::AdamW { beta1, beta2, eps } => {
-                let mut o = Optimizer::adamw(model, wd);
-                o.kind = OptimKind::AdamW { beta1, beta2, eps };
-                o
-            }
-        });
+        let opt = optim.map(|(kind, wd)| Optimizer::new(model, kind, wd));
         Ok(CpuLearner { model, net, opt })
     }
 }

@@ -117,11 +117,7 @@ pub struct TrainNet {
     pub max_n: usize,
     pub h: usize,
     pub w: usize,
-    layers: Vec<Layer>,
-    schedule: Vec<usize>,
-    /// (block input, conv ids, downsample id) per block.
-    blocks: Vec<(Src, Vec<usize>, Option<usize>)>,
-    pool_hw: Option<(usize, usize)>,
+    plan: Plan,
     y: Vec<Vec<f32>>,
     out: Vec<Vec<f32>>,
     save_mean: Vec<Vec<f32>>,
@@ -133,7 +129,6 @@ pub struct TrainNet {
     pub logits: Vec<f32>,
     g_feat: Vec<f32>,
     scratch: Vec<Vec<f32>>,
-    last_hw: usize,
     /// Batch size of the last forward.
     n: usize,
     mode: Mode,
@@ -148,13 +143,13 @@ impl TrainNet {
         if max_n == 0 {
             return Err(Error::Option("batch size must be at least 1".into()));
         }
-        let Plan { layers, schedule, blocks, pool_hw, last_hw } = Plan::new(model, h, w)?;
+        let plan = Plan::new(model, h, w)?;
         let mut max_act = max_n * model.in_channels * h * w;
         let mut y = Vec::new();
         let mut out = Vec::new();
         let mut save_mean = Vec::new();
         let mut save_invstd = Vec::new();
-        for (i, l) in layers.iter().enumerate() {
+        for (i, l) in plan.layers.iter().enumerate() {
             let k = model.convs[i].geom.k;
             let len = max_n * k * l.out_hw.0 * l.out_hw.1;
             max_act = max_act.max(len);
@@ -163,15 +158,12 @@ impl TrainNet {
             save_mean.push(vec![0.0; k]);
             save_invstd.push(vec![0.0; k]);
         }
-        let pool_len = pool_hw.map_or(0, |(p, q)| max_n * model.convs[0].geom.k * p * q);
+        let pool_len = plan.pool_hw.map_or(0, |(p, q)| max_n * model.convs[0].geom.k * p * q);
         Ok(TrainNet {
             max_n,
             h,
             w,
-            layers,
-            schedule,
-            blocks,
-            pool_hw,
+            plan,
             y,
             out,
             save_mean,
@@ -182,7 +174,6 @@ impl TrainNet {
             logits: vec![0.0; max_n * model.num_classes],
             g_feat: vec![0.0; max_n * model.feat_dim],
             scratch: (0..5).map(|_| vec![0.0; max_act]).collect(),
-            last_hw,
             n: 0,
             mode: Mode::Eval,
         })
@@ -200,17 +191,17 @@ impl TrainNet {
         }
         self.n = n;
         self.mode = mode;
-        for si in 0..self.schedule.len() {
-            let i = self.schedule[si];
-            let l = &self.layers[i];
+        for si in 0..self.plan.schedule.len() {
+            let i = self.plan.schedule[si];
+            let l = &self.plan.layers[i];
             let p = problem(model, l, i, n);
             let out_len = p.output_len();
             let resolve = |s: Src, out: &[Vec<f32>], pool_out: &[f32]| -> *const [f32] {
                 match s {
                     Src::Input => x as *const [f32],
-                    Src::Pool => &pool_out[..n * model.convs[0].geom.k * self.pool_hw.unwrap().0 * self.pool_hw.unwrap().1] as *const [f32],
+                    Src::Pool => &pool_out[..n * model.convs[0].geom.k * self.plan.pool_hw.unwrap().0 * self.plan.pool_hw.unwrap().1] as *const [f32],
                     Src::Conv(j) => {
-                        let len = n * model.convs[j].geom.k * self.layers[j].out_hw.0 * self.layers[j].out_hw.1;
+                        let len = n * model.convs[j].geom.k * self.plan.layers[j].out_hw.0 * self.plan.layers[j].out_hw.1;
                         &out[j][..len] as *const [f32]
                     }
                 }
@@ -238,24 +229,20 @@ impl TrainNet {
                 }
             }
             if i == 0 {
-                if let Some((pq, qq)) = self.pool_hw {
+                if let Some((pq, qq)) = self.plan.pool_hw {
                     let pp = PoolProblem::stem(n, k, l.out_hw.0, l.out_hw.1);
                     let len = n * k * pq * qq;
                     pool::maxpool_fwd(&pp, &self.out[0][..out_len], &mut self.pool_out[..len], &mut self.argmax[..len]);
                 }
             }
         }
-        let last = self.last_conv();
+        let last = self.plan.last_conv();
         let f = model.feat_dim;
-        let last_len = n * f * self.last_hw;
-        pool::avgpool_fwd(self.last_hw, &self.out[last][..last_len], &mut self.feat[..n * f]);
+        let last_len = n * f * self.plan.last_hw;
+        pool::avgpool_fwd(self.plan.last_hw, &self.out[last][..last_len], &mut self.feat[..n * f]);
         let k = model.num_classes;
         linear::fwd(n, f, k, &self.feat[..n * f], &model.params[model.fc_weight].data, &model.params[model.fc_bias].data, &mut self.logits[..n * k]);
         Ok(())
-    }
-
-    fn last_conv(&self) -> usize {
-        *self.blocks.last().unwrap().1.last().unwrap()
     }
 
     /// Logits of the last forward, n x classes.
@@ -282,11 +269,11 @@ impl TrainNet {
         // Scratch slots: g (block output gradient), a/b (ping-pong), r (shortcut), gin (block input).
         let (mut g, mut gin) = (0usize, 1usize);
         let (a, b, r) = (2usize, 3usize, 4usize);
-        linear_grad::avgpool_bwd(self.last_hw, &self.g_feat[..n * f], &mut self.scratch[g][..n * f * self.last_hw]);
+        linear_grad::avgpool_bwd(self.plan.last_hw, &self.g_feat[..n * f], &mut self.scratch[g][..n * f * self.plan.last_hw]);
         let mut scratch = std::mem::take(&mut self.scratch);
-        let out_lens: Vec<usize> = (0..self.layers.len()).map(|i| n * model.convs[i].geom.k * self.layers[i].out_hw.0 * self.layers[i].out_hw.1).collect();
-        for bi in (0..self.blocks.len()).rev() {
-            let (input, ids, ds) = self.blocks[bi].clone();
+        let out_lens: Vec<usize> = (0..self.plan.layers.len()).map(|i| n * model.convs[i].geom.k * self.plan.layers[i].out_hw.0 * self.plan.layers[i].out_hw.1).collect();
+        for bi in (0..self.plan.blocks.len()).rev() {
+            let (input, ids, ds) = self.plan.blocks[bi].clone();
             let in_len = self.src_len(model, input, n);
             let input_buf: &[f32] = self.src_buf(input, x, in_len);
             let lastc = *ids.last().unwrap();
@@ -300,7 +287,7 @@ impl TrainNet {
             // Walk the main path back: dy in a; wgrad; dgrad into b (or gin for the first conv).
             for j in (0..ids.len()).rev() {
                 let i = ids[j];
-                let p = problem(model, &self.layers[i], i, n);
+                let p = problem(model, &self.plan.layers[i], i, n);
                 let cin: &[f32] = if j == 0 { input_buf } else { &self.out[ids[j - 1]][..out_len(ids[j - 1])] };
                 let [sa, sb, sgin] = pick(&mut scratch, [a, b, gin]);
                 conv::wgrad(&p, cin, &sa[..p.output_len()], &mut model.params[model.convs[i].weight].grad);
@@ -316,7 +303,7 @@ impl TrainNet {
             }
             match ds {
                 Some(d) => {
-                    let p = problem(model, &self.layers[d], d, n);
+                    let p = problem(model, &self.plan.layers[d], d, n);
                     let len = p.output_len();
                     let [sr, sa, sgin] = pick(&mut scratch, [r, a, gin]);
                     self.bn_backward(model, d, n, &sr[..len], &mut sa[..len], None);
@@ -331,9 +318,9 @@ impl TrainNet {
             std::mem::swap(&mut g, &mut gin);
         }
         // Stem: (max pool backward) -> BN backward with the ReLU mask -> wgrad (no input gradient).
-        let stem_len = n * model.convs[0].geom.k * self.layers[0].out_hw.0 * self.layers[0].out_hw.1;
-        if let Some((pq, qq)) = self.pool_hw {
-            let pp = PoolProblem::stem(n, model.convs[0].geom.k, self.layers[0].out_hw.0, self.layers[0].out_hw.1);
+        let stem_len = n * model.convs[0].geom.k * self.plan.layers[0].out_hw.0 * self.plan.layers[0].out_hw.1;
+        if let Some((pq, qq)) = self.plan.pool_hw {
+            let pp = PoolProblem::stem(n, model.convs[0].geom.k, self.plan.layers[0].out_hw.0, self.plan.layers[0].out_hw.1);
             let len = n * model.convs[0].geom.k * pq * qq;
             let [sg, sgin] = pick(&mut scratch, [g, gin]);
             pool::maxpool_bwd(&pp, &sg[..len], &self.argmax[..len], &mut sgin[..stem_len]);
@@ -342,7 +329,7 @@ impl TrainNet {
         {
             let [sg, sa] = pick(&mut scratch, [g, a]);
             self.bn_backward(model, 0, n, &sg[..stem_len], &mut sa[..stem_len], None);
-            let p = problem(model, &self.layers[0], 0, n);
+            let p = problem(model, &self.plan.layers[0], 0, n);
             conv::wgrad(&p, x, &sa[..stem_len], &mut model.params[model.convs[0].weight].grad);
         }
         self.scratch = scratch;
@@ -353,10 +340,10 @@ impl TrainNet {
         match s {
             Src::Input => n * model.in_channels * self.h * self.w,
             Src::Pool => {
-                let (p, q) = self.pool_hw.unwrap();
+                let (p, q) = self.plan.pool_hw.unwrap();
                 n * model.convs[0].geom.k * p * q
             }
-            Src::Conv(j) => n * model.convs[j].geom.k * self.layers[j].out_hw.0 * self.layers[j].out_hw.1,
+            Src::Conv(j) => n * model.convs[j].geom.k * self.plan.layers[j].out_hw.0 * self.plan.layers[j].out_hw.1,
         }
     }
 
@@ -370,7 +357,7 @@ impl TrainNet {
 
     /// BN backward of conv i: dout (gradient of its fused output) -> dy; parameter gradients; shortcut.
     fn bn_backward(&self, model: &mut TrainModel, i: usize, n: usize, dout: &[f32], dy: &mut [f32], dres: Option<&mut [f32]>) {
-        let l = &self.layers[i];
+        let l = &self.plan.layers[i];
         let c = &model.convs[i];
         let (gi, bi, k) = (c.gamma, c.beta, c.geom.k);
         let bp = BnProblem { n, c: k, hw: l.out_hw.0 * l.out_hw.1 };

@@ -24,16 +24,32 @@ pub struct Optimizer {
     pub steps: u32,
 }
 
+impl OptimKind {
+    /// AdamW with PyTorch's betas (0.9, 0.999) and eps 1e-8.
+    pub const ADAMW: OptimKind = OptimKind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 };
+}
+
 impl Optimizer {
+    /// An optimizer of `kind` with fresh state for every parameter of `model`.
+    pub fn new(model: &TrainModel, kind: OptimKind, weight_decay: f64) -> Optimizer {
+        let state = model
+            .params
+            .iter()
+            .map(|p| match kind {
+                OptimKind::Sgd { momentum, .. } => (vec![0.0; if momentum != 0.0 { p.data.len() } else { 0 }], Vec::new()),
+                OptimKind::AdamW { .. } => (vec![0.0; p.data.len()], vec![0.0; p.data.len()]),
+            })
+            .collect();
+        Optimizer { kind, weight_decay, state, steps: 0 }
+    }
+
     pub fn sgd(model: &TrainModel, momentum: f64, nesterov: bool, weight_decay: f64) -> Optimizer {
-        let state = model.params.iter().map(|p| (vec![0.0; if momentum != 0.0 { p.data.len() } else { 0 }], Vec::new())).collect();
-        Optimizer { kind: OptimKind::Sgd { momentum, nesterov }, weight_decay, state, steps: 0 }
+        Optimizer::new(model, OptimKind::Sgd { momentum, nesterov }, weight_decay)
     }
 
     /// AdamW with PyTorch's betas (0.9, 0.999) and eps 1e-8.
     pub fn adamw(model: &TrainModel, weight_decay: f64) -> Optimizer {
-        let state = model.params.iter().map(|p| (vec![0.0; p.data.len()], vec![0.0; p.data.len()])).collect();
-        Optimizer { kind: OptimKind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, weight_decay, state, steps: 0 }
+        Optimizer::new(model, OptimKind::ADAMW, weight_decay)
     }
 
     /// One step of every parameter with its current gradient at learning rate `lr`.

@@ -220,7 +220,7 @@ pub fn check_train_step_fixture<D: Device>(g: &CudaBackend<D>, name: &str, tf32:
     let k = tm.num_classes;
     let sgd = r.metadata.get("optimizer").map(String::as_str) == Some("sgd");
     let (lr, wd) = (t("lr")[0] as f64, t("weight_decay")[0] as f64);
-    let kind = if sgd { OptimKind::Sgd { momentum: 0.9, nesterov: true } } else { OptimKind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 } };
+    let kind = if sgd { OptimKind::Sgd { momentum: 0.9, nesterov: true } } else { OptimKind::ADAMW };
     let mut net = CudaTrainNet::new(g, &tm, n, h, w, Some(DeviceOptim { kind, weight_decay: wd })).unwrap();
     let xb = up(g, &x.data);
     net.forward(g, &tm, &xb, n, Mode::Train).unwrap();
