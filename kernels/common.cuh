@@ -127,3 +127,13 @@ CDA_DEVICE float cda_lerp_rn(float start, float end, float weight) {
     return fabsf(weight) < 0.5f ? __fadd_rn(start, __fmul_rn(weight, diff))
                                 : __fadd_rn(end, -__fmul_rn(diff, __fadd_rn(1.0f, -weight)));
 }
+
+// out = mean of rows[0..n) (float64), summed by one 1-D block: strided partial sums, then the
+// fixed-order block sum, so the result is deterministic for a given n. Every thread must call it;
+// thread 0 writes. The finalize step of the per-row losses (softmax_ce, kd_loss).
+CDA_DEVICE void cda_block_mean_rows(const double* rows, int n, float* out, double* scratch) {
+    double s = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += rows[i];
+    const double total = cda_block_sum(s, scratch);
+    if (threadIdx.x == 0) *out = (float)(total / (double)n);
+}

@@ -55,9 +55,6 @@ CDA_EXPORT(kd_kl_div_rows_f32)
 
 CDA_GLOBAL void __launch_bounds__(256) kd_kl_div_finalize_f32(KdLossArgs a) {
     __shared__ double scratch[32];
-    double s = 0.0;
-    for (int i = threadIdx.x; i < a.n; i += blockDim.x) s += a.row_loss[i];
-    const double total = cda_block_sum(s, scratch);
-    if (threadIdx.x == 0) a.losses[a.slot] = (float)(total / (double)a.n);
+    cda_block_mean_rows(a.row_loss, a.n, a.losses + a.slot, scratch);
 }
 CDA_EXPORT(kd_kl_div_finalize_f32)

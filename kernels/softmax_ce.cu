@@ -50,10 +50,6 @@ CDA_EXPORT(softmax_ce_rows_f32)
 
 CDA_GLOBAL void __launch_bounds__(256) softmax_ce_finalize_f32(SoftmaxCeArgs a) {
     __shared__ double scratch[32];
-    double s = 0.0;
-    // Strided partial sums, then the fixed-order block sum: deterministic for a given N.
-    for (int i = threadIdx.x; i < a.n; i += blockDim.x) s += a.row_loss[i];
-    const double total = cda_block_sum(s, scratch);
-    if (threadIdx.x == 0) a.losses[a.slot] = (float)(total / (double)a.n);
+    cda_block_mean_rows(a.row_loss, a.n, a.losses + a.slot, scratch);
 }
 CDA_EXPORT(softmax_ce_finalize_f32)
