@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-fn temp_sibling(path: &Path) -> PathBuf {
+/// `.name.tmpPID` beside `path`: renamed over it once complete.
+pub(crate) fn temp_sibling(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
 }
@@ -13,6 +14,20 @@ fn temp_sibling(path: &Path) -> PathBuf {
 /// Writes `bytes` to `path` atomically; creates missing parent folders.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |f| f.write_all(bytes))
+}
+
+/// Fails now, not after hours of training, when `path` cannot be written: creates missing parent
+/// folders, then creates and removes the temporary sibling a later [`write_atomic`] would use.
+pub fn check_writable(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Err(Error::output(path, "is a folder"));
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::output(parent, e))?;
+    }
+    let tmp = temp_sibling(path);
+    std::fs::File::create(&tmp).map_err(|e| Error::output(path, e))?;
+    std::fs::remove_file(&tmp).map_err(|e| Error::output(path, e))
 }
 
 /// Like [`write_atomic`] but the content is produced by a writer callback.

@@ -18,12 +18,19 @@ fn ok(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(last).unwrap_or_else(|e| panic!("{args:?}: last stdout line is not JSON ({e}): {last}"))
 }
 
-fn fails_with(args: &[&str], needle: &str) {
+fn fails_with(args: &[&str], needle: &str) -> String {
     let out = bin().args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{args:?} succeeded");
     assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
     assert!(stderr.contains(needle), "{args:?}: stderr lacks {needle:?}: {stderr}");
+    stderr
+}
+
+/// Like `fails_with`, and no epoch ran first: bad options and unwritable outputs cost no training time.
+fn fails_before_training(args: &[&str], needle: &str) {
+    let stderr = fails_with(args, needle);
+    assert!(!stderr.contains("epoch 1"), "{args:?} trained before failing: {stderr}");
 }
 
 /// Class c's images are a bright square in a class-specific corner with noise: learnable in a few steps.
@@ -113,4 +120,33 @@ fn squeeze_relabel_validate_round_trip_on_a_tiny_folder() {
     fails_with(&["relabel", "--teacher", s(&teacher), "--images", s(&subset), "--out", s(&labels), "--topk", "3"], "--topk 3");
     fails_with(&["squeeze", "--data", "no-such-dataset", "--out", s(&teacher)], "not a dataset name");
     fails_with(&["squeeze", "--data", s(&data), "--channels", "1", "--out", s(&teacher), "--mean", "0.5"], "both --mean and --std");
+
+    // Bad numbers and unwritable outputs (a path under a regular file) fail before any training.
+    let unwritable = teacher.join("out.safetensors");
+    let squeeze = |extra: &[&str], needle: &str| {
+        let mut args = vec!["squeeze", "--data", s(&data), "--test-data", s(&data), "--arch", "resnet18-w4", "--channels", "1", "--epochs", "1", "--batch-size", "4"];
+        args.extend(extra);
+        args.extend(common);
+        if !extra.contains(&"--out") {
+            args.extend(["--out", s(&teacher)]);
+        }
+        fails_before_training(&args, needle);
+    };
+    squeeze(&["--out", s(&unwritable)], "cannot write");
+    squeeze(&["--lr", "nan"], "--lr NaN");
+    squeeze(&["--momentum", "1"], "--momentum 1");
+    squeeze(&["--epochs", "0"], "--epochs");
+    let validate = |extra: &[&str], needle: &str| {
+        let mut args = vec!["validate", "--teacher", s(&teacher), "--images", s(&subset), "--test-data", s(&data), "--epochs", "1"];
+        args.extend(extra);
+        args.extend(common);
+        fails_before_training(&args, needle);
+    };
+    validate(&["--record", unwritable.with_extension("json").to_str().unwrap()], "cannot write");
+    validate(&["--lr", "inf"], "--lr inf");
+    validate(&["--temperature=-1"], "--temperature -1");
+    validate(&["--weight-decay=-0.1"], "--weight-decay -0.1");
+    let mut args = vec!["relabel", "--teacher", s(&teacher), "--images", s(&subset), "--out", s(&unwritable)];
+    args.extend(common);
+    fails_before_training(&args, "cannot write");
 }

@@ -83,6 +83,15 @@ pub fn estimate_norm(ds: &dyn Dataset) -> Result<(Vec<f32>, Vec<f32>)> {
     Ok((mean, std))
 }
 
+/// A finite option value that satisfies `ok`, or an error naming the flag and what it expects.
+fn check_number(flag: &str, v: f64, ok: bool, expected: &str) -> Result<()> {
+    if v.is_finite() && ok {
+        Ok(())
+    } else {
+        Err(Error::Option(format!("--{flag} {v}: expected {expected}")))
+    }
+}
+
 fn check_norm(name: &str, v: &[f32], channels: usize) -> Result<()> {
     if v.len() != channels {
         return Err(Error::Option(format!("--{name} has {} values for {channels} channels", v.len())));
@@ -199,6 +208,15 @@ pub fn channels_of(data: &str, flag: usize) -> usize {
 }
 
 pub fn squeeze(a: &SqueezeArgs) -> Result<()> {
+    // Bad options and an unwritable --out fail here, not after the training.
+    check_number("lr", a.lr, a.lr > 0.0, "a positive number")?;
+    check_number("momentum", a.momentum, (0.0..1.0).contains(&a.momentum), "0 <= momentum < 1")?;
+    check_number("weight-decay", a.weight_decay, a.weight_decay >= 0.0, "a number >= 0")?;
+    if a.epochs == 0 || a.batch_size == 0 {
+        return Err(Error::Option("--epochs and --batch-size must be at least 1".into()));
+    }
+    crate::io::check_writable(&a.out)?;
+    crate::io::check_writable(&a.out.with_extension("json"))?;
     let channels = channels_of(&a.data, a.channels);
     let (train, test) = open_train_test(&a.data, a.test_data.as_deref(), channels)?;
     let size = match (a.image_size, train.image_size()) {
@@ -366,8 +384,8 @@ impl DistillArgs {
         if !(self.min_scale > 0.0 && self.min_scale <= 1.0) {
             return Err(Error::Option(format!("--min-scale {}: expected 0 < scale <= 1", self.min_scale)));
         }
-        if self.batch_size == 0 {
-            return Err(Error::Option("--batch-size must be at least 1".into()));
+        if self.batch_size == 0 || self.epochs == 0 {
+            return Err(Error::Option("--epochs and --batch-size must be at least 1".into()));
         }
         let aug = super::distill::AugmentConfig {
             image_size: size,
@@ -420,7 +438,7 @@ pub fn relabel(a: &RelabelArgs) -> Result<()> {
     }
     let pool = thread_pool(c.threads)?;
     let show = !c.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    eprintln!("relabel: {} images from {} with teacher {}, {} epochs", images.len(), images.describe(), name, c.epochs);
+    eprintln!("relabel: {} with teacher {}, {} epochs", images.describe(), name, c.epochs);
     let gpu = gpu_for(c.device)?;
     let s = pool.install(|| super::distill::relabel(&mut teacher, images, &aug, c.epochs, a.topk, c.seed, c.workers.max(1), &a.out, extra, show, train_device(gpu.as_ref())))?;
     eprintln!("wrote {} ({:.1} MB, {} epochs, batch {})", s.out.display(), s.bytes as f64 / 1e6, s.epochs, s.batch_size);
@@ -469,6 +487,13 @@ pub struct ValidateArgs {
 
 pub fn validate(a: &ValidateArgs) -> Result<()> {
     let c = &a.common;
+    // Bad options and an unwritable --record fail here, not after the first epoch.
+    check_number("lr", a.lr, a.lr > 0.0, "a positive number")?;
+    check_number("weight-decay", a.weight_decay, a.weight_decay >= 0.0, "a number >= 0")?;
+    check_number("temperature", a.temperature, a.temperature > 0.0, "a positive number")?;
+    if let Some(r) = &a.record {
+        crate::io::check_writable(r)?;
+    }
     let (mut teacher, m, name, images, mut aug) = c.open()?;
     let labels = match &a.labels {
         Some(p) => {
@@ -513,10 +538,9 @@ pub fn validate(a: &ValidateArgs) -> Result<()> {
     let device = train_device(gpu.as_ref());
     let show = !c.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     eprintln!(
-        "validate: student {} on {} ({} images), teacher {} ({}), {} epochs, T = {}, labels {}, on {}",
+        "validate: student {} on {}, teacher {} ({}), {} epochs, T = {}, labels {}, on {}",
         spec.describe(),
         images.describe(),
-        images.len(),
         name,
         m.arch_name(),
         c.epochs,

@@ -124,10 +124,10 @@ impl LabelWriter {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| Error::output(parent, e))?;
         }
-        let tmp = path.with_file_name(format!(".{}.tmp{}", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), std::process::id()));
-        let f = File::create(&tmp).map_err(|e| Error::output(&tmp, e))?;
+        let tmp = crate::io::temp_sibling(path);
+        let f = File::create(&tmp).map_err(|e| Error::output(path, e))?;
         let mut file = std::io::BufWriter::new(f);
-        let w = |file: &mut std::io::BufWriter<File>, b: &[u8]| file.write_all(b).map_err(|e| Error::output(&tmp, e));
+        let w = |file: &mut std::io::BufWriter<File>, b: &[u8]| file.write_all(b).map_err(|e| Error::output(path, e));
         w(&mut file, &(text.len() as u64).to_le_bytes())?;
         w(&mut file, &text)?;
         Ok(LabelWriter { meta, path: path.to_path_buf(), tmp, file, next_epoch: 0 })
@@ -186,7 +186,7 @@ impl LabelWriter {
             buf.extend(idx_bytes);
             buf.extend(rest);
         }
-        self.file.write_all(&buf).map_err(|err| Error::output(&self.tmp, err))?;
+        self.file.write_all(&buf).map_err(|err| Error::output(&self.path, err))?;
         self.next_epoch += 1;
         Ok(())
     }
@@ -195,8 +195,8 @@ impl LabelWriter {
         if self.next_epoch != self.meta.epochs {
             return Err(Error::Option(format!("relabel file closed after {} of {} epochs", self.next_epoch, self.meta.epochs)));
         }
-        self.file.flush().map_err(|e| Error::output(&self.tmp, e))?;
-        self.file.get_ref().sync_all().map_err(|e| Error::output(&self.tmp, e))?;
+        self.file.flush().map_err(|e| Error::output(&self.path, e))?;
+        self.file.get_ref().sync_all().map_err(|e| Error::output(&self.path, e))?;
         std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::output(&self.path, e))
     }
 }
