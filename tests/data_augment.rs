@@ -61,7 +61,9 @@ fn wrong_channel_count_and_missing_folders_are_errors() {
     let e = data::open("/nonexistent/folder", Split::Train, 1).err().unwrap().to_string();
     assert!(e.contains("not a dataset name"), "{e}");
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("empty_class")).unwrap();
     let e = data::open(dir.path().to_str().unwrap(), Split::Train, 1).err().unwrap().to_string();
     assert!(e.contains("no class subfolders"), "{e}");
+    std::fs::create_dir(dir.path().join("empty_class")).unwrap();
+    let e = data::open(dir.path().to_str().unwrap(), Split::Train, 1).err().unwrap().to_string();
+    assert!(e.contains("empty_class: class folder has no"), "{e}");
 }

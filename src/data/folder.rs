@@ -43,12 +43,13 @@ impl ImageFolder {
 }
 
 /// The class subfolders of `root` in sorted order (torchvision's class indices), each with its sorted
-/// .png/.jpg/.jpeg files.
+/// .png/.jpg/.jpeg files; hidden folders are skipped and an empty class folder is an error.
 pub fn list_classes(root: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
         .map_err(|e| Error::io(root, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
+        // Hidden folders (.ipynb_checkpoints, .git) are not classes.
+        .filter(|p| p.is_dir() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
         .collect();
     dirs.sort();
     let mut out = Vec::new();
@@ -58,6 +59,11 @@ pub fn list_classes(root: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.is_file() && is_image(p))
             .collect();
+        // An empty class folder would still take a class index and shift every later class, as
+        // torchvision's ImageFolder refuses it too.
+        if files.is_empty() {
+            return Err(Error::input(dir.display().to_string(), "class folder has no .png/.jpg/.jpeg images (every class subfolder needs one)"));
+        }
         files.sort();
         out.push((dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), files));
     }
