@@ -115,7 +115,9 @@ pub fn render_batch(ds: &dyn Dataset, spec: &SampleSpec, mix: MixKind, plan: &Ba
         None => sample_mix(&mut rng, mix, n, spec.size, spec.size),
     };
     if let Some(m) = &mix {
-        if m.perm.len() != n || m.perm.iter().any(|&p| p as usize >= n) || m.bbox[2] as usize > spec.size || m.bbox[3] as usize > spec.size {
+        let [top, left, bottom, right] = m.bbox;
+        let box_fits = top <= bottom && left <= right && bottom as usize <= spec.size && right as usize <= spec.size;
+        if m.perm.len() != n || m.perm.iter().any(|&p| p as usize >= n) || !box_fits || !(0.0..=1.0).contains(&m.lam) {
             return Err(Error::input(ds.describe(), format!("recorded mix of batch {number} does not fit a batch of {n} images of {}px", spec.size)));
         }
         apply_mix(m, n, c, spec.size, spec.size, &mut x);
@@ -178,7 +180,7 @@ impl Iterator for EpochLoader {
         }
         let w = self.next % self.receivers.len();
         self.next += 1;
-        Some(self.receivers[w].recv().unwrap_or_else(|_| Err(Error::Option("a data loader thread stopped unexpectedly".into()))))
+        Some(self.receivers[w].recv().unwrap_or_else(|_| Err(Error::input("data loader", "a worker thread stopped unexpectedly (an engine bug; please report it)"))))
     }
 }
 
@@ -252,6 +254,22 @@ mod tests {
             let plan = BatchPlan { ids: b.ids.clone(), views: Some(b.views.clone()), mix: Some(b.mix.clone()), seed: 0 };
             let r = render_batch(ds.as_ref(), &spec, MixKind::None, &plan, b.number).unwrap();
             assert_eq!(r.x, b.x);
+        }
+    }
+
+    #[test]
+    fn a_corrupt_recorded_mix_is_an_error_not_a_panic() {
+        let a = run(1);
+        let ds: Arc<dyn Dataset> = Arc::new(Ramp(23));
+        let spec = SampleSpec { size: 8, crop: Crop::Center, flip: false, mean: vec![0.5], std: vec![0.25] };
+        let b = &a[0];
+        let good = b.mix.clone().expect("CutMix batch");
+        let inverted_box = MixRecord { bbox: [0, 6, 4, 2], ..good.clone() };
+        let bad_lambda = MixRecord { lam: f32::NAN, ..good };
+        for mix in [inverted_box, bad_lambda] {
+            let plan = BatchPlan { ids: b.ids.clone(), views: Some(b.views.clone()), mix: Some(Some(mix)), seed: 0 };
+            let err = render_batch(ds.as_ref(), &spec, MixKind::None, &plan, b.number).map(|_| ()).unwrap_err();
+            assert!(err.to_string().contains("recorded mix of batch"), "{err}");
         }
     }
 }
