@@ -87,11 +87,13 @@ pub fn squeeze(cfg: &SqueezeConfig, spec: &ArchSpec, train: Arc<dyn Dataset>, te
     model.std = Some(cfg.std.clone());
     let k = model.num_classes;
     let sgd = (OptimKind::Sgd { momentum: cfg.momentum, nesterov: cfg.nesterov }, cfg.weight_decay);
+    let parameters = model.parameter_count();
     let mut net = learner(device, &mut model, cfg.batch_size, cfg.image_size, Some(sgd))?;
     let sched = Cosine { base: cfg.lr, total: cfg.epochs * steps_per_epoch, warmup: cfg.warmup_epochs * steps_per_epoch };
     let sample = SampleSpec { size: cfg.image_size, crop: cfg.crop, flip: cfg.flip, mean: cfg.mean.clone(), std: cfg.std.clone() };
     let progress = Progress::new((cfg.epochs * steps_per_epoch) as u64, show);
     let start = Instant::now();
+    let record = out.with_extension("json");
     let mut history = Vec::new();
     let mut step = 0usize;
     let mut dlogits = vec![0f32; cfg.batch_size * k];
@@ -161,6 +163,9 @@ pub fn squeeze(cfg: &SqueezeConfig, spec: &ArchSpec, train: Arc<dyn Dataset>, te
             rec.seconds
         ));
         history.push(rec);
+        // The record so far, so a long squeeze can be followed (and its history survives a crash).
+        let partial = summary(cfg, spec, out, parameters, train.len(), &history, start);
+        write_atomic(&record, serde_json::to_string_pretty(&partial).expect("summary serialises").as_bytes())?;
     }
     progress.finish();
     // The weights and running statistics back on the host (from a device), then the model is ours.
@@ -176,18 +181,21 @@ pub fn squeeze(cfg: &SqueezeConfig, spec: &ArchSpec, train: Arc<dyn Dataset>, te
         extra.push(("test_top1", format!("{t:.2}")));
     }
     model.save(out, &extra)?;
-    let summary = SqueezeSummary {
-        out: out.to_path_buf(),
-        arch: spec.describe(),
-        parameters: model.parameter_count(),
-        epochs: cfg.epochs,
-        images: train.len(),
-        test_top1,
-        seconds: start.elapsed().as_secs_f64(),
-        config: cfg.clone(),
-        history,
-    };
-    let record = out.with_extension("json");
+    let summary = summary(cfg, spec, out, parameters, train.len(), &history, start);
     write_atomic(&record, serde_json::to_string_pretty(&summary).expect("summary serialises").as_bytes())?;
     Ok(summary)
+}
+
+fn summary(cfg: &SqueezeConfig, spec: &ArchSpec, out: &Path, parameters: usize, images: usize, history: &[EpochRecord], start: Instant) -> SqueezeSummary {
+    SqueezeSummary {
+        out: out.to_path_buf(),
+        arch: spec.describe(),
+        parameters,
+        epochs: history.len(),
+        images,
+        test_top1: history.last().and_then(|h| h.test.as_ref().map(|t| t.top1)),
+        seconds: start.elapsed().as_secs_f64(),
+        config: cfg.clone(),
+        history: history.to_vec(),
+    }
 }
