@@ -149,4 +149,63 @@ fn squeeze_relabel_validate_round_trip_on_a_tiny_folder() {
     let mut args = vec!["relabel", "--teacher", s(&teacher), "--images", s(&subset), "--out", s(&unwritable)];
     args.extend(common);
     fails_before_training(&args, "cannot write");
+    let mut args = vec!["relabel", "--teacher", s(&teacher), "--images", s(&subset), "--out", s(&data)];
+    args.extend(common);
+    fails_before_training(&args, "is a folder");
+
+    // The test set: no default for a teacher squeezed on a folder; its classes must be the teacher's.
+    validate_test_set_errors(&teacher, &subset, &data, &common);
+    // A replay refuses another teacher's labels and records the file's augmentation, not the flags'.
+    replay_checks(dir.path(), &teacher, &subset, &data, &labels, &common);
+    // sample never mixes into an earlier set.
+    fails_with(&["sample", "--data", s(&data), "--channels", "1", "--ipc", "1", "--out", s(&subset)], "not empty");
+}
+
+fn validate_test_set_errors(teacher: &Path, subset: &Path, data: &Path, common: &[&str]) {
+    let mut args = vec!["validate", "--teacher", s(teacher), "--images", s(subset), "--epochs", "1"];
+    args.extend(common);
+    fails_before_training(&args, "--test-data is needed");
+    let two = subset.with_file_name("two_classes");
+    for c in ["c0", "c1"] {
+        std::fs::create_dir_all(two.join(c)).unwrap();
+        std::fs::copy(data.join(c).join("0.png"), two.join(c).join("0.png")).unwrap();
+    }
+    args.extend(["--test-data", s(&two)]);
+    fails_before_training(&args, "2 classes in the test set but the teacher has 3");
+}
+
+fn replay_checks(dir: &Path, teacher: &Path, subset: &Path, data: &Path, labels: &Path, common: &[&str]) {
+    let other = dir.join("other_teacher.safetensors");
+    let mut args = vec!["squeeze", "--data", s(data), "--test-data", s(data), "--out", s(&other), "--arch", "resnet18-w4", "--channels", "1", "--epochs", "1", "--batch-size", "4", "--seed", "9"];
+    args.extend(common);
+    ok(&args);
+    let mut args = vec!["validate", "--teacher", s(&other), "--images", s(subset), "--labels", s(labels), "--test-data", s(data), "--epochs", "1"];
+    args.extend(common);
+    fails_before_training(&args, "made with another teacher");
+
+    let record = dir.join("replay_record.json");
+    let mut args = vec!["validate", "--teacher", s(teacher), "--images", s(subset), "--labels", s(labels), "--test-data", s(data), "--epochs", "1"];
+    args.extend(["--mix", "none", "--batch-size", "2", "--min-scale", "1", "--record", s(&record)]);
+    args.extend(common);
+    let r = ok(&args);
+    // 6 images in the file's batches of 4: 2 steps (batches of 2 would make 3).
+    assert_eq!(r["steps"].as_u64(), Some(2));
+    let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    let aug = &rec["config"]["aug"];
+    assert_eq!((aug["mix"]["kind"].as_str(), aug["batch_size"].as_u64(), aug["min_scale"].as_f64()), (Some("cutmix"), Some(4), Some(0.08)), "{aug}");
+}
+
+#[test]
+fn image_folders_skip_hidden_folders_and_refuse_empty_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_folder(&data);
+    std::fs::create_dir_all(data.join(".ipynb_checkpoints")).unwrap();
+    let out = dir.path().join("one_each");
+    let r = ok(&["sample", "--data", s(&data), "--channels", "1", "--ipc", "1", "--out", s(&out)]);
+    // Three classes: the hidden folder took no class index.
+    assert_eq!(r["images"], 3);
+    assert!(out.join("new002/class002_id000.png").exists() && !out.join("new003").exists());
+    std::fs::create_dir_all(data.join("c1_empty")).unwrap();
+    fails_with(&["sample", "--data", s(&data), "--channels", "1", "--ipc", "1", "--out", s(&dir.path().join("x"))], "c1_empty: class folder has no");
 }

@@ -408,6 +408,28 @@ fn mix_name(m: MixKind) -> String {
     }
 }
 
+/// The inverse of [`mix_name`] (a relabel file's `mix_detail`).
+fn mix_from_name(name: &str) -> Option<MixKind> {
+    match name {
+        "none" => Some(MixKind::None),
+        "cutmix" => Some(MixKind::Cutmix),
+        _ => name.strip_prefix("mixup:")?.parse().ok().map(|alpha| MixKind::Mixup { alpha }),
+    }
+}
+
+/// In replay the views, mixes and batches are the relabel file's: the config (and so the record)
+/// takes its values, whatever the augmentation flags say.
+fn aug_from_labels(f: &super::labels::LabelFile, aug: &mut super::distill::AugmentConfig) -> Result<()> {
+    let get = |k: &str| f.meta.extra.get(k).map(String::as_str);
+    let bad = |k: &str| Error::Corrupt { path: f.path.clone(), reason: format!("metadata {k} missing or unreadable") };
+    aug.image_size = get("image_size").and_then(|v| v.parse().ok()).ok_or_else(|| bad("image_size"))?;
+    aug.min_scale = get("min_scale").and_then(|v| v.parse().ok()).ok_or_else(|| bad("min_scale"))?;
+    aug.flip = get("flip").and_then(|v| v.parse().ok()).ok_or_else(|| bad("flip"))?;
+    aug.mix = get("mix_detail").and_then(mix_from_name).ok_or_else(|| bad("mix_detail"))?;
+    aug.batch_size = f.meta.batch_size;
+    Ok(())
+}
+
 /// Flags of `cda-engine relabel`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct RelabelArgs {
@@ -423,9 +445,14 @@ pub struct RelabelArgs {
 
 pub fn relabel(a: &RelabelArgs) -> Result<()> {
     let c = &a.common;
+    crate::io::check_writable(&a.out)?;
     let (mut teacher, _, name, images, aug) = c.open()?;
     let mut extra = std::collections::BTreeMap::new();
+    let join = |v: &[f32]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
     extra.insert("teacher".to_string(), name.clone());
+    extra.insert("teacher_fingerprint".to_string(), teacher.fingerprint());
+    extra.insert("mean".to_string(), join(&aug.mean));
+    extra.insert("std".to_string(), join(&aug.std));
     extra.insert("images".to_string(), c.images.clone());
     extra.insert("image_size".to_string(), aug.image_size.to_string());
     extra.insert("min_scale".to_string(), aug.min_scale.to_string());
@@ -468,9 +495,10 @@ pub struct ValidateArgs {
     /// Soft labels stored by `relabel`; without it the teacher labels each batch online.
     #[arg(long)]
     pub labels: Option<PathBuf>,
-    /// Real test set: a dataset name (fashion-mnist) or an ImageFolder path.
-    #[arg(long, default_value = "fashion-mnist")]
-    pub test_data: String,
+    /// Real test set: a dataset name (fashion-mnist) or an ImageFolder path; default: the dataset
+    /// the teacher's metadata names, when it is one the engine reads by name.
+    #[arg(long)]
+    pub test_data: Option<String>,
     #[arg(long, default_value_t = 20.0)]
     pub temperature: f64,
     #[arg(long, default_value_t = 1e-3)]
@@ -503,15 +531,37 @@ pub fn validate(a: &ValidateArgs) -> Result<()> {
                     return Err(Error::input(p.display().to_string(), format!("labels were made for another image set than {}", c.images)));
                 }
             }
-            // The stored views were rendered at the relabel image size with the teacher's normalisation.
-            if let Some(s) = f.meta.extra.get("image_size").and_then(|s| s.parse().ok()) {
-                aug.image_size = s;
+            // The stored logits are those of one teacher's weights and normalisation (files that
+            // predate the fingerprint are taken on trust).
+            if let Some(want) = f.meta.extra.get("teacher_fingerprint") {
+                if *want != teacher.fingerprint() {
+                    let made_with = f.meta.extra.get("teacher").map_or("?", String::as_str);
+                    return Err(Error::input(p.display().to_string(), format!("labels were made with another teacher ({made_with}) than {name}; pass that one with --teacher")));
+                }
             }
+            aug_from_labels(&f, &mut aug)?;
+            eprintln!(
+                "replaying {}: its views, mixes and batches (batch {}, {}px, min-scale {}, flip {}, mix {}); --batch-size, --image-size, --min-scale, --no-flip and --mix are not used",
+                p.display(),
+                aug.batch_size,
+                aug.image_size,
+                aug.min_scale,
+                aug.flip,
+                mix_name(aug.mix)
+            );
             Some(f)
         }
         None => None,
     };
-    let test = data::open(&a.test_data, Split::Test, m.in_channels)?;
+    let test_name = match (&a.test_data, m.metadata.get("dataset")) {
+        (Some(t), _) => t.clone(),
+        (None, Some(d)) if data::dataset_norm(d).is_some() => d.clone(),
+        (None, d) => return Err(Error::Option(format!("--test-data is needed: the teacher's metadata names no dataset the engine reads by name ({d:?})"))),
+    };
+    let test = data::open(&test_name, Split::Test, m.in_channels)?;
+    if test.num_classes() != m.num_classes {
+        return Err(Error::input(test.describe(), format!("{} classes in the test set but the teacher has {}", test.num_classes(), m.num_classes)));
+    }
     let spec = match &a.student {
         Some(s) => ArchSpec::parse(s, m.stem, m.in_channels, m.num_classes)?,
         None => ArchSpec::of(&m),
@@ -583,10 +633,14 @@ pub struct SampleArgs {
 pub fn sample(a: &SampleArgs) -> Result<()> {
     use rand::{Rng, SeedableRng};
     let channels = channels_of(&a.data, a.channels);
-    let ds = data::open(&a.data, Split::Train, channels)?;
     if a.ipc == 0 {
         return Err(Error::Option("--ipc must be at least 1".into()));
     }
+    // Images left from an earlier sample would silently join the set.
+    if std::fs::read_dir(&a.out).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(Error::output(&a.out, "the folder is not empty; give a new --out"));
+    }
+    let ds = data::open(&a.data, Split::Train, channels)?;
     let classes = ds.num_classes();
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
     for i in 0..ds.len() {

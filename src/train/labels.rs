@@ -13,7 +13,8 @@
 //!                the k largest logits, their classes, and the mean of the other logits, which
 //!                stands in for every other class at replay.
 //! Metadata: format, epochs, batch_size, images, classes, image_size, topk, mix kind, min_scale, flip,
-//! mean/std, teacher, images folder, a hash of the sorted relative file list, seed.
+//! mean/std, teacher and its weights' fingerprint, images folder, a hash of the sorted relative file
+//! list, seed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -202,10 +203,9 @@ impl LabelWriter {
 }
 
 impl Drop for LabelWriter {
+    /// An unfinished or unrenamed file is removed (after a successful rename there is nothing left).
     fn drop(&mut self) {
-        if self.next_epoch != self.meta.epochs {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+        let _ = std::fs::remove_file(&self.tmp);
     }
 }
 

@@ -271,6 +271,21 @@ impl TrainModel {
         }
     }
 
+    /// FNV-1a over every parameter, running statistic and the normalisation: tells one set of
+    /// weights from another (a relabel file records its teacher's, validate checks it).
+    pub fn fingerprint(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let floats = self.params.iter().flat_map(|p| &p.data).chain(self.convs.iter().flat_map(|c| c.running_mean.iter().chain(&c.running_var)));
+        let norm = self.mean.iter().chain(&self.std).flatten();
+        for v in floats.chain(norm) {
+            for b in v.to_bits().to_le_bytes() {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        format!("{h:016x}")
+    }
+
     pub fn parameter_count(&self) -> usize {
         self.params.iter().map(|p| p.data.len()).sum()
     }
