@@ -16,6 +16,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |f| f.write_all(bytes))
 }
 
+/// Removes `path`'s temporary siblings (`.name.tmpPID`) left by processes that no longer run (a
+/// killed relabel leaves one as large as its file). Where liveness cannot be told (no /proc), nothing.
+pub(crate) fn remove_stale_temps(path: &Path) {
+    let (Some(name), Some(dir)) = (path.file_name(), path.parent()) else { return };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let prefix = format!(".{}.tmp", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file.strip_prefix(&prefix).filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) else { continue };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Fails now, not after hours of training, when `path` cannot be written: creates missing parent
 /// folders, then creates and removes the temporary sibling a later [`write_atomic`] would use.
 pub fn check_writable(path: &Path) -> Result<()> {
@@ -47,4 +66,28 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> s
         return Err(Error::output(path, e));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_temporaries_of_dead_processes_go_and_live_ones_stay() {
+        if !Path::new("/proc/self").exists() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("labels.safetensors");
+        // Above any pid_max Linux allows (2^22), so never a running process.
+        let dead = dir.path().join(".labels.safetensors.tmp999999999");
+        let live = temp_sibling(&target);
+        let other = dir.path().join(".other.safetensors.tmp999999999");
+        for p in [&dead, &live, &other] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        remove_stale_temps(&target);
+        assert!(!dead.exists());
+        assert!(live.exists() && other.exists());
+    }
 }

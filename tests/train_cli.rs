@@ -99,10 +99,16 @@ fn squeeze_relabel_validate_round_trip_on_a_tiny_folder() {
     assert!(rec["history"][1]["test"]["top1"].as_f64().is_some() && rec["history"][0]["test"].is_null());
 
     // Online (no label file), teacher's architecture as the student, MixUp.
+    let student = dir.path().join("student.safetensors");
     let mut args = vec!["validate", "--teacher", s(&teacher), "--images", s(&subset), "--test-data", s(&data), "--epochs", "2", "--batch-size", "3", "--mix", "mixup", "--temperature", "4"];
+    args.extend(["--save-student", s(&student)]);
     args.extend(common);
     let r = ok(&args);
     assert_eq!((r["epochs"].as_u64(), r["steps"].as_u64(), r["labels"].as_str()), (Some(2), Some(4), Some("online")));
+    // The saved student is the trained one: `evaluate` (the inference network, read back from the
+    // file) scores it on the same 12 test images exactly as validate's last evaluation did.
+    let e = ok(&["evaluate", "--weights", s(&student), "--images", s(&data), "--threads", "1"]);
+    assert_eq!(e["top1"].as_f64(), r["top1"].as_f64(), "evaluate {e} vs validate {r}");
 
     // Errors: more epochs than the file holds, labels for another set, bad student, a non-label file.
     let mut args = vec!["validate", "--teacher", s(&teacher), "--images", s(&subset), "--labels", s(&labels), "--test-data", s(&data), "--epochs", "4"];

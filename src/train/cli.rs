@@ -511,6 +511,9 @@ pub struct ValidateArgs {
     /// JSON record (settings, per-epoch loss and top-1), rewritten after every epoch.
     #[arg(long)]
     pub record: Option<PathBuf>,
+    /// Save the trained student here (safetensors with torchvision names and metadata, as squeeze's).
+    #[arg(long)]
+    pub save_student: Option<PathBuf>,
 }
 
 pub fn validate(a: &ValidateArgs) -> Result<()> {
@@ -519,8 +522,8 @@ pub fn validate(a: &ValidateArgs) -> Result<()> {
     check_number("lr", a.lr, a.lr > 0.0, "a positive number")?;
     check_number("weight-decay", a.weight_decay, a.weight_decay >= 0.0, "a number >= 0")?;
     check_number("temperature", a.temperature, a.temperature > 0.0, "a positive number")?;
-    if let Some(r) = &a.record {
-        crate::io::check_writable(r)?;
+    for path in a.record.iter().chain(&a.save_student) {
+        crate::io::check_writable(path)?;
     }
     let (mut teacher, m, name, images, mut aug) = c.open()?;
     let labels = match &a.labels {
@@ -600,6 +603,15 @@ pub fn validate(a: &ValidateArgs) -> Result<()> {
     );
     let s = pool.install(|| super::distill::validate(&mut teacher, &mut student, images, labels.as_ref(), test, &cfg, a.record.as_deref(), show, device))?;
     eprintln!("student top-1 {:.2}% after {} epochs ({:.0}s)", s.top1, s.epochs, s.seconds);
+    if let Some(path) = &a.save_student {
+        let mut extra = vec![("image_size", cfg.aug.image_size.to_string()), ("test_top1", format!("{:.2}", s.top1))];
+        extra.push(("recipe", format!("cda-engine {} validate --images {} --teacher {name} --epochs {} --seed {}", env!("CARGO_PKG_VERSION"), c.images, c.epochs, c.seed)));
+        if let Some(d) = m.metadata.get("dataset") {
+            extra.push(("dataset", d.clone()));
+        }
+        student.save(path, &extra)?;
+        eprintln!("wrote {}", path.display());
+    }
     let line = serde_json::json!({
         "top1": s.top1, "best_top1": s.best_top1, "epochs": s.epochs, "images": s.images, "steps": s.steps,
         "student": s.student, "teacher": name, "labels": cfg.labels, "temperature": a.temperature,

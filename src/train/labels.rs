@@ -125,6 +125,7 @@ impl LabelWriter {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| Error::output(parent, e))?;
         }
+        crate::io::remove_stale_temps(path);
         let tmp = crate::io::temp_sibling(path);
         let f = File::create(&tmp).map_err(|e| Error::output(path, e))?;
         let mut file = std::io::BufWriter::new(f);
