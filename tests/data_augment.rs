@@ -1,11 +1,12 @@
 //! Data: the crop/resize/flip rendering against torchvision's tensor path
 //! (tests/fixtures/make_train_fixtures.py, `augment_cases`), and the Fashion-MNIST IDX reader on the
-//! Debian package's files (CI installs dataset-fashion-mnist; set FASHION_MNIST_DIR elsewhere).
+//! Debian package's files (CI installs dataset-fashion-mnist; set FASHION_MNIST_DIR elsewhere). The
+//! evaluation view against torchvision's PIL Resize + CenterCrop (tests/fixtures/make_eval_fixtures.py).
 
 mod common;
 
-use common::{assert_close, load, tensor};
-use cda_engine::data::augment::{render, View};
+use common::{assert_close, diff, load, tensor};
+use cda_engine::data::augment::{render, render_eval, View};
 use cda_engine::data::{self, Dataset, Image, Split};
 
 /// Bilinear taps in f32 against a float64 reference of [0, 1] pixels: 1e-6 of the scale (a few ulps);
@@ -22,6 +23,25 @@ fn views_match_torchvision_resized_crop_padded_crop_and_flip() {
         let mut out = vec![0.0; img.c * size * size];
         render(&img, &v, size, &mut out);
         assert_close(name, &out, &tensor(&f, name).data, 1e-6);
+    }
+}
+
+/// The evaluation view against torchvision's Resize(size / 0.875) + CenterCrop(size) on PIL float
+/// images (tests/fixtures/make_eval_fixtures.py): PIL resamples in double, we in f32 with a handful of
+/// taps per pass, so 1e-6 (a few ulps of [0, 1] pixels; 1.8e-7 measured). A half-pixel shift, the
+/// wrong crop offset or no antialiasing moves random pixels by tenths.
+#[test]
+fn evaluation_view_matches_torchvision_resize_and_center_crop() {
+    let f = load("train/eval_resize.safetensors");
+    for name in ["landscape_rgb", "portrait_grey", "upscale_rgb", "same_size"] {
+        let src = tensor(&f, &format!("{name}.image"));
+        let img = Image { c: src.shape[0], h: src.shape[1], w: src.shape[2], data: src.data.clone() };
+        let size = tensor(&f, &format!("{name}.size")).data[0] as usize;
+        let mut out = vec![0.0; img.c * size * size];
+        render_eval(&img, size, &mut out);
+        let d = diff(&out, &tensor(&f, &format!("{name}.out")).data);
+        println!("{name:<16} max abs {:.3e}", d.max_abs);
+        assert!(d.max_abs <= 1e-6, "{name}: max abs error {:.3e} exceeds 1e-6", d.max_abs);
     }
 }
 

@@ -8,7 +8,10 @@
 //!   torchvision's parameter sampling (`recover::augment::sample_resized_crop`) and a bilinear resize
 //!   of the window to size x size (align_corners = False, no antialias: torchvision's tensor path).
 //! - `Crop::Center`: the whole image when it already has the target size, else resize the shorter
-//!   side to `size` and take the centre (evaluation).
+//!   side to `size` and take the centre.
+//! - `Crop::Eval`: the official validate's test transform, Resize(size / 0.875) + CenterCrop(size)
+//!   on PIL images (antialiased bilinear; 256 then 224 for ImageNet); an image already size x size
+//!   is taken as is.
 //! - flip: horizontal, probability 0.5.
 //! Per batch (`Mix`), SRe2L / FKD style, one permutation per batch:
 //! - CutMix: lam ~ Beta(1, 1); the official `rand_bbox`: cut = sqrt(1 - lam), box of
@@ -27,6 +30,7 @@ use crate::recover::augment::sample_resized_crop;
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Crop {
     Center,
+    Eval,
     Pad { padding: usize },
     Resized { min_scale: f64, max_scale: f64 },
 }
@@ -63,6 +67,7 @@ pub struct MixRecord {
 pub fn sample_view<R: Rng>(rng: &mut R, crop: Crop, flip: bool, h: usize, w: usize, size: usize) -> View {
     let mut v = match crop {
         Crop::Center => center_view(h, w, size),
+        Crop::Eval => eval_view(h, w, size),
         Crop::Pad { padding } => {
             // torchvision RandomCrop: pad, then offsets uniform over the padded image.
             let (ph, pw) = (h + 2 * padding, w + 2 * padding);
@@ -86,6 +91,70 @@ pub fn center_view(h: usize, w: usize, size: usize) -> View {
     }
     let s = h.min(w);
     View { top: ((h - s) / 2) as i32, left: ((w - s) / 2) as i32, h: s as i32, w: s as i32, flip: false }
+}
+
+/// Evaluation crop ratio of the official validate (CenterCrop 224 of Resize 256).
+pub const EVAL_CROP_RATIO: f64 = 0.875;
+
+/// The source window `render_eval` shows, for the record: the centred square of the shorter side
+/// times EVAL_CROP_RATIO (the whole image when it is already size x size).
+pub fn eval_view(h: usize, w: usize, size: usize) -> View {
+    if h == size && w == size {
+        return View { top: 0, left: 0, h: h as i32, w: w as i32, flip: false };
+    }
+    let s = ((h.min(w) as f64 * EVAL_CROP_RATIO).round() as usize).max(1);
+    View { top: ((h - s) / 2) as i32, left: ((w - s) / 2) as i32, h: s as i32, w: s as i32, flip: false }
+}
+
+/// PIL's antialiased bilinear resampling of an axis of `input` samples to `output`: per output
+/// sample, the first input index and the normalised triangle weights (support widened by the
+/// downscale factor; plain bilinear when upscaling), as PIL's `precompute_coeffs`.
+fn pil_bilinear_weights(input: usize, output: usize) -> Vec<(usize, Vec<f32>)> {
+    let scale = input as f64 / output as f64;
+    let filter_scale = scale.max(1.0);
+    (0..output)
+        .map(|o| {
+            let center = (o as f64 + 0.5) * scale;
+            let first = (center - filter_scale + 0.5).max(0.0) as usize;
+            let end = ((center + filter_scale + 0.5) as usize).min(input);
+            let w: Vec<f64> = (first..end).map(|x| (1.0 - ((x as f64 - center + 0.5) / filter_scale).abs()).max(0.0)).collect();
+            let sum: f64 = w.iter().sum();
+            (first, w.iter().map(|v| (v / sum) as f32).collect())
+        })
+        .collect()
+}
+
+/// The official test transform (`Crop::Eval`) of `img` into `out` (C x size x size): resize the
+/// shorter side to round(size / EVAL_CROP_RATIO) with torchvision's rounding of the longer side,
+/// then the centre size x size (Python's round-half-even offsets), computing only the kept pixels.
+pub fn render_eval(img: &Image, size: usize, out: &mut [f32]) {
+    let (c, h, w) = (img.c, img.h, img.w);
+    assert_eq!(out.len(), c * size * size, "render_eval output");
+    if h == size && w == size {
+        out.copy_from_slice(&img.data);
+        return;
+    }
+    let short = (size as f64 / EVAL_CROP_RATIO).round() as usize;
+    let (rh, rw) = if h <= w { (short, (short as f64 * w as f64 / h as f64) as usize) } else { ((short as f64 * h as f64 / w as f64) as usize, short) };
+    let top = ((rh - size) as f64 / 2.0).round_ties_even() as usize;
+    let left = ((rw - size) as f64 / 2.0).round_ties_even() as usize;
+    let rows = &pil_bilinear_weights(h, rh)[top..top + size];
+    let cols = &pil_bilinear_weights(w, rw)[left..left + size];
+    // Horizontal pass first, as PIL: every source row at the kept columns, then the vertical pass.
+    let mut wide = vec![0f32; h * size];
+    for ch in 0..c {
+        let src = &img.data[ch * h * w..(ch + 1) * h * w];
+        for (y, row) in wide.chunks_mut(size).enumerate() {
+            for (o, (first, wts)) in row.iter_mut().zip(cols) {
+                *o = wts.iter().zip(&src[y * w + first..]).map(|(a, b)| a * b).sum();
+            }
+        }
+        for (oy, (first, wts)) in rows.iter().enumerate() {
+            for ox in 0..size {
+                out[(ch * size + oy) * size + ox] = wts.iter().enumerate().map(|(i, a)| a * wide[(first + i) * size + ox]).sum();
+            }
+        }
+    }
 }
 
 /// Renders a view of `img` into `out` (C x size x size): zeros outside the source; a window of the

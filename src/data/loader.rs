@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::augment::{apply_mix, normalize, render, sample_mix, sample_view, Crop, MixKind, MixRecord, View};
+use super::augment::{apply_mix, normalize, render, render_eval, sample_mix, sample_view, Crop, MixKind, MixRecord, View};
 use super::Dataset;
 use crate::error::{Error, Result};
 
@@ -105,7 +105,11 @@ pub fn render_batch(ds: &dyn Dataset, spec: &SampleSpec, mix: MixKind, plan: &Ba
             return Err(Error::input(ds.describe(), format!("view {v:?} does not fit image {id} ({}x{})", img.h, img.w)));
         }
         let out = &mut x[k * len..(k + 1) * len];
-        render(&img, &v, spec.size, out);
+        if spec.crop == Crop::Eval && plan.views.is_none() {
+            render_eval(&img, spec.size, out);
+        } else {
+            render(&img, &v, spec.size, out);
+        }
         normalize(out, c, &spec.mean, &spec.std);
         views.push(v);
         labels.push(ds.label(id));

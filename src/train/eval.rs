@@ -39,7 +39,7 @@ pub fn evaluate(model: &mut TrainModel, ds: Arc<dyn Dataset>, size: usize, mean:
         return Err(Error::input(ds.describe(), format!("{}-channel images for a {}-channel model", ds.channels(), model.in_channels)));
     }
     let batch = batch.min(ds.len()).max(1);
-    let spec = SampleSpec { size, crop: Crop::Center, flip: false, mean: mean.to_vec(), std: std.to_vec() };
+    let spec = SampleSpec { size, crop: Crop::Eval, flip: false, mean: mean.to_vec(), std: std.to_vec() };
     let plans = plan_epoch(&epoch_order(ds.len(), 0, 0, false), batch, false, 0, 0);
     let mut net = TrainNet::new(model, batch, size, size)?;
     let k = model.num_classes;
