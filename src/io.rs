@@ -16,23 +16,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |f| f.write_all(bytes))
 }
 
-/// Removes `path`'s temporary siblings (`.name.tmpPID`) left by processes that no longer run (a
-/// killed relabel leaves one as large as its file). Where liveness cannot be told (no /proc), nothing.
+/// Removes `path`'s temporary siblings (`.name.tmpPID`) that no process is writing: a killed relabel
+/// leaves one as large as its file. A writer holds an exclusive lock on its temporary file
+/// ([`lock_temp`]), so a sibling whose lock can be taken is stale; one that cannot be checked stays.
 pub(crate) fn remove_stale_temps(path: &Path) {
     let (Some(name), Some(dir)) = (path.file_name(), path.parent()) else { return };
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
     let prefix = format!(".{}.tmp", name.to_string_lossy());
     let Ok(entries) = std::fs::read_dir(dir) else { return };
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
     for entry in entries.flatten() {
         let file = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = file.strip_prefix(&prefix).filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) else { continue };
-        if !Path::new("/proc").join(pid).exists() {
+        if !file.strip_prefix(&prefix).is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+            continue;
+        }
+        let Ok(f) = std::fs::OpenOptions::new().write(true).open(entry.path()) else { continue };
+        if f.try_lock().is_ok() {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+}
+
+/// Marks a temporary file as being written (for [`remove_stale_temps`]) until `f` is closed.
+pub(crate) fn lock_temp(f: &std::fs::File, path: &Path) -> Result<()> {
+    f.lock().map_err(|e| Error::output(path, format!("cannot lock the temporary file: {e}")))
 }
 
 /// Fails now, not after hours of training, when `path` cannot be written: creates missing parent
@@ -73,21 +79,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stale_temporaries_of_dead_processes_go_and_live_ones_stay() {
-        if !Path::new("/proc/self").exists() {
-            return;
-        }
+    fn stale_temporaries_go_and_ones_being_written_stay() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("labels.safetensors");
-        // Above any pid_max Linux allows (2^22), so never a running process.
-        let dead = dir.path().join(".labels.safetensors.tmp999999999");
+        let stale = dir.path().join(".labels.safetensors.tmp12345");
         let live = temp_sibling(&target);
-        let other = dir.path().join(".other.safetensors.tmp999999999");
-        for p in [&dead, &live, &other] {
+        let other = dir.path().join(".other.safetensors.tmp12345");
+        for p in [&stale, &live, &other] {
             std::fs::write(p, b"x").unwrap();
         }
+        // The live one is held as a writer holds it; a separate open file description, as another
+        // process would have, cannot take the lock.
+        let writer = std::fs::OpenOptions::new().write(true).open(&live).unwrap();
+        lock_temp(&writer, &live).unwrap();
         remove_stale_temps(&target);
-        assert!(!dead.exists());
+        assert!(!stale.exists());
         assert!(live.exists() && other.exists());
+        drop(writer);
+        remove_stale_temps(&target);
+        assert!(!live.exists());
     }
 }

@@ -107,13 +107,12 @@ pub fn eval_view(h: usize, w: usize, size: usize) -> View {
 }
 
 /// PIL's antialiased bilinear resampling of an axis of `input` samples to `output`: per output
-/// sample, the first input index and the normalised triangle weights (support widened by the
-/// downscale factor; plain bilinear when upscaling), as PIL's `precompute_coeffs`.
-fn pil_bilinear_weights(input: usize, output: usize) -> Vec<(usize, Vec<f32>)> {
+/// sample in `kept`, the first input index and the normalised triangle weights (support widened by
+/// the downscale factor; plain bilinear when upscaling), as PIL's `precompute_coeffs`.
+fn pil_bilinear_weights(input: usize, output: usize, kept: std::ops::Range<usize>) -> Vec<(usize, Vec<f32>)> {
     let scale = input as f64 / output as f64;
     let filter_scale = scale.max(1.0);
-    (0..output)
-        .map(|o| {
+    kept.map(|o| {
             let center = (o as f64 + 0.5) * scale;
             let first = (center - filter_scale + 0.5).max(0.0) as usize;
             let end = ((center + filter_scale + 0.5) as usize).min(input);
@@ -138,14 +137,14 @@ pub fn render_eval(img: &Image, size: usize, out: &mut [f32]) {
     let (rh, rw) = if h <= w { (short, (short as f64 * w as f64 / h as f64) as usize) } else { ((short as f64 * h as f64 / w as f64) as usize, short) };
     let top = ((rh - size) as f64 / 2.0).round_ties_even() as usize;
     let left = ((rw - size) as f64 / 2.0).round_ties_even() as usize;
-    let rows = &pil_bilinear_weights(h, rh)[top..top + size];
-    let cols = &pil_bilinear_weights(w, rw)[left..left + size];
+    let rows = pil_bilinear_weights(h, rh, top..top + size);
+    let cols = pil_bilinear_weights(w, rw, left..left + size);
     // Horizontal pass first, as PIL: every source row at the kept columns, then the vertical pass.
     let mut wide = vec![0f32; h * size];
     for ch in 0..c {
         let src = &img.data[ch * h * w..(ch + 1) * h * w];
         for (y, row) in wide.chunks_mut(size).enumerate() {
-            for (o, (first, wts)) in row.iter_mut().zip(cols) {
+            for (o, (first, wts)) in row.iter_mut().zip(&cols) {
                 *o = wts.iter().zip(&src[y * w + first..]).map(|(a, b)| a * b).sum();
             }
         }

@@ -224,6 +224,9 @@ pub fn squeeze(a: &SqueezeArgs) -> Result<()> {
         (None, Some((h, w))) if h == w => h,
         (None, other) => return Err(Error::Option(format!("--image-size is needed (the images are {other:?})"))),
     };
+    if size == 0 {
+        return Err(Error::Option("--image-size must be at least 1".into()));
+    }
     let stem = match a.stem.as_deref() {
         Some(s) => Stem::parse(s).ok_or_else(|| Error::Option(format!("--stem {s}: expected imagenet or cifar")))?,
         None if size <= 64 => Stem::Cifar,
@@ -380,6 +383,9 @@ impl DistillArgs {
         let (tm, m, name) = load_teacher(self.teacher.as_deref())?;
         let images = data::open(&self.images, Split::Train, m.in_channels)?;
         let size = teacher_size(&m, self.image_size, images.as_ref())?;
+        if size == 0 {
+            return Err(Error::Option("--image-size must be at least 1".into()));
+        }
         let (mean, std) = teacher_norm(&m, &name)?;
         if !(self.min_scale > 0.0 && self.min_scale <= 1.0) {
             return Err(Error::Option(format!("--min-scale {}: expected 0 < scale <= 1", self.min_scale)));
@@ -422,7 +428,7 @@ fn mix_from_name(name: &str) -> Option<MixKind> {
 fn aug_from_labels(f: &super::labels::LabelFile, aug: &mut super::distill::AugmentConfig) -> Result<()> {
     let get = |k: &str| f.meta.extra.get(k).map(String::as_str);
     let bad = |k: &str| Error::Corrupt { path: f.path.clone(), reason: format!("metadata {k} missing or unreadable") };
-    aug.image_size = get("image_size").and_then(|v| v.parse().ok()).ok_or_else(|| bad("image_size"))?;
+    aug.image_size = get("image_size").and_then(|v| v.parse().ok()).filter(|&s| s > 0).ok_or_else(|| bad("image_size"))?;
     aug.min_scale = get("min_scale").and_then(|v| v.parse().ok()).ok_or_else(|| bad("min_scale"))?;
     aug.flip = get("flip").and_then(|v| v.parse().ok()).ok_or_else(|| bad("flip"))?;
     aug.mix = get("mix_detail").and_then(mix_from_name).ok_or_else(|| bad("mix_detail"))?;

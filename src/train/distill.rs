@@ -100,6 +100,10 @@ pub fn relabel(teacher: &mut TrainModel, images: Arc<dyn Dataset>, aug: &Augment
             progress.step(|| format!("epoch {}/{epochs}", epoch + 1));
         }
         writer.write_epoch(&rec)?;
+        if !show {
+            // Without a progress bar (logs, pipes) a line per epoch, as validate writes.
+            progress.line(&format!("epoch {}/{epochs}: {n} views labelled", epoch + 1));
+        }
     }
     writer.finish()?;
     progress.finish();

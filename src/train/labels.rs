@@ -128,6 +128,7 @@ impl LabelWriter {
         crate::io::remove_stale_temps(path);
         let tmp = crate::io::temp_sibling(path);
         let f = File::create(&tmp).map_err(|e| Error::output(path, e))?;
+        crate::io::lock_temp(&f, path)?;
         let mut file = std::io::BufWriter::new(f);
         let w = |file: &mut std::io::BufWriter<File>, b: &[u8]| file.write_all(b).map_err(|e| Error::output(path, e));
         w(&mut file, &(text.len() as u64).to_le_bytes())?;
