@@ -212,9 +212,6 @@ pub fn squeeze(a: &SqueezeArgs) -> Result<()> {
     check_number("lr", a.lr, a.lr > 0.0, "a positive number")?;
     check_number("momentum", a.momentum, (0.0..1.0).contains(&a.momentum), "0 <= momentum < 1")?;
     check_number("weight-decay", a.weight_decay, a.weight_decay >= 0.0, "a number >= 0")?;
-    if a.epochs == 0 || a.batch_size == 0 {
-        return Err(Error::Option("--epochs and --batch-size must be at least 1".into()));
-    }
     crate::io::check_writable(&a.out)?;
     crate::io::check_writable(&a.out.with_extension("json"))?;
     let channels = channels_of(&a.data, a.channels);
@@ -390,8 +387,8 @@ impl DistillArgs {
         if !(self.min_scale > 0.0 && self.min_scale <= 1.0) {
             return Err(Error::Option(format!("--min-scale {}: expected 0 < scale <= 1", self.min_scale)));
         }
-        if self.batch_size == 0 || self.epochs == 0 {
-            return Err(Error::Option("--epochs and --batch-size must be at least 1".into()));
+        if self.batch_size == 0 {
+            return Err(Error::Option("--batch-size must be at least 1".into()));
         }
         let aug = super::distill::AugmentConfig {
             image_size: size,
@@ -527,7 +524,6 @@ pub fn validate(a: &ValidateArgs) -> Result<()> {
     // Bad options and an unwritable --record fail here, not after the first epoch.
     check_number("lr", a.lr, a.lr > 0.0, "a positive number")?;
     check_number("weight-decay", a.weight_decay, a.weight_decay >= 0.0, "a number >= 0")?;
-    check_number("temperature", a.temperature, a.temperature > 0.0, "a positive number")?;
     for path in a.record.iter().chain(&a.save_student) {
         crate::io::check_writable(path)?;
     }

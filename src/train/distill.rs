@@ -160,8 +160,8 @@ pub fn validate(teacher: &mut TrainModel, student: &mut TrainModel, images: Arc<
     if cfg.epochs == 0 {
         return Err(Error::Option("--epochs must be at least 1".into()));
     }
-    if !(cfg.temperature > 0.0) {
-        return Err(Error::Option(format!("--temperature {}: must be positive", cfg.temperature)));
+    if !(cfg.temperature > 0.0 && cfg.temperature.is_finite()) {
+        return Err(Error::Option(format!("--temperature {}: must be a positive number", cfg.temperature)));
     }
     let n = images.len();
     let k = teacher.num_classes;
