@@ -208,12 +208,10 @@ pub fn channels_of(data: &str, flag: usize) -> usize {
 }
 
 pub fn squeeze(a: &SqueezeArgs) -> Result<()> {
-    // Bad options and an unwritable --out fail here, not after the training.
+    // Bad numbers fail here, not after the training (the outputs are checked by `squeeze::squeeze`).
     check_number("lr", a.lr, a.lr > 0.0, "a positive number")?;
     check_number("momentum", a.momentum, (0.0..1.0).contains(&a.momentum), "0 <= momentum < 1")?;
     check_number("weight-decay", a.weight_decay, a.weight_decay >= 0.0, "a number >= 0")?;
-    crate::io::check_writable(&a.out)?;
-    crate::io::check_writable(&a.out.with_extension("json"))?;
     let channels = channels_of(&a.data, a.channels);
     let (train, test) = open_train_test(&a.data, a.test_data.as_deref(), channels)?;
     let size = match (a.image_size, train.image_size()) {
@@ -448,7 +446,6 @@ pub struct RelabelArgs {
 
 pub fn relabel(a: &RelabelArgs) -> Result<()> {
     let c = &a.common;
-    crate::io::check_writable(&a.out)?;
     let (mut teacher, _, name, images, aug) = c.open()?;
     let mut extra = std::collections::BTreeMap::new();
     let join = |v: &[f32]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
@@ -521,10 +518,11 @@ pub struct ValidateArgs {
 
 pub fn validate(a: &ValidateArgs) -> Result<()> {
     let c = &a.common;
-    // Bad options and an unwritable --record fail here, not after the first epoch.
+    // Bad numbers and an unwritable --save-student fail here, not after the training (--record is
+    // checked by `distill::validate`, which writes it).
     check_number("lr", a.lr, a.lr > 0.0, "a positive number")?;
     check_number("weight-decay", a.weight_decay, a.weight_decay >= 0.0, "a number >= 0")?;
-    for path in a.record.iter().chain(&a.save_student) {
+    if let Some(path) = &a.save_student {
         crate::io::check_writable(path)?;
     }
     let (mut teacher, m, name, images, mut aug) = c.open()?;

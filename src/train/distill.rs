@@ -27,7 +27,7 @@ use crate::data::augment::{Crop, MixKind};
 use crate::data::loader::{epoch_order, plan_epoch, BatchPlan, EpochLoader, SampleSpec};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::io::write_atomic;
+use crate::io::{check_writable, write_atomic};
 use crate::ops::kd_loss::cpu::kl_div;
 
 /// Augmentation and batching shared by relabel and online validate.
@@ -159,6 +159,9 @@ pub fn validate(teacher: &mut TrainModel, student: &mut TrainModel, images: Arc<
     }
     if cfg.epochs == 0 {
         return Err(Error::Option("--epochs must be at least 1".into()));
+    }
+    if let Some(path) = record {
+        check_writable(path)?;
     }
     if !(cfg.temperature > 0.0 && cfg.temperature.is_finite()) {
         return Err(Error::Option(format!("--temperature {}: must be a positive number", cfg.temperature)));

@@ -122,9 +122,8 @@ impl LabelWriter {
         while text.len() % 8 != 0 {
             text.push(b' ');
         }
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| Error::output(parent, e))?;
-        }
+        // A folder or unwritable place fails here, before any epoch, not at the final rename.
+        crate::io::check_writable(path)?;
         crate::io::remove_stale_temps(path);
         let tmp = crate::io::temp_sibling(path);
         let f = File::create(&tmp).map_err(|e| Error::output(path, e))?;

@@ -22,7 +22,7 @@ use crate::data::augment::{Crop, MixKind};
 use crate::data::loader::{epoch_order, plan_epoch, EpochLoader, SampleSpec};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::io::write_atomic;
+use crate::io::{check_writable, write_atomic};
 use crate::ops::kd_loss::cpu::soft_cross_entropy;
 use crate::ops::softmax_ce::cpu::softmax_ce;
 
@@ -78,6 +78,10 @@ pub fn squeeze(cfg: &SqueezeConfig, spec: &ArchSpec, train: Arc<dyn Dataset>, te
     if cfg.epochs == 0 || cfg.batch_size == 0 {
         return Err(Error::Option("--epochs and --batch-size must be at least 1".into()));
     }
+    // Both outputs are checked now, not after the training.
+    let record = out.with_extension("json");
+    check_writable(out)?;
+    check_writable(&record)?;
     let steps_per_epoch = train.len() / cfg.batch_size;
     if steps_per_epoch == 0 {
         return Err(Error::Option(format!("--batch-size {} is larger than the dataset ({} images)", cfg.batch_size, train.len())));
@@ -93,7 +97,6 @@ pub fn squeeze(cfg: &SqueezeConfig, spec: &ArchSpec, train: Arc<dyn Dataset>, te
     let sample = SampleSpec { size: cfg.image_size, crop: cfg.crop, flip: cfg.flip, mean: cfg.mean.clone(), std: cfg.std.clone() };
     let progress = Progress::new((cfg.epochs * steps_per_epoch) as u64, show);
     let start = Instant::now();
-    let record = out.with_extension("json");
     let mut history = Vec::new();
     let mut step = 0usize;
     let mut dlogits = vec![0f32; cfg.batch_size * k];
