@@ -145,6 +145,17 @@ enum Command {
         #[command(flatten)]
         args: cda_engine::train::cli::SampleArgs,
     },
+    /// RDED's set with no optimisation: per class, random crops of real images scored by the teacher,
+    /// the best stitched factor x factor into each image (an ImageFolder in `run`'s layout).
+    Select {
+        #[command(flatten)]
+        args: cda_engine::recover::cli::SelectArgs,
+        #[arg(long, value_enum, default_value_t = Device::Auto)]
+        device: Device,
+        /// CPU threads (0 = all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -169,6 +180,7 @@ fn main() -> ExitCode {
         Command::Relabel { args } => cda_engine::train::cli::relabel(&args),
         Command::Validate { args } => cda_engine::train::cli::validate(&args),
         Command::Sample { args } => cda_engine::train::cli::sample(&args),
+        Command::Select { args, device, threads } => select(&args, device, threads),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -266,9 +278,38 @@ fn cpu_for(device: Device, threads: usize) -> Result<CpuBackend> {
     }
 }
 
+/// Writes RDED's selection (`select`, `run --method rded`) and prints its JSON summary.
+fn write_selection(model: &ResNet, s: &cda_engine::recover::select::SelectSettings, out: &std::path::Path, device: Device, threads: usize) -> Result<()> {
+    struct Select<'a> {
+        model: &'a ResNet,
+        s: &'a cda_engine::recover::select::SelectSettings,
+        out: &'a std::path::Path,
+    }
+    impl BackendTask for Select<'_> {
+        type Output = cda_engine::recover::select::SelectRecord;
+        fn run<B: Backend>(self, backend: &B) -> Result<Self::Output> {
+            cda_engine::recover::select::select(backend, self.model, self.s, self.out)
+        }
+    }
+    let r = with_backend(device, threads, Select { model, s, out })?;
+    let line = serde_json::json!({"out": out, "images": r.images.len(), "factor": r.init.factor, "seconds": r.seconds});
+    println!("{line}");
+    Ok(())
+}
+
+fn select(args: &cda_engine::recover::cli::SelectArgs, device: Device, threads: usize) -> Result<()> {
+    let (model, teacher) = load_teacher(args.weights.as_deref())?;
+    let s = cda_engine::recover::cli::select_settings(args, &model, &teacher)?;
+    write_selection(&model, &s, &args.out, device, threads)
+}
+
 fn run(args: &RunArgs, device: Device, threads: usize, quiet: bool) -> Result<()> {
     let (model, teacher) = load_teacher(args.weights.as_deref())?;
     let (settings, out) = cda_engine::recover::cli::settings(args, &model, &teacher)?;
+    if args.method == cda_engine::recover::cli::Method::Rded {
+        let s = cda_engine::recover::select::SelectSettings::from_run(&settings, model.in_channels);
+        return write_selection(&model, &s, &out, device, threads);
+    }
     struct Run<'a> {
         model: &'a ResNet,
         teacher: &'a str,

@@ -9,7 +9,7 @@ use cda_engine::backend::Backend;
 use cda_engine::model::ResNet;
 use cda_engine::ops::crop_resize::CropParams;
 use cda_engine::recover::schedule::{cosine_lr, min_crop_scale, Curriculum};
-use cda_engine::recover::{ClipMode, RecoverConfig, Recoverer};
+use cda_engine::recover::{ClipMode, RecoverConfig, Recoverer, Residual};
 use cda_engine::weights::TensorFile;
 use common::{assert_close, diff, fixture, load, tensor};
 
@@ -28,6 +28,8 @@ struct Case {
     n: usize,
     res: usize,
     iterations: usize,
+    /// FADRM's data residual, for the cases made with one.
+    residual: Option<Residual>,
 }
 
 fn case(name: &str) -> Case {
@@ -54,7 +56,8 @@ fn case(name: &str) -> Case {
     };
     let n = meta_f64(&traj, "n") as usize;
     let res = meta_f64(&traj, "res") as usize;
-    Case { model, traj, cfg, n, res, iterations }
+    let residual = traj.metadata.get("residual_every").map(|_| Residual { every: meta_f64(&traj, "residual_every") as usize, alpha: meta_f64(&traj, "residual_alpha") });
+    Case { model, traj, cfg, n, res, iterations, residual }
 }
 
 fn replay_params(c: &Case, t: usize) -> Vec<CropParams> {
@@ -127,9 +130,13 @@ fn check_trajectory(c: &Case) {
 
 fn check_trajectory_on<B: Backend>(backend: &B, c: &Case) -> bool {
     let mut rec = Recoverer::new(backend, &c.model, &c.cfg, c.n, c.res, c.res).unwrap();
-    rec.reset(&tensor(&c.traj, "init").data, &targets(c)).unwrap();
+    rec.residual = c.residual;
+    let init = &tensor(&c.traj, "init").data;
+    rec.reset(init, &targets(c)).unwrap();
     for t in 0..c.iterations {
         let point = rec.step(t, &replay_params(c, t), true).unwrap().unwrap();
+        let mixed = rec.apply_residual(t, init).unwrap();
+        assert_eq!(mixed, c.residual.is_some_and(|r| (t + 1) % r.every == 0 && t + 1 < c.iterations), "residual at iteration {t}");
         assert_close(&format!("trajectory iter {t} loss_ce"), &[point.ce], &[tensor(&c.traj, "loss_ce").data[t]], 1e-3);
         assert_close(&format!("trajectory iter {t} loss_bn"), &[point.bn], &[tensor(&c.traj, "loss_bn").data[t]], 1e-3);
         let got = rec.images().unwrap();
@@ -180,4 +187,14 @@ fn cuda_emulated_graph_replay_trajectory() {
     backend.set_conv_version(ConvVersion::Fp32);
     assert!(check_trajectory_on(&backend, &case("cda_basic_imagenet")), "iterations were replayed from a graph");
     assert!(check_trajectory_on(&backend, &case("sre2l_bottleneck_cifar")));
+}
+
+/// FADRM's data residual (alpha 0.7 after iterations 2 and 5 of 8) on the CDA loop: the
+/// engine's images after every step and mix follow PyTorch's within the trajectory bounds above.
+#[test]
+fn cda_residual_losses_gradients_and_trajectory() {
+    let c = case("cda_residual");
+    check_schedules(&c);
+    check_gradients(&c);
+    check_trajectory(&c);
 }

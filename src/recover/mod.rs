@@ -9,9 +9,11 @@ pub mod augment;
 pub mod output;
 pub mod cli;
 pub mod gallery;
+pub mod init;
 pub mod presets;
 pub mod run;
 pub mod schedule;
+pub mod select;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -195,6 +197,18 @@ pub struct Recoverer<'a, B: Backend> {
     /// Record and replay iterations as graphs where the backend can (default on; CDA_NO_GRAPH=1 turns it off).
     pub use_graphs: bool,
     pub log_every: usize,
+    /// FADRM's data residual (arXiv 2506.24125): after every `every`-th iteration but the last,
+    /// x <- alpha * x + (1 - alpha) * x0 with x0 the batch's starting images. None: off.
+    pub residual: Option<Residual>,
+}
+
+/// FADRM's data residual: how often and how much of the starting image is mixed back in.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Residual {
+    /// Iterations per stage (the mix happens after iterations every-1, 2*every-1, ...).
+    pub every: usize,
+    /// Weight of the current image; 1 - alpha goes to the starting image (FADRM: 0.5).
+    pub alpha: f64,
 }
 
 impl<'a, B: Backend> Recoverer<'a, B> {
@@ -250,6 +264,7 @@ impl<'a, B: Backend> Recoverer<'a, B> {
             eager_iterations: 0,
             use_graphs: std::env::var("CDA_NO_GRAPH").map(|v| v != "1").unwrap_or(true),
             log_every: 50,
+            residual: None,
             net,
         })
     }
@@ -327,6 +342,20 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         Ok(Some(LossPoint { iteration: t, ce, bn: bn as f32, total: total as f32, min_crop: 0.0, lr: lr as f32 }))
     }
 
+    /// FADRM's data residual after iteration t (0-based) when its schedule says so: x <- alpha x +
+    /// (1 - alpha) start, in normalised space (the same mix in pixel space, so the clip range holds).
+    /// Adam's moments are kept. Returns whether it mixed.
+    pub fn apply_residual(&mut self, t: usize, start: &[f32]) -> Result<bool> {
+        let Some(r) = self.residual.filter(|r| r.every > 0 && (t + 1) % r.every == 0 && t + 1 < self.cfg.iterations) else {
+            return Ok(false);
+        };
+        let mut x = self.images()?;
+        let (a, b) = (r.alpha as f32, 1.0 - r.alpha as f32);
+        x.iter_mut().zip(start).for_each(|(v, &v0)| *v = a * *v + b * v0);
+        self.set_images(&x)?;
+        Ok(true)
+    }
+
     /// True once iterations run as a replayed graph.
     pub fn uses_graph(&self) -> bool {
         self.graph.is_some()
@@ -350,11 +379,16 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         Ok(out)
     }
 
-    /// Runs all iterations from noise drawn from `rng`; `on_iter` sees every finished iteration and,
-    /// every `log_every` iterations (and the first and last), its losses.
-    pub fn run_batch(&mut self, targets: &[i32], rng: &mut StdRng, mut on_iter: impl FnMut(usize, Option<&LossPoint>)) -> Result<BatchOutcome> {
+    /// Runs all iterations from `start` (N C H W, normalised) or, when None, from noise drawn from
+    /// `rng` (before any augmentation draw, as the official code); `on_iter` sees every finished
+    /// iteration and, every `log_every` iterations (and the first and last), its losses.
+    pub fn run_batch(&mut self, targets: &[i32], rng: &mut StdRng, start: Option<&[f32]>, mut on_iter: impl FnMut(usize, Option<&LossPoint>)) -> Result<BatchOutcome> {
         let len = self.n * self.c * self.h * self.w;
-        let init: Vec<f32> = (0..len).map(|_| StandardNormal.sample(rng)).collect();
+        let init: Vec<f32> = match start {
+            Some(x) if x.len() == len => x.to_vec(),
+            Some(x) => return Err(Error::Option(format!("{} starting values for a batch of {len}", x.len()))),
+            None => (0..len).map(|_| StandardNormal.sample(rng)).collect(),
+        };
         self.reset(&init, targets)?;
         let cfg = self.cfg.clone();
         let spec = cfg.augment();
@@ -375,6 +409,7 @@ impl<'a, B: Backend> Recoverer<'a, B> {
                 }
                 None => on_iter(t, None),
             }
+            self.apply_residual(t, &init)?;
         }
         let last_layers = self.bn_layer_losses().to_vec();
         let images = self.images()?;

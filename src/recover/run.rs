@@ -8,7 +8,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::output::{image_path, quantize, save_image, ImageFormat};
-use super::{batch_rng, LossPoint, RecoverConfig, Recoverer};
+use super::init::{class_images, InitKind, InitSpec};
+use super::{batch_rng, LossPoint, RecoverConfig, Recoverer, Residual};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
@@ -31,6 +32,15 @@ pub struct RunSettings {
     pub ipc_end: usize,
     pub seed: u64,
     pub format: ImageFormat,
+    /// Where the images start (noise unless a method or `--init` says otherwise).
+    #[serde(default)]
+    pub init: InitSpec,
+    /// FADRM's data residual; None (records before it) is off.
+    #[serde(default)]
+    pub residual: Option<Residual>,
+    /// The `--method` the settings came from, for the record.
+    #[serde(default)]
+    pub method: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -49,6 +59,9 @@ pub struct BatchRecord {
     pub bn_layers_first: Vec<f32>,
     pub bn_layers_last: Vec<f32>,
     pub trace: Vec<LossPoint>,
+    /// Per image (batch order): the real sources of its starting image (see `init::InitImage`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_sources: Vec<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -111,6 +124,12 @@ fn validate(s: &RunSettings, model: &ResNet) -> Result<()> {
     if s.ipc_end > 1000 {
         return bad(format!("--ipc-end {} exceeds the three-digit file names (at most 1000)", s.ipc_end));
     }
+    s.init.validate(s.res)?;
+    if let Some(r) = s.residual {
+        if r.every == 0 || !(0.0..=1.0).contains(&r.alpha) {
+            return bad(format!("--residual-every must be at least 1 and --residual-alpha in [0, 1] (got {} and {})", r.every, r.alpha));
+        }
+    }
     if !matches!(model.in_channels, 1 | 3) {
         return bad(format!("the teacher takes {} input channels; images can be saved for 1 or 3 only", model.in_channels));
     }
@@ -168,6 +187,8 @@ pub fn run<B: Backend>(backend: &B, model: &ResNet, settings: &RunSettings, out:
         eprintln!("resuming: {skipped} of {} batches already in {}", batches.len(), out.display());
     }
 
+    let starts = starting_images(backend, model, settings, &pending)?;
+
     let iters = settings.recover.iterations;
     let bar = ProgressBar::with_draw_target(Some((pending.len() * iters) as u64), if show_progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
     bar.set_style(
@@ -184,6 +205,7 @@ pub fn run<B: Backend>(backend: &B, model: &ResNet, settings: &RunSettings, out:
         if !recoverers.iter().any(|(len, _)| *len == n) {
             let mut r = Recoverer::new(backend, model, &settings.recover, n, res, res)?;
             r.log_every = log_every.max(1);
+            r.residual = settings.residual;
             recoverers.push((n, r));
         }
         let rec = &mut recoverers.iter_mut().find(|(len, _)| *len == n).unwrap().1;
@@ -192,7 +214,20 @@ pub fn run<B: Backend>(backend: &B, model: &ResNet, settings: &RunSettings, out:
         let mut rng = batch_rng(settings.seed, plan.ipc[0], plan.class_start);
         let t0 = Instant::now();
         let label = format!("batch {}/{} (ipc {:?}, classes {}..{})", bi + 1, pending.len(), plan.ipc, plan.class_start, plan.class_end);
-        let outcome = rec.run_batch(&targets, &mut rng, |_, point| {
+        let (start, init_sources) = match &starts {
+            Some(per_class) => {
+                let mut x = Vec::with_capacity(n * c * res * res);
+                let mut sources = Vec::with_capacity(n);
+                for &(cls, ipc) in &images {
+                    let img = &per_class[cls][ipc];
+                    x.extend(img.pixels.iter().enumerate().map(|(i, &u)| settings.recover.clip.from_unit(i / (res * res), u)));
+                    sources.push(img.sources.clone());
+                }
+                (Some(x), sources)
+            }
+            None => (None, Vec::new()),
+        };
+        let outcome = rec.run_batch(&targets, &mut rng, start.as_deref(), |_, point| {
             bar.inc(1);
             if let Some(p) = point {
                 bar.set_message(format!("{label}  ce {:.3}  bn {:.3}  crop>={:.2}", p.ce, p.bn, p.min_crop));
@@ -233,6 +268,7 @@ pub fn run<B: Backend>(backend: &B, model: &ResNet, settings: &RunSettings, out:
             bn_layers_first: outcome.bn_layers_first,
             bn_layers_last: outcome.bn_layers_last,
             trace: outcome.trace,
+            init_sources,
         });
         let json = serde_json::to_vec_pretty(&record).expect("record serialises");
         write_atomic(&record_path, &json)?;
@@ -257,8 +293,37 @@ pub fn run<B: Backend>(backend: &B, model: &ResNet, settings: &RunSettings, out:
     })
 }
 
+/// The starting images of every (class, ipc) the pending batches need, indexed [class][ipc], or None
+/// for noise (drawn per batch inside the loop). Selection runs once per class, on the CPU data.
+fn starting_images<B: Backend>(backend: &B, model: &ResNet, s: &RunSettings, pending: &[&BatchPlan]) -> Result<Option<Vec<Vec<super::init::InitImage>>>> {
+    if s.init.kind == InitKind::Noise || pending.is_empty() {
+        return Ok(None);
+    }
+    let spec = &s.init;
+    let data = spec.data.as_deref().expect("validated: real starts name their data");
+    let ds = crate::data::open(data, crate::data::Split::Train, model.in_channels)?;
+    let (mean, std) = norm_of(&s.recover.clip, model.in_channels);
+    let mut per_class = vec![Vec::new(); s.classes];
+    let t0 = Instant::now();
+    for cls in 0..s.classes {
+        if pending.iter().any(|b| (b.class_start..b.class_end).contains(&cls)) {
+            per_class[cls] = class_images(backend, model, ds.as_ref(), spec, cls, s.ipc_end, s.res, s.seed, &mean, &std)?;
+        }
+    }
+    eprintln!("starting images ({:?} from {}) chosen in {:.1}s", spec.kind, ds.describe(), t0.elapsed().as_secs_f64());
+    Ok(Some(per_class))
+}
+
+/// The teacher's per-channel (mean, std) as the clip mode holds them (identity for unit range).
+pub fn norm_of(clip: &super::ClipMode, channels: usize) -> (Vec<f32>, Vec<f32>) {
+    match clip {
+        super::ClipMode::Normalized { mean, std } => (mean.clone(), std.clone()),
+        super::ClipMode::Unit => (vec![0.0; channels], vec![1.0; channels]),
+    }
+}
+
 /// Settings that may legitimately change between a run and its resumption (the IPC range and the
 /// teacher's path spelling) are taken from the stored record, so only real changes are refused.
 fn settings_for_compare(stored: &RunSettings, new: &RunSettings) -> RunSettings {
-    RunSettings { ipc_start: stored.ipc_start, ipc_end: stored.ipc_end, teacher: stored.teacher.clone(), ..new.clone() }
+    RunSettings { ipc_start: stored.ipc_start, ipc_end: stored.ipc_end, teacher: stored.teacher.clone(), method: stored.method.clone(), ..new.clone() }
 }

@@ -1,0 +1,278 @@
+//! Where a batch's images start: Gaussian noise (SRe2L, CDA), seeded random real images of the target
+//! class (the real-image start of DELT and CV-DD), or RDED's teacher-selected patches (Sun et al.,
+//! "On the Diversity and Realism of Distilled Dataset", CVPR 2024; official code
+//! LINs-lab/RDED), which `cda-engine select` also writes as a set on its own.
+//!
+//! RDED's selection, per class, as implemented here:
+//! 1. draw `candidates` distinct training images of the class (RDED's `mipc`, seeded by the run seed
+//!    and the class only, so every shard and every IPC range sees the same ranking);
+//! 2. from each, `crops` RandomResizedCrop views (torchvision's sampling, scale `min_scale..1`, ratio
+//!    3/4..4/3) at the teacher's resolution (bilinear, as `data::augment::render`);
+//! 3. score every view by the teacher's cross-entropy for the class (eval mode, normalised input);
+//!    keep each image's best view, rank the images by that score (lowest first, ties by draw order);
+//! 4. image k of the class stitches the views ranked k*f^2 .. (k+1)*f^2 - 1 into an f x f grid
+//!    (row-major), each view shrunk by f with a box filter (the mean of each f x f block).
+//!
+//! With factor 1 an output image is one selected view at full size.
+
+use rand::rngs::StdRng;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Backend;
+use crate::data::augment::{render, sample_view, Crop};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::ResNet;
+use crate::net::Net;
+
+/// How images start; stored in the run record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum InitKind {
+    /// x ~ N(0, 1) in normalised space (SRe2L, CDA).
+    #[default]
+    Noise,
+    /// A seeded random real training image of the target class, resized to the image size.
+    Real,
+    /// RDED's teacher-selected crops, factor x factor of them stitched into one image.
+    Patches,
+}
+
+/// The start of every image of a run and how it was chosen.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InitSpec {
+    pub kind: InitKind,
+    /// The real images: a dataset name (fashion-mnist) or an ImageFolder; None for noise.
+    pub data: Option<String>,
+    /// Patches per side of a stitched image (RDED's `factor`).
+    pub factor: usize,
+    /// Images of each class drawn as candidates (RDED's `mipc`).
+    pub candidates: usize,
+    /// Random views scored per candidate (RDED's `num_crop`).
+    pub crops: usize,
+    /// Smallest crop area fraction of a candidate view.
+    pub min_scale: f64,
+}
+
+impl Default for InitSpec {
+    fn default() -> Self {
+        InitSpec { kind: InitKind::Noise, data: None, factor: 2, candidates: 300, crops: 5, min_scale: 0.08 }
+    }
+}
+
+impl InitSpec {
+    /// Checks the numbers against the image size; `Error::Option` names the flag.
+    pub fn validate(&self, res: usize) -> Result<()> {
+        let bad = |m: String| Err(Error::Option(m));
+        if self.kind != InitKind::Noise && self.data.is_none() {
+            return bad("--init real and --init patches need --init-data (a dataset name or an ImageFolder)".into());
+        }
+        if self.factor == 0 || res % self.factor != 0 {
+            return bad(format!("--factor {} must be at least 1 and divide the image size {res}", self.factor));
+        }
+        if self.candidates == 0 || self.crops == 0 {
+            return bad("--candidates and --crops must be at least 1".into());
+        }
+        if !(self.min_scale > 0.0 && self.min_scale <= 1.0) {
+            return bad(format!("--select-min-scale must be in (0, 1], got {}", self.min_scale));
+        }
+        Ok(())
+    }
+}
+
+/// One starting image: C x H x W pixels in [0, 1] and where each part came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InitImage {
+    pub pixels: Vec<f32>,
+    /// One entry per patch: "index:top,left,h,w" of the source image and view (index in the dataset).
+    pub sources: Vec<String>,
+}
+
+/// A seeded generator for one class's draw (independent of IPC ranges and shards).
+fn class_rng(seed: u64, class: usize) -> StdRng {
+    super::batch_rng(seed ^ 0x5EED_1A17_0000_0000, usize::MAX, class)
+}
+
+/// `count` distinct indices of class `class`, in a seeded random order (partial Fisher-Yates).
+fn draw_class(ds: &dyn Dataset, class: usize, count: usize, rng: &mut StdRng) -> Result<Vec<usize>> {
+    let mut ids: Vec<usize> = (0..ds.len()).filter(|&i| ds.label(i) == class).collect();
+    if ids.len() < count {
+        return Err(Error::input(ds.describe(), format!("class {class} has {} images; {count} are needed", ids.len())));
+    }
+    for i in 0..count {
+        let j = rng.random_range(i..ids.len());
+        ids.swap(i, j);
+    }
+    ids.truncate(count);
+    Ok(ids)
+}
+
+/// Checks that a real dataset can start a teacher's images.
+fn check_data(ds: &dyn Dataset, model: &ResNet, classes: usize) -> Result<()> {
+    if ds.channels() != model.in_channels {
+        return Err(Error::input(ds.describe(), format!("{}-channel images for a {}-channel teacher", ds.channels(), model.in_channels)));
+    }
+    if ds.num_classes() < classes {
+        return Err(Error::input(ds.describe(), format!("{} classes, but classes 0..{classes} are distilled", ds.num_classes())));
+    }
+    Ok(())
+}
+
+/// Shrinks a C x S x S image by `f` (S divisible by f) with a box filter.
+pub fn shrink(img: &[f32], c: usize, s: usize, f: usize) -> Vec<f32> {
+    let t = s / f;
+    let mut out = vec![0.0f32; c * t * t];
+    let norm = 1.0 / (f * f) as f32;
+    for ch in 0..c {
+        for y in 0..t {
+            for x in 0..t {
+                let mut acc = 0.0f32;
+                for dy in 0..f {
+                    for dx in 0..f {
+                        acc += img[(ch * s + y * f + dy) * s + x * f + dx];
+                    }
+                }
+                out[(ch * t + y) * t + x] = acc * norm;
+            }
+        }
+    }
+    out
+}
+
+/// Places f*f patches (each C x S/f x S/f, row-major order) into one C x S x S image.
+pub fn stitch(patches: &[Vec<f32>], c: usize, s: usize, f: usize) -> Vec<f32> {
+    assert_eq!(patches.len(), f * f, "stitch needs factor^2 patches");
+    let t = s / f;
+    let mut out = vec![0.0f32; c * s * s];
+    for (k, p) in patches.iter().enumerate() {
+        let (py, px) = (k / f, k % f);
+        for ch in 0..c {
+            for y in 0..t {
+                let row = &p[(ch * t + y) * t..(ch * t + y + 1) * t];
+                let o = (ch * s + py * t + y) * s + px * t;
+                out[o..o + t].copy_from_slice(row);
+            }
+        }
+    }
+    out
+}
+
+/// Teacher cross-entropy of `class` for each of `views` (C x res x res pixels in [0, 1]), in batches
+/// of up to 100 through the eval-mode forward.
+fn score_views<B: Backend>(backend: &B, model: &ResNet, views: &[Vec<f32>], class: usize, res: usize, mean: &[f32], std: &[f32]) -> Result<Vec<f32>> {
+    let c = model.in_channels;
+    let mut scores = Vec::with_capacity(views.len());
+    let mut net: Option<(usize, Net<B>, B::Buf)> = None;
+    for chunk in views.chunks(100) {
+        let n = chunk.len();
+        if net.as_ref().map(|(nn, _, _)| *nn) != Some(n) {
+            net = Some((n, Net::new(backend, model, n, res, res)?, backend.alloc(n * c * res * res)?));
+        }
+        let (_, net, xb) = net.as_mut().unwrap();
+        let mut x = Vec::with_capacity(n * c * res * res);
+        for v in chunk {
+            for ch in 0..c {
+                x.extend(v[ch * res * res..(ch + 1) * res * res].iter().map(|&u| (u - mean[ch]) / std[ch]));
+            }
+        }
+        backend.upload(&x, xb)?;
+        net.forward(backend, xb)?;
+        let mut logits = vec![0.0; n * model.num_classes];
+        backend.download(&net.logits, &mut logits)?;
+        for row in logits.chunks(model.num_classes) {
+            let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let lse = max + row.iter().map(|&v| (v - max).exp()).sum::<f32>().ln();
+            scores.push(lse - row[class]);
+        }
+    }
+    Ok(scores)
+}
+
+/// The first `count` starting images of `class` (image k is the same whatever `count`).
+///
+/// `mean`/`std` are the teacher's input normalisation (per channel; identity for a unit-range
+/// teacher). Errors: a class with fewer images than needed, images of another channel count, and
+/// any backend error of the scoring forward.
+#[allow(clippy::too_many_arguments)]
+pub fn class_images<B: Backend>(backend: &B, model: &ResNet, ds: &dyn Dataset, spec: &InitSpec, class: usize, count: usize, res: usize, seed: u64, mean: &[f32], std: &[f32]) -> Result<Vec<InitImage>> {
+    check_data(ds, model, class + 1)?;
+    let c = model.in_channels;
+    let mut rng = class_rng(seed, class);
+    match spec.kind {
+        InitKind::Noise => Err(Error::Option("noise needs no starting images".into())),
+        InitKind::Real => {
+            let ids = draw_class(ds, class, count, &mut rng)?;
+            ids.iter()
+                .map(|&i| {
+                    let img = ds.image(i)?;
+                    let view = crate::data::augment::center_view(img.h, img.w, res);
+                    let mut px = vec![0.0; c * res * res];
+                    render(&img, &view, res, &mut px);
+                    Ok(InitImage { pixels: px, sources: vec![format!("{i}:{},{},{},{}", view.top, view.left, view.h, view.w)] })
+                })
+                .collect()
+        }
+        InitKind::Patches => {
+            let f = spec.factor;
+            let need = count * f * f;
+            if spec.candidates < need {
+                return Err(Error::Option(format!(
+                    "--candidates {} is below the {need} selected views that {count} images of {f}x{f} patches need",
+                    spec.candidates
+                )));
+            }
+            let ids = draw_class(ds, class, spec.candidates, &mut rng)?;
+            // Every candidate's views, drawn in candidate order from the class generator.
+            let mut views = Vec::with_capacity(ids.len() * spec.crops);
+            let mut boxes = Vec::with_capacity(ids.len() * spec.crops);
+            for &i in &ids {
+                let img = ds.image(i)?;
+                for _ in 0..spec.crops {
+                    let v = sample_view(&mut rng, Crop::Resized { min_scale: spec.min_scale, max_scale: 1.0 }, false, img.h, img.w, res);
+                    let mut px = vec![0.0; c * res * res];
+                    render(&img, &v, res, &mut px);
+                    views.push(px);
+                    boxes.push(format!("{i}:{},{},{},{}", v.top, v.left, v.h, v.w));
+                }
+            }
+            let picked = select_views(backend, model, &views, spec.crops, class, count, f, res, mean, std)?;
+            Ok(picked
+                .into_iter()
+                .map(|(pixels, used)| InitImage { pixels, sources: used.iter().map(|&v| boxes[v].clone()).collect() })
+                .collect())
+        }
+    }
+}
+
+/// RDED's selection and stitching over given views: `views` holds `crops` consecutive views
+/// (C x res x res, pixels in [0, 1]) of each candidate image. Each candidate keeps its view of lowest
+/// teacher cross-entropy for `class` (the first of equal ones); candidates are ranked by that score
+/// (ties by candidate order); output image k stitches the views of ranks k f^2 .. (k+1) f^2 - 1,
+/// each shrunk by `factor`, row-major. Returns, per output image, its pixels and the view indices used.
+///
+/// Errors: fewer candidates than `count * factor^2`, or a backend error of the scoring forward.
+#[allow(clippy::too_many_arguments)]
+pub fn select_views<B: Backend>(backend: &B, model: &ResNet, views: &[Vec<f32>], crops: usize, class: usize, count: usize, factor: usize, res: usize, mean: &[f32], std: &[f32]) -> Result<Vec<(Vec<f32>, Vec<usize>)>> {
+    let (c, f) = (model.in_channels, factor);
+    let candidates = views.len() / crops.max(1);
+    let need = count * f * f;
+    if crops == 0 || candidates < need {
+        return Err(Error::Option(format!("{candidates} candidate images for {need} selected views")));
+    }
+    let scores = score_views(backend, model, views, class, res, mean, std)?;
+    let mut best: Vec<(f32, usize, usize)> = (0..candidates)
+        .map(|k| {
+            let (j, s) = (0..crops).map(|j| (j, scores[k * crops + j])).fold((0, f32::INFINITY), |a, b| if b.1 < a.1 { b } else { a });
+            (s, k, k * crops + j)
+        })
+        .collect();
+    best.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    Ok(best[..need]
+        .chunks(f * f)
+        .map(|group| {
+            let patches: Vec<Vec<f32>> = group.iter().map(|&(_, _, v)| shrink(&views[v], c, res, f)).collect();
+            (stitch(&patches, c, res, f), group.iter().map(|&(_, _, v)| v).collect())
+        })
+        .collect())
+}
