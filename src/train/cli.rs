@@ -354,9 +354,11 @@ pub struct DistillArgs {
     pub mix: MixArg,
     #[arg(long, default_value_t = 0.8)]
     pub mixup_alpha: f64,
-    /// Images per batch (official: 1024; at most the number of images).
-    #[arg(long, default_value_t = 1024)]
-    pub batch_size: usize,
+    /// Images per batch. Default: a tenth of the images, at least 50 and at most the official 1024
+    /// (so 50 for Fashion-MNIST IPC 10 or 50, 1024 for ImageNet-1K IPC 50): the official 1024 makes
+    /// one step per epoch on a small set.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     #[arg(long, default_value_t = 300)]
     pub epochs: usize,
     #[arg(long, default_value_t = 0)]
@@ -385,7 +387,8 @@ impl DistillArgs {
         if !(self.min_scale > 0.0 && self.min_scale <= 1.0) {
             return Err(Error::Option(format!("--min-scale {}: expected 0 < scale <= 1", self.min_scale)));
         }
-        if self.batch_size == 0 {
+        let batch_size = self.batch_size.unwrap_or_else(|| default_batch_size(images.len()));
+        if batch_size == 0 {
             return Err(Error::Option("--batch-size must be at least 1".into()));
         }
         let aug = super::distill::AugmentConfig {
@@ -393,12 +396,17 @@ impl DistillArgs {
             min_scale: self.min_scale,
             flip: !self.no_flip,
             mix: mix_of(self.mix, self.mixup_alpha)?,
-            batch_size: self.batch_size,
+            batch_size,
             mean,
             std,
         };
         Ok((tm, m, name, images, aug))
     }
+}
+
+/// The default student batch for a set of `images`: images / 10, clamped to 50..=1024.
+pub fn default_batch_size(images: usize) -> usize {
+    (images / 10).clamp(50, 1024)
 }
 
 fn mix_name(m: MixKind) -> String {
@@ -514,6 +522,11 @@ pub struct ValidateArgs {
     /// Save the trained student here (safetensors with torchvision names and metadata, as squeeze's).
     #[arg(long)]
     pub save_student: Option<PathBuf>,
+    /// The student's initial weights: torchvision (its ResNet's kaiming_normal fan_out convs, what
+    /// the official code uses) or pytorch (the layers' own default, kaiming_uniform a = sqrt(5):
+    /// U(+-1/sqrt(fan_in)) for convs).
+    #[arg(long, value_enum, default_value_t = super::model::InitScheme::Torchvision)]
+    pub student_init: super::model::InitScheme,
 }
 
 pub fn validate(a: &ValidateArgs) -> Result<()> {
@@ -569,7 +582,7 @@ pub fn validate(a: &ValidateArgs) -> Result<()> {
         Some(s) => ArchSpec::parse(s, m.stem, m.in_channels, m.num_classes)?,
         None => ArchSpec::of(&m),
     };
-    let mut student = TrainModel::init(&spec, c.seed)?;
+    let mut student = TrainModel::init_with(&spec, c.seed, a.student_init)?;
     student.mean = m.mean.clone();
     student.std = m.std.clone();
     let cfg = super::distill::ValidateConfig {
@@ -615,7 +628,8 @@ pub fn validate(a: &ValidateArgs) -> Result<()> {
     let line = serde_json::json!({
         "top1": s.top1, "best_top1": s.best_top1, "epochs": s.epochs, "images": s.images, "steps": s.steps,
         "student": s.student, "teacher": name, "labels": cfg.labels, "temperature": a.temperature,
-        "seed": c.seed, "seconds": s.seconds,
+        "seed": c.seed, "seconds": s.seconds, "batch_size": cfg.aug.batch_size,
+        "student_init": format!("{:?}", a.student_init).to_lowercase(),
     });
     println!("{line}");
     Ok(())

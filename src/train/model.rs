@@ -146,10 +146,24 @@ pub fn json_float_list(v: &[f32]) -> String {
     format!("[{}]", items.join(", "))
 }
 
+/// How a fresh network's conv weights are drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum InitScheme {
+    /// torchvision's ResNet: kaiming_normal_(mode = fan_out, relu), std sqrt(2 / (K R S)).
+    Torchvision,
+    /// PyTorch's nn.Conv2d default: kaiming_uniform_(a = sqrt(5)), U(+-1 / sqrt(C R S)).
+    Pytorch,
+}
+
 impl TrainModel {
-    /// A fresh model with PyTorch's initialisation: convs kaiming_normal_(fan_out, relu) as torchvision's
-    /// ResNet, BN weight 1 / bias 0 / running mean 0 / var 1, fc as nn.Linear (U(+-1/sqrt(fan_in))).
+    /// A fresh model with torchvision's ResNet initialisation (see [`InitScheme::Torchvision`]).
     pub fn init(spec: &ArchSpec, seed: u64) -> Result<TrainModel> {
+        Self::init_with(spec, seed, InitScheme::Torchvision)
+    }
+
+    /// A fresh model: convs as `scheme` says, BN weight 1 / bias 0 / running mean 0 / var 1, fc as
+    /// nn.Linear (U(+-1/sqrt(fan_in)) for weight and bias). Errors: an empty or inconsistent `spec`.
+    pub fn init_with(spec: &ArchSpec, seed: u64, scheme: InitScheme) -> Result<TrainModel> {
         if spec.layers.is_empty() || spec.layers.len() != spec.widths.len() || spec.layers.contains(&0) {
             return Err(Error::Option(format!("architecture: {} stages with widths {:?}", spec.layers.len(), spec.widths)));
         }
@@ -159,8 +173,16 @@ impl TrainModel {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut t: BTreeMap<String, Tensor> = BTreeMap::new();
         let conv = |t: &mut BTreeMap<String, Tensor>, name: &str, k: usize, c: usize, r: usize, rng: &mut StdRng| {
-            let std = (2.0 / (k * r * r) as f64).sqrt() as f32;
-            let data = (0..k * c * r * r).map(|_| std * <StandardNormal as Distribution<f32>>::sample(&StandardNormal, rng)).collect();
+            let data = match scheme {
+                InitScheme::Torchvision => {
+                    let std = (2.0 / (k * r * r) as f64).sqrt() as f32;
+                    (0..k * c * r * r).map(|_| std * <StandardNormal as Distribution<f32>>::sample(&StandardNormal, rng)).collect()
+                }
+                InitScheme::Pytorch => {
+                    let bound = 1.0 / ((c * r * r) as f32).sqrt();
+                    (0..k * c * r * r).map(|_| rng.random_range(-bound..bound)).collect()
+                }
+            };
             t.insert(format!("{name}.weight"), Tensor::new(vec![k, c, r, r], data));
         };
         let bn = |t: &mut BTreeMap<String, Tensor>, name: &str, k: usize| {

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Which recover method gives the best Fashion-MNIST set: every set of SETS at every IPC of IPCS is made
+# once with the shipped teacher, then a student is trained on it with `cda-engine validate` for each
+# seed of SEEDS, under one student recipe for every row (validate's defaults: ResNet-18 w16 as the
+# teacher, 300 epochs, batch 50, online KD at T 20, RandomResizedCrop 0.08..1 + flip + CutMix, AdamW
+# with weight decay 0.01 and per-epoch cosine; plus LR and STUDENT_INIT below). The sets:
+#   real          cda-engine sample --seed 0                       a class-balanced random real subset
+#   rded          cda-engine select                                RDED: teacher-selected crops, 2x2 stitched
+#   rded_f1       cda-engine select --factor 1                     RDED with one whole crop per image
+#   cda           cda-engine run                                   CDA from noise (the preset)
+#   sre2l         cda-engine run --method sre2l                    SRe2L from noise
+#   cda_real      cda-engine run --init real                       CDA from random real images
+#   cda_patches   cda-engine run --init patches                    CDA from RDED's patches
+#   fadrm         cda-engine run --method fadrm                    + FADRM's data residual
+#   delt          cda-engine run --method delt                     CDA from whole selected crops
+#   recommended   cda-engine run --method recommended              CDA from RDED's patches, lr 0.05, 500 it
+#   gentle_f1     cda-engine run --init patches --factor 1 --lr 0.05 --iteration 500
+#
+#   SETS="real rded cda" IPCS=10 SEEDS="0 1 2" JOBS=2 THREADS=1 benches/quality_methods.sh
+#
+# Environment: OUT (target/quality_methods), SETS, IPCS (10), SEEDS (0 1 2), LR (student lr, 2e-3),
+# STUDENT_INIT (torchvision), EPOCHS (300), JOBS (jobs at a time, 1), THREADS (per job, 0 = all
+# cores), EXTRA (more validate flags). Each set is made once (a lock keeps two jobs from making the
+# same one); finished students are skipped on rerun. The table: benches/quality_fashion_mnist.py
+# OUT/results.jsonl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-target/quality_methods}
+SETS=${SETS:-"real rded rded_f1 cda cda_real cda_patches fadrm delt recommended"}
+IPCS=${IPCS:-10}
+SEEDS=${SEEDS:-"0 1 2"}
+LR=${LR:-2e-3}
+STUDENT_INIT=${STUDENT_INIT:-torchvision}
+EPOCHS=${EPOCHS:-300}
+JOBS=${JOBS:-1}
+THREADS=${THREADS:-0}
+EXTRA=${EXTRA:-}
+
+cargo build --release --quiet
+mkdir -p "$OUT/records"
+# A copy, so a rebuild while the jobs run does not change the binary under them.
+BIN="$OUT/cda-engine"
+cp "${CARGO_TARGET_DIR:-target}/release/cda-engine" "$BIN.new" && mv "$BIN.new" "$BIN"
+RESULTS="$OUT/results.jsonl"
+touch "$RESULTS"
+
+# make_set NAME IPC: writes $OUT/NAME_ipcIPC once.
+make_set() {
+    local name=$1 ipc=$2 dir="$OUT/${1}_ipc$2"
+    [ -f "$dir.done" ] && return
+    rm -rf "$dir"
+    local common=(--ipc-end "$ipc" --out "$dir")
+    case $name in
+        real) "$BIN" sample --data fashion-mnist --ipc "$ipc" --seed 0 --out "$dir" ;;
+        rded) "$BIN" select "${common[@]}" --threads "$THREADS" ;;
+        rded_f1) "$BIN" select "${common[@]}" --factor 1 --threads "$THREADS" ;;
+        cda) "$BIN" run "${common[@]}" --threads "$THREADS" --quiet ;;
+        sre2l) "$BIN" run "${common[@]}" --method sre2l --threads "$THREADS" --quiet ;;
+        cda_real) "$BIN" run "${common[@]}" --init real --threads "$THREADS" --quiet ;;
+        cda_patches) "$BIN" run "${common[@]}" --init patches --threads "$THREADS" --quiet ;;
+        fadrm) "$BIN" run "${common[@]}" --method fadrm --threads "$THREADS" --quiet ;;
+        delt) "$BIN" run "${common[@]}" --method delt --threads "$THREADS" --quiet ;;
+        recommended) "$BIN" run "${common[@]}" --method recommended --threads "$THREADS" --quiet ;;
+        gentle_f1) "$BIN" run "${common[@]}" --init patches --factor 1 --lr 0.05 --iteration 500 --threads "$THREADS" --quiet ;;
+        *) echo "unknown set $name" >&2; return 1 ;;
+    esac > "$dir.log" 2>&1
+    touch "$dir.done"
+}
+
+# job NAME IPC SEED: the set (made under its lock), then one student.
+job() {
+    local name=$1 ipc=$2 seed=$3 run="${1}_ipc${2}_seed${3}"
+    if grep -q "\"run\":\"$run\"" "$RESULTS"; then
+        echo "skip $run (done)"
+        return
+    fi
+    (flock 9; make_set "$name" "$ipc") 9>"$OUT/${name}_ipc$ipc.lock"
+    echo "validate $run"
+    # shellcheck disable=SC2086
+    line=$("$BIN" validate --images "$OUT/${name}_ipc$ipc" --epochs "$EPOCHS" --seed "$seed" --lr "$LR" \
+        --student-init "$STUDENT_INIT" --eval-every "$EPOCHS" --threads "$THREADS" \
+        --record "$OUT/records/$run.json" --quiet $EXTRA | tail -n 1)
+    (flock 9; echo "{\"run\":\"$run\",\"set\":\"${name}_ipc$ipc\",\"result\":$line}" >> "$RESULTS") 9>"$RESULTS.lock"
+    echo "  $run: $line"
+}
+
+queue=()
+for ipc in $IPCS; do
+    for seed in $SEEDS; do
+        for name in $SETS; do
+            queue+=("$name $ipc $seed")
+        done
+    done
+done
+export BIN OUT RESULTS LR STUDENT_INIT EPOCHS THREADS EXTRA
+export -f make_set job
+printf '%s\n' "${queue[@]}" | xargs -P "$JOBS" -L 1 bash -c 'job "$@"' _
+python3 benches/quality_fashion_mnist.py "$RESULTS"
