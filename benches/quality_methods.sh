@@ -21,7 +21,7 @@
 # Environment: OUT (target/quality_methods), SETS, IPCS (10), SEEDS (0 1 2), LR (student lr, 2e-3),
 # STUDENT_INIT (torchvision), EPOCHS (300), JOBS (jobs at a time, 1), THREADS (per job, 0 = all
 # cores), EXTRA (more validate flags). Each set is made once (a lock keeps two jobs from making the
-# same one); finished students are skipped on rerun. The table: benches/quality_fashion_mnist.py
+# same one); finished students are skipped on rerun. The table: benches/quality_methods.py
 # OUT/results.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,9 +67,14 @@ make_set() {
     touch "$dir.done"
 }
 
-# job NAME IPC SEED: the set (made under its lock), then one student.
+# job NAME IPC SEED: the set (made under its lock), then one student. A student recipe other than the
+# default is named in the run and row (e.g. real_ipc10+pytorch-init), so recipes never mix in a row.
 job() {
-    local name=$1 ipc=$2 seed=$3 run="${1}_ipc${2}_seed${3}"
+    local name=$1 ipc=$2 seed=$3 tag=""
+    [ "$STUDENT_INIT" = torchvision ] || tag="+${STUDENT_INIT}-init"
+    [ "$LR" = 2e-3 ] || tag="$tag+lr$LR"
+    local row="${name}_ipc${ipc}$tag"
+    local run="${row}_seed${seed}"
     if grep -q "\"run\":\"$run\"" "$RESULTS"; then
         echo "skip $run (done)"
         return
@@ -80,7 +85,7 @@ job() {
     line=$("$BIN" validate --images "$OUT/${name}_ipc$ipc" --epochs "$EPOCHS" --seed "$seed" --lr "$LR" \
         --student-init "$STUDENT_INIT" --eval-every "$EPOCHS" --threads "$THREADS" \
         --record "$OUT/records/$run.json" --quiet $EXTRA | tail -n 1)
-    (flock 9; echo "{\"run\":\"$run\",\"set\":\"${name}_ipc$ipc\",\"result\":$line}" >> "$RESULTS") 9>"$RESULTS.lock"
+    (flock 9; echo "{\"run\":\"$run\",\"set\":\"$row\",\"result\":$line}" >> "$RESULTS") 9>"$RESULTS.lock"
     echo "  $run: $line"
 }
 
@@ -95,4 +100,4 @@ done
 export BIN OUT RESULTS LR STUDENT_INIT EPOCHS THREADS EXTRA
 export -f make_set job
 printf '%s\n' "${queue[@]}" | xargs -P "$JOBS" -L 1 bash -c 'job "$@"' _
-python3 benches/quality_fashion_mnist.py "$RESULTS"
+python3 benches/quality_methods.py "$RESULTS"

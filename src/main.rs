@@ -304,14 +304,15 @@ fn select(args: &cda_engine::recover::cli::SelectArgs, device: Device, threads: 
 }
 
 fn run(args: &RunArgs, device: Device, threads: usize, quiet: bool) -> Result<()> {
-    let (model, teacher) = load_teacher(args.weights.as_deref())?;
+    let (model, teacher) = load_teacher(args.weights.first().map(PathBuf::as_path))?;
+    let extras = args.weights.iter().skip(1).map(|p| ResNet::load(p)).collect::<Result<Vec<_>>>()?;
     let (settings, out) = cda_engine::recover::cli::settings(args, &model, &teacher)?;
     if args.method == cda_engine::recover::cli::Method::Rded {
         let s = cda_engine::recover::select::SelectSettings::from_run(&settings, model.in_channels);
         return write_selection(&model, &s, &out, device, threads);
     }
     struct Run<'a> {
-        model: &'a ResNet,
+        models: Vec<&'a ResNet>,
         teacher: &'a str,
         settings: &'a cda_engine::recover::run::RunSettings,
         out: &'a std::path::Path,
@@ -325,8 +326,8 @@ fn run(args: &RunArgs, device: Device, threads: usize, quiet: bool) -> Result<()
             eprintln!(
                 "teacher {} ({}, {} classes), {} on {}: {} batches of {} images, {} iterations each -> {}",
                 self.teacher,
-                self.model.arch_name(),
-                self.model.num_classes,
+                self.models[0].arch_name(),
+                self.models[0].num_classes,
                 s.preset.as_deref().unwrap_or("custom"),
                 backend.describe(),
                 cda_engine::recover::run::plan(s).len(),
@@ -334,11 +335,15 @@ fn run(args: &RunArgs, device: Device, threads: usize, quiet: bool) -> Result<()
                 s.recover.iterations,
                 self.out.display()
             );
-            cda_engine::recover::run::run(backend, self.model, s, self.out, self.show, self.log_every)
+            if self.models.len() > 1 {
+                eprintln!("{} teachers, {:?}", self.models.len(), s.teacher_schedule);
+            }
+            cda_engine::recover::run::run_with_teachers(backend, &self.models, s, self.out, self.show, self.log_every)
         }
     }
     let show = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let task = Run { model: &model, teacher: &teacher, settings: &settings, out: &out, show, log_every: args.log_every };
+    let models: Vec<&ResNet> = std::iter::once(&model).chain(&extras).collect();
+    let task = Run { models, teacher: &teacher, settings: &settings, out: &out, show, log_every: args.log_every };
     let summary = with_backend(device, threads, task)?;
     println!("{}", serde_json::to_string(&summary).expect("summary serialises"));
     Ok(())

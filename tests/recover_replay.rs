@@ -30,6 +30,21 @@ struct Case {
     iterations: usize,
     /// FADRM's data residual, for the cases made with one.
     residual: Option<Residual>,
+    /// A second teacher (EDC / CV-DD cases), and how many teachers drive each iteration.
+    extra: Option<ResNet>,
+    per_step: usize,
+}
+
+impl Case {
+    fn teachers(&self) -> Vec<&ResNet> {
+        std::iter::once(&self.model).chain(&self.extra).collect()
+    }
+
+    /// The teachers of iteration t, as the reference loop chose them.
+    fn chosen(&self, t: usize) -> Vec<usize> {
+        let count = 1 + self.extra.is_some() as usize;
+        if self.per_step > 1 { (0..count).collect() } else { vec![t % count] }
+    }
 }
 
 fn case(name: &str) -> Case {
@@ -57,7 +72,10 @@ fn case(name: &str) -> Case {
     let n = meta_f64(&traj, "n") as usize;
     let res = meta_f64(&traj, "res") as usize;
     let residual = traj.metadata.get("residual_every").map(|_| Residual { every: meta_f64(&traj, "residual_every") as usize, alpha: meta_f64(&traj, "residual_alpha") });
-    Case { model, traj, cfg, n, res, iterations, residual }
+    let extra = fixture(&format!("recover/{name}.t1.safetensors"));
+    let extra = extra.exists().then(|| ResNet::load(&extra).unwrap());
+    let per_step = traj.metadata.get("per_step").map_or(1, |_| meta_f64(&traj, "per_step") as usize);
+    Case { model, traj, cfg, n, res, iterations, residual, extra, per_step }
 }
 
 fn replay_params(c: &Case, t: usize) -> Vec<CropParams> {
@@ -103,12 +121,12 @@ fn check_schedules(c: &Case) {
 /// 2/M, a wrong mask or tap changes the gradient by more than 1e-2 of its scale).
 fn check_gradients(c: &Case) {
     let backend = CpuBackend::new(2).unwrap();
-    let mut rec = Recoverer::new(&backend, &c.model, &c.cfg, c.n, c.res, c.res).unwrap();
+    let mut rec = Recoverer::with_teachers(&backend, &c.teachers(), &c.cfg, c.n, c.res, c.res).unwrap();
     rec.reset(&tensor(&c.traj, "init").data, &targets(c)).unwrap();
     for t in 0..c.iterations {
         let before: Vec<f32> = if t == 0 { tensor(&c.traj, "init").data.clone() } else { slice_t(c, "x", t - 1).to_vec() };
         rec.set_images(&before).unwrap();
-        let point = rec.step(t, &replay_params(c, t), true).unwrap().unwrap();
+        let point = rec.step_with(t, &replay_params(c, t), &c.chosen(t), true).unwrap().unwrap();
         let ce_ref = tensor(&c.traj, "loss_ce").data[t];
         let bn_ref = tensor(&c.traj, "loss_bn").data[t];
         assert_close(&format!("iter {t} loss_ce"), &[point.ce], &[ce_ref], 1e-4);
@@ -129,12 +147,12 @@ fn check_trajectory(c: &Case) {
 }
 
 fn check_trajectory_on<B: Backend>(backend: &B, c: &Case) -> bool {
-    let mut rec = Recoverer::new(backend, &c.model, &c.cfg, c.n, c.res, c.res).unwrap();
+    let mut rec = Recoverer::with_teachers(backend, &c.teachers(), &c.cfg, c.n, c.res, c.res).unwrap();
     rec.residual = c.residual;
     let init = &tensor(&c.traj, "init").data;
     rec.reset(init, &targets(c)).unwrap();
     for t in 0..c.iterations {
-        let point = rec.step(t, &replay_params(c, t), true).unwrap().unwrap();
+        let point = rec.step_with(t, &replay_params(c, t), &c.chosen(t), true).unwrap().unwrap();
         let mixed = rec.apply_residual(t, init).unwrap();
         assert_eq!(mixed, c.residual.is_some_and(|r| (t + 1) % r.every == 0 && t + 1 < c.iterations), "residual at iteration {t}");
         assert_close(&format!("trajectory iter {t} loss_ce"), &[point.ce], &[tensor(&c.traj, "loss_ce").data[t]], 1e-3);
@@ -197,4 +215,30 @@ fn cda_residual_losses_gradients_and_trajectory() {
     check_schedules(&c);
     check_gradients(&c);
     check_trajectory(&c);
+}
+
+/// Two teachers of other depths and widths in turn (EDC's rotation): each iteration's losses and
+/// gradient are those of teacher t mod 2 against its own BN statistics; the trajectory follows.
+#[test]
+fn edc_rotation_two_teachers() {
+    let c = case("edc_rotation");
+    check_gradients(&c);
+    check_trajectory(&c);
+}
+
+/// Both teachers every iteration (CV-DD's committee with per_step = 2): the mean of their losses,
+/// the gradients added on the host.
+#[test]
+fn cvdd_committee_two_teachers() {
+    let c = case("cvdd_committee");
+    check_gradients(&c);
+    check_trajectory(&c);
+}
+
+/// The rotation on the CUDA backend (host emulation): one recorded graph per teacher, replayed in turn.
+#[test]
+fn cuda_emulated_rotation_graphs() {
+    let backend = EmulatedBackend::emulated().expect("host emulation of the kernels is built");
+    backend.set_conv_version(ConvVersion::Fp32);
+    assert!(check_trajectory_on(&backend, &case("edc_rotation")), "iterations were replayed from graphs");
 }

@@ -7,16 +7,22 @@ use super::presets::{Preset, PresetName};
 use super::run::RunSettings;
 use super::schedule::Curriculum;
 use super::init::{InitKind, InitSpec};
-use super::{ClipMode, RecoverConfig, Residual};
+use super::{ClipMode, RecoverConfig, Residual, TeacherSchedule};
 use crate::error::{Error, Result};
 use crate::model::{ResNet, Stem};
 
 /// Flags of `cda-engine run`, named like the official scripts'.
 #[derive(clap::Args, Clone, Debug)]
 pub struct RunArgs {
-    /// Teacher ResNet (safetensors). Default: the Fashion-MNIST teacher shipped in weights/.
-    #[arg(long)]
-    pub weights: Option<PathBuf>,
+    /// Teacher ResNet (safetensors). Default: the Fashion-MNIST teacher shipped in weights/. Several,
+    /// comma-separated, share the iterations (EDC, CV-DD; see --teachers-per-step): the first is the
+    /// main one (its metadata gives the defaults, it reports the teacher top-1).
+    #[arg(long, value_delimiter = ',')]
+    pub weights: Vec<PathBuf>,
+    /// With several teachers: 1 = EDC's rotation (iteration t uses teacher t mod T); k > 1 = CV-DD's
+    /// committee (k distinct teachers drawn at random each iteration, the mean of their losses).
+    #[arg(long, default_value_t = 1)]
+    pub teachers_per_step: usize,
     /// Official settings to start from (default: from the teacher's metadata or class count).
     #[arg(long, value_enum)]
     pub preset: Option<PresetName>,
@@ -134,7 +140,7 @@ pub enum Method {
     Rded,
     /// DELT (CVPR 2025), closest here: CDA from teacher-selected whole real crops.
     Delt,
-    /// FADRM (arXiv 2506.24125), closest here: CDA from RDED patches with the data residual.
+    /// FADRM (Fast and Accurate Data Residual Matching), closest here: CDA from RDED patches with the data residual.
     Fadrm,
     /// The best combination measured on Fashion-MNIST: CDA from RDED patches, lr 0.05, 500 iterations.
     Recommended,
@@ -256,6 +262,15 @@ pub fn settings(args: &RunArgs, model: &ResNet, teacher: &str) -> Result<(RunSet
         init,
         residual,
         method: Some(m.name().to_string()),
+        extra_teachers: args.weights.iter().skip(1).map(|p| p.display().to_string()).collect(),
+        teacher_schedule: match args.teachers_per_step {
+            0 => return Err(Error::Option("--teachers-per-step must be at least 1".into())),
+            1 => TeacherSchedule::Rotate,
+            k if k > args.weights.len().max(1) => {
+                return Err(Error::Option(format!("--teachers-per-step {k} exceeds the {} teachers given", args.weights.len().max(1))))
+            }
+            k => TeacherSchedule::Committee { per_step: k },
+        },
     };
     let preset_slug = match preset_name {
         PresetName::Imagenet1k => "imagenet-1k",

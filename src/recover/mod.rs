@@ -16,7 +16,7 @@ pub mod schedule;
 pub mod select;
 
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
@@ -177,29 +177,53 @@ fn issue_iteration<B: Backend>(b: &B, net: &mut Net<B>, s: &mut StepBuffers<B>, 
     b.adam_clip(n, c, hw, &s.scalars, &mut s.x, &s.g_x, &mut s.m, &mut s.v, &s.lo, &s.hi)
 }
 
-/// One batch's state on the backend: the teacher's executor plus images, Adam moments and scratch.
+/// One teacher's executor with its BN-loss weights, its recorded iteration and its loss readback.
+struct TeacherState<B: Backend> {
+    net: Net<B>,
+    /// r_bn * w_l per BN layer, and the w_l alone (first_bn_multiplier for l = 0, else 1).
+    bn_weights: Vec<f64>,
+    bn_mult: Vec<f64>,
+    losses_host: Vec<f32>,
+    /// This teacher's iteration recorded as a graph (CUDA), once one eager iteration has sized
+    /// every workspace.
+    graph: Option<B::Graph>,
+    eager_iterations: usize,
+}
+
+/// Which of several teachers drive an iteration. With one teacher both are the plain loop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum TeacherSchedule {
+    /// EDC ("Elucidating the Design Space of Dataset Condensation", NeurIPS 2024): one teacher per
+    /// iteration, in turn (iteration t uses teacher t mod T).
+    #[default]
+    Rotate,
+    /// CV-DD ("Dataset Distillation via Committee Voting"): `per_step` distinct teachers drawn at random each iteration (from the
+    /// batch's generator, after the augmentation); the loss is the mean of theirs.
+    Committee { per_step: usize },
+}
+
+/// One batch's state on the backend: the teachers' executors plus images, Adam moments and scratch.
 pub struct Recoverer<'a, B: Backend> {
     backend: &'a B,
-    pub net: Net<B>,
+    /// Teacher 0 is the main one: it reports the per-layer losses' layout and the final top-1.
+    teachers: Vec<TeacherState<B>>,
     cfg: RecoverConfig,
     n: usize,
     c: usize,
     h: usize,
     w: usize,
     bufs: StepBuffers<B>,
-    /// r_bn * w_l per BN layer, and the w_l alone (first_bn_multiplier for l = 0, else 1).
-    bn_weights: Vec<f64>,
-    bn_mult: Vec<f64>,
-    losses_host: Vec<f32>,
-    /// The iteration recorded as a graph (CUDA), once one eager iteration has sized every workspace.
-    graph: Option<B::Graph>,
-    eager_iterations: usize,
+    /// Unweighted r_l of the first teacher of the last iteration that read its losses back.
+    last_layers: Vec<f32>,
     /// Record and replay iterations as graphs where the backend can (default on; CDA_NO_GRAPH=1 turns it off).
     pub use_graphs: bool,
     pub log_every: usize,
-    /// FADRM's data residual (arXiv 2506.24125): after every `every`-th iteration but the last,
+    /// FADRM's data residual ("FADRM: Fast and Accurate Data Residual Matching for Dataset Distillation"): after every `every`-th iteration but the last,
     /// x <- alpha * x + (1 - alpha) * x0 with x0 the batch's starting images. None: off.
     pub residual: Option<Residual>,
+    /// How several teachers share the iterations (unused with one teacher).
+    pub schedule: TeacherSchedule,
 }
 
 /// FADRM's data residual: how often and how much of the starting image is mixed back in.
@@ -212,9 +236,25 @@ pub struct Residual {
 }
 
 impl<'a, B: Backend> Recoverer<'a, B> {
+    /// One teacher's recover state for batches of `n` images of `h` x `w`. Errors: bad settings
+    /// (`Error::Option`) and device allocation failures.
     pub fn new(backend: &'a B, model: &ResNet, cfg: &RecoverConfig, n: usize, h: usize, w: usize) -> Result<Recoverer<'a, B>> {
+        Self::with_teachers(backend, &[model], cfg, n, h, w)
+    }
+
+    /// Several teachers (EDC / CV-DD): each one's BN statistics are matched against its own running
+    /// statistics; `teachers[0]` is the main one. They must take the same input channels and classes;
+    /// the one normalisation in `cfg` is used for all.
+    pub fn with_teachers(backend: &'a B, models: &[&ResNet], cfg: &RecoverConfig, n: usize, h: usize, w: usize) -> Result<Recoverer<'a, B>> {
         cfg.validate()?;
+        let model = *models.first().ok_or_else(|| Error::Option("no teacher".into()))?;
         let c = model.in_channels;
+        if let Some(m) = models.iter().find(|m| m.in_channels != c || m.num_classes != model.num_classes) {
+            return Err(Error::Option(format!(
+                "the teachers differ: {} ({} channels, {} classes) and {} ({} channels, {} classes)",
+                model.arch_name(), c, model.num_classes, m.arch_name(), m.in_channels, m.num_classes
+            )));
+        }
         if let ClipMode::Normalized { mean, std } = &cfg.clip {
             if mean.len() != c || std.len() != c {
                 return Err(Error::Option(format!("mean/std have {}/{} values; the teacher has {c} input channels", mean.len(), std.len())));
@@ -226,16 +266,20 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         if cfg.tv_l2 > 0.0 || cfg.l2_scale > 0.0 {
             backend.check_image_prior_support()?;
         }
-        let net = Net::new(backend, model, n, h, w)?;
+        let mut teachers = Vec::with_capacity(models.len());
+        for m in models {
+            let net = Net::new(backend, m, n, h, w)?;
+            let layers = net.num_bn_layers();
+            let bn_mult: Vec<f64> = (0..layers).map(|l| if l == 0 { cfg.first_bn_multiplier } else { 1.0 }).collect();
+            let bn_weights = bn_mult.iter().map(|m| cfg.r_bn * m).collect();
+            teachers.push(TeacherState { net, bn_weights, bn_mult, losses_host: vec![0.0; 1 + layers], graph: None, eager_iterations: 0 });
+        }
         let len = n * c * h * w;
         let (lo_h, hi_h) = cfg.clip.bounds(c);
         let mut lo = backend.alloc(c)?;
         let mut hi = backend.alloc(c)?;
         backend.upload(&lo_h, &mut lo)?;
         backend.upload(&hi_h, &mut hi)?;
-        let layers = net.num_bn_layers();
-        let bn_mult: Vec<f64> = (0..layers).map(|l| if l == 0 { cfg.first_bn_multiplier } else { 1.0 }).collect();
-        let bn_weights = bn_mult.iter().map(|m| cfg.r_bn * m).collect();
         let bufs = StepBuffers {
             problem: CropResizeProblem { n: n as i32, c: c as i32, h: h as i32, w: w as i32 },
             x: backend.alloc(len)?,
@@ -251,26 +295,28 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         };
         Ok(Recoverer {
             backend,
+            last_layers: vec![0.0; teachers[0].losses_host.len() - 1],
+            teachers,
             cfg: cfg.clone(),
             n,
             c,
             h,
             w,
             bufs,
-            bn_weights,
-            bn_mult,
-            losses_host: vec![0.0; 1 + layers],
-            graph: None,
-            eager_iterations: 0,
             use_graphs: std::env::var("CDA_NO_GRAPH").map(|v| v != "1").unwrap_or(true),
             log_every: 50,
             residual: None,
-            net,
+            schedule: TeacherSchedule::Rotate,
         })
     }
 
     pub fn batch_len(&self) -> usize {
         self.n
+    }
+
+    /// Number of teachers.
+    pub fn teacher_count(&self) -> usize {
+        self.teachers.len()
     }
 
     /// Starts a batch: images from `init` (N C H W, normalised), zero Adam moments, the targets.
@@ -280,7 +326,10 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         let zeros = vec![0.0; init.len()];
         b.upload(&zeros, &mut self.bufs.m)?;
         b.upload(&zeros, &mut self.bufs.v)?;
-        self.net.set_targets(b, targets)
+        for t in &mut self.teachers {
+            t.net.set_targets(b, targets)?;
+        }
+        Ok(())
     }
 
     /// Replaces the images, keeping the Adam moments (tests replay a reference trajectory).
@@ -288,41 +337,99 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         self.backend.upload(x, &mut self.bufs.x)
     }
 
-    /// One iteration (0-based t) with the given augmentation; returns the losses if `want_losses`.
+    /// The teachers of iteration t under `Rotate` (also the choice for `Committee` when no generator
+    /// is at hand): teacher t mod T.
+    pub fn rotation(&self, t: usize) -> usize {
+        t % self.teachers.len()
+    }
+
+    /// The teachers of iteration t: the rotation, or a committee drawn from `rng`.
+    pub fn choose_teachers(&self, t: usize, rng: &mut StdRng) -> Vec<usize> {
+        let count = self.teachers.len();
+        match self.schedule {
+            TeacherSchedule::Committee { per_step } if count > 1 => {
+                let mut ids: Vec<usize> = (0..count).collect();
+                let k = per_step.clamp(1, count);
+                for i in 0..k {
+                    let j = rng.random_range(i..count);
+                    ids.swap(i, j);
+                }
+                ids.truncate(k);
+                ids.sort_unstable();
+                ids
+            }
+            _ => vec![self.rotation(t)],
+        }
+    }
+
+    /// One iteration (0-based t) with the given augmentation and the rotation's teacher; returns
+    /// the losses if `want_losses`.
     pub fn step(&mut self, t: usize, aug: &[CropParams], want_losses: bool) -> Result<Option<LossPoint>> {
+        let k = self.rotation(t);
+        self.step_with(t, aug, &[k], want_losses)
+    }
+
+    /// One iteration driven by the teachers `chosen` (indices, distinct): the mean of their losses.
+    /// One teacher runs as a recorded graph where the backend has graphs; several add their input
+    /// gradients on the host. Errors: backend failures, a non-finite loss (`Error::Numeric`).
+    pub fn step_with(&mut self, t: usize, aug: &[CropParams], chosen: &[usize], want_losses: bool) -> Result<Option<LossPoint>> {
         let b = self.backend;
         let cfg = &self.cfg;
+        if chosen.is_empty() || chosen.iter().any(|&k| k >= self.teachers.len()) {
+            return Err(Error::Option(format!("teachers {chosen:?} of {}", self.teachers.len())));
+        }
         let lr = schedule::cosine_lr(cfg.lr, t, cfg.iterations);
         b.upload_int(&CropParams::flatten(aug), &mut self.bufs.params)?;
         let (beta1, beta2) = cfg.adam_betas;
         let scalars = AdamScalars::new(lr, beta1, beta2, cfg.adam_eps, (t + 1) as u32).to_array();
         b.upload(&scalars, &mut self.bufs.scalars)?;
         let priors = cfg.tv_l2 > 0.0 || cfg.l2_scale > 0.0;
-        let prior = if priors {
-            // The priors read back their loss, so this path stays eager.
+        let prior = if priors || chosen.len() > 1 {
+            // The priors read back their loss and a committee adds gradients on the host, so this
+            // path stays eager.
             let s = &mut self.bufs;
             let p = s.problem;
+            let len = self.n * self.c * self.h * self.w;
+            let mut sum = vec![0.0f32; if chosen.len() > 1 { len } else { 0 }];
+            let mut part = vec![0.0f32; sum.len()];
+            let mut prior = 0.0;
             b.crop_resize_fwd(&p, &s.params, &s.x, &mut s.x_aug)?;
-            self.net.forward(b, &s.x_aug)?;
-            self.net.losses(b, &self.bn_weights)?;
-            self.net.backward(b, &s.x_aug, &mut s.g_aug)?;
-            let prior = b.image_prior(self.n, self.c, self.h, self.w, &s.x_aug, cfg.tv_l2, cfg.l2_scale, &mut s.g_aug)?;
-            b.crop_resize_bwd(&p, &s.params, &s.g_aug, &mut s.g_x)?;
+            for &k in chosen {
+                let tch = &mut self.teachers[k];
+                tch.net.forward(b, &s.x_aug)?;
+                tch.net.losses(b, &tch.bn_weights)?;
+                tch.net.backward(b, &s.x_aug, &mut s.g_aug)?;
+                if priors {
+                    prior = b.image_prior(self.n, self.c, self.h, self.w, &s.x_aug, cfg.tv_l2, cfg.l2_scale, &mut s.g_aug)?;
+                }
+                b.crop_resize_bwd(&p, &s.params, &s.g_aug, &mut s.g_x)?;
+                if chosen.len() > 1 {
+                    b.download(&s.g_x, &mut part)?;
+                    sum.iter_mut().zip(&part).for_each(|(a, &g)| *a += g);
+                }
+            }
+            if chosen.len() > 1 {
+                // The mean of the teachers' losses: each one's gradient (with the priors') / count.
+                let inv = 1.0 / chosen.len() as f32;
+                sum.iter_mut().for_each(|v| *v *= inv);
+                b.upload(&sum, &mut s.g_x)?;
+            }
             b.adam_clip(self.n, self.c, self.h * self.w, &s.scalars, &mut s.x, &s.g_x, &mut s.m, &mut s.v, &s.lo, &s.hi)?;
             prior
         } else {
-            if self.graph.is_none() && self.use_graphs && self.eager_iterations > 0 {
-                let (net, bufs, weights) = (&mut self.net, &mut self.bufs, &self.bn_weights);
-                self.graph = b.capture_graph(|b| issue_iteration(b, net, bufs, weights))?;
-                if self.graph.is_none() {
+            let tch = &mut self.teachers[chosen[0]];
+            if tch.graph.is_none() && self.use_graphs && tch.eager_iterations > 0 {
+                let (net, bufs, weights) = (&mut tch.net, &mut self.bufs, &tch.bn_weights);
+                tch.graph = b.capture_graph(|b| issue_iteration(b, net, bufs, weights))?;
+                if tch.graph.is_none() {
                     self.use_graphs = false; // the backend has no graphs
                 }
             }
-            match &self.graph {
+            match &tch.graph {
                 Some(g) => b.replay_graph(g)?,
                 None => {
-                    issue_iteration(b, &mut self.net, &mut self.bufs, &self.bn_weights)?;
-                    self.eager_iterations += 1;
+                    issue_iteration(b, &mut tch.net, &mut self.bufs, &tch.bn_weights)?;
+                    tch.eager_iterations += 1;
                 }
             }
             0.0
@@ -330,16 +437,25 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         if !want_losses {
             return Ok(None);
         }
-        b.download(&self.net.losses, &mut self.losses_host)?;
-        let ce = self.losses_host[0];
-        let bn: f64 = self.losses_host[1..].iter().zip(&self.bn_mult).map(|(&r, &w)| r as f64 * w).sum();
-        let total = ce as f64 + cfg.r_bn * bn + prior;
+        let (mut ce_sum, mut bn_sum) = (0.0f64, 0.0f64);
+        for (i, &k) in chosen.iter().enumerate() {
+            let tch = &mut self.teachers[k];
+            b.download(&tch.net.losses, &mut tch.losses_host)?;
+            ce_sum += tch.losses_host[0] as f64;
+            bn_sum += tch.losses_host[1..].iter().zip(&tch.bn_mult).map(|(&r, &w)| r as f64 * w).sum::<f64>();
+            if i == 0 {
+                self.last_layers = tch.losses_host[1..].to_vec();
+            }
+        }
+        let count = chosen.len() as f64;
+        let (ce, bn) = (ce_sum / count, bn_sum / count);
+        let total = ce + cfg.r_bn * bn + prior;
         if !total.is_finite() {
             return Err(Error::Numeric(format!(
-                "the loss became {total} at iteration {t} (ce {ce}, bn {bn}); try a smaller --lr"
+                "the loss became {total} at iteration {t} (ce {ce}, bn {bn}); the images diverged: try a smaller --lr"
             )));
         }
-        Ok(Some(LossPoint { iteration: t, ce, bn: bn as f32, total: total as f32, min_crop: 0.0, lr: lr as f32 }))
+        Ok(Some(LossPoint { iteration: t, ce: ce as f32, bn: bn as f32, total: total as f32, min_crop: 0.0, lr: lr as f32 }))
     }
 
     /// FADRM's data residual after iteration t (0-based) when its schedule says so: x <- alpha x +
@@ -356,14 +472,15 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         Ok(true)
     }
 
-    /// True once iterations run as a replayed graph.
+    /// True once iterations run as a replayed graph (for any teacher).
     pub fn uses_graph(&self) -> bool {
-        self.graph.is_some()
+        self.teachers.iter().any(|t| t.graph.is_some())
     }
 
-    /// Unweighted r_l of every BN layer from the last `step` that returned losses.
+    /// Unweighted r_l of every BN layer (of the first teacher of that iteration) from the last
+    /// `step` that returned losses.
     pub fn bn_layer_losses(&self) -> &[f32] {
-        &self.losses_host[1..]
+        &self.last_layers
     }
 
     pub fn images(&self) -> Result<Vec<f32>> {
@@ -397,8 +514,11 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         for t in 0..cfg.iterations {
             let min_crop = schedule::min_crop_scale(cfg.easy2hard_mode, cfg.milestone, t, cfg.iterations, cfg.reverse_curriculum);
             let aug = augment::sample_batch(rng, &spec, self.n, self.h, self.w, min_crop, cfg.per_image_augment);
+            // Drawn after the augmentation, and only with several teachers: one teacher's stream is
+            // the official one.
+            let chosen = self.choose_teachers(t, rng);
             let want = t == 0 || t + 1 == cfg.iterations || (t + 1) % self.log_every == 0;
-            match self.step(t, &aug, want)? {
+            match self.step_with(t, &aug, &chosen, want)? {
                 Some(mut point) => {
                     point.min_crop = min_crop as f32;
                     if t == 0 {
@@ -430,10 +550,11 @@ impl<'a, B: Backend> Recoverer<'a, B> {
             })
             .collect();
         self.backend.upload(&q, &mut self.bufs.x_aug)?;
-        self.net.forward(self.backend, &self.bufs.x_aug)?;
-        let classes = self.net.classes;
+        let net = &mut self.teachers[0].net;
+        net.forward(self.backend, &self.bufs.x_aug)?;
+        let classes = net.classes;
         let mut logits = vec![0.0; self.n * classes];
-        self.backend.download(&self.net.logits, &mut logits)?;
+        self.backend.download(&net.logits, &mut logits)?;
         let correct = logits
             .chunks(classes)
             .zip(targets)

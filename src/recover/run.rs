@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::output::{image_path, quantize, save_image, ImageFormat};
 use super::init::{class_images, InitKind, InitSpec};
-use super::{batch_rng, LossPoint, RecoverConfig, Recoverer, Residual};
+use super::{batch_rng, LossPoint, RecoverConfig, Recoverer, Residual, TeacherSchedule};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
@@ -41,6 +41,12 @@ pub struct RunSettings {
     /// The `--method` the settings came from, for the record.
     #[serde(default)]
     pub method: Option<String>,
+    /// Teachers after the main one (EDC / CV-DD), as given; empty for one teacher.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_teachers: Vec<String>,
+    /// How several teachers share the iterations.
+    #[serde(default)]
+    pub teacher_schedule: TeacherSchedule,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -164,6 +170,16 @@ pub struct RunSummary {
 
 /// Runs (or resumes) a recover job into `out`.
 pub fn run<B: Backend>(backend: &B, model: &ResNet, settings: &RunSettings, out: &Path, show_progress: bool, log_every: usize) -> Result<RunSummary> {
+    run_with_teachers(backend, &[model], settings, out, show_progress, log_every)
+}
+
+/// [`run`] with several teachers (`models[0]` the main one, the rest `settings.extra_teachers` in
+/// order), shared by `settings.teacher_schedule`.
+pub fn run_with_teachers<B: Backend>(backend: &B, models: &[&ResNet], settings: &RunSettings, out: &Path, show_progress: bool, log_every: usize) -> Result<RunSummary> {
+    let model = *models.first().ok_or_else(|| Error::Option("no teacher".into()))?;
+    if models.len() != 1 + settings.extra_teachers.len() {
+        return Err(Error::Option(format!("{} teachers loaded for {} named", models.len(), 1 + settings.extra_teachers.len())));
+    }
     validate(settings, model)?;
     std::fs::create_dir_all(out).map_err(|e| Error::output(out, e))?;
     let record_path = out.join(RECORD_FILE);
@@ -203,7 +219,8 @@ pub fn run<B: Backend>(backend: &B, model: &ResNet, settings: &RunSettings, out:
     for (bi, plan) in pending.iter().enumerate() {
         let n = plan.len();
         if !recoverers.iter().any(|(len, _)| *len == n) {
-            let mut r = Recoverer::new(backend, model, &settings.recover, n, res, res)?;
+            let mut r = Recoverer::with_teachers(backend, models, &settings.recover, n, res, res)?;
+            r.schedule = settings.teacher_schedule;
             r.log_every = log_every.max(1);
             r.residual = settings.residual;
             recoverers.push((n, r));
