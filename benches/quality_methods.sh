@@ -15,10 +15,17 @@
 #   delt          cda-engine run --method delt                     CDA from whole selected crops
 #   recommended   cda-engine run --method recommended              CDA from RDED's patches, lr 0.05, 500 it
 #   gentle_f1     cda-engine run --init patches --factor 1 --lr 0.05 --iteration 500
+#   real_gentle   cda-engine run --init real --lr 0.05 --iteration 500 --format png
+#   cda_png       cda-engine run --format png                      CDA from noise, lossless files
+#   sel_hard_whole     cda-engine select --factor 1 --crops 1 --select-min-scale 1 --select-rank hard
+#   sel_diverse_whole  the same with --select-rank diverse (k-center over the teacher's logits)
+#   sel_kmeans_whole   the same with --select-rank kmeans (k-means medoids over the teacher's logits)
+#   edc           cda-engine run --init patches --factor 1 --weights T,T2,T3 (three teachers in turn)
+#   cvdd          as edc with --teachers-per-step 2
 #
 #   SETS="real rded cda" IPCS=10 SEEDS="0 1 2" JOBS=2 THREADS=1 benches/quality_methods.sh
 #
-# Environment: OUT (target/quality_methods), SETS, IPCS (10), SEEDS (0 1 2), LR (student lr, 2e-3),
+# Environment: OUT (target/quality_methods), SETS, IPCS (10), SEEDS (0 1 2), LR (student lr, 2e-3), TEACHERS,
 # STUDENT_INIT (torchvision), EPOCHS (300), JOBS (jobs at a time, 1), THREADS (per job, 0 = all
 # cores), EXTRA (more validate flags). Each set is made once (a lock keeps two jobs from making the
 # same one); finished students are skipped on rerun. The table: benches/quality_methods.py
@@ -35,6 +42,9 @@ EPOCHS=${EPOCHS:-300}
 JOBS=${JOBS:-1}
 THREADS=${THREADS:-0}
 EXTRA=${EXTRA:-}
+# The teachers of the edc and cvdd sets (the shipped one first; the others made by `squeeze`, see
+# weights/README.md).
+TEACHERS=${TEACHERS:-weights/fashion_mnist_resnet18_w16.safetensors,weights/fashion_mnist_resnet18_w8_seed1.safetensors,weights/fashion_mnist_resnet18_w16_seed1.safetensors}
 
 cargo build --release --quiet
 mkdir -p "$OUT/records"
@@ -62,6 +72,11 @@ make_set() {
         delt) "$BIN" run "${common[@]}" --method delt --threads "$THREADS" --quiet ;;
         recommended) "$BIN" run "${common[@]}" --method recommended --threads "$THREADS" --quiet ;;
         gentle_f1) "$BIN" run "${common[@]}" --init patches --factor 1 --lr 0.05 --iteration 500 --threads "$THREADS" --quiet ;;
+        real_gentle) "$BIN" run "${common[@]}" --init real --lr 0.05 --iteration 500 --format png --threads "$THREADS" --quiet ;;
+        cda_png) "$BIN" run "${common[@]}" --format png --threads "$THREADS" --quiet ;;
+        sel_*_whole) local r=${name#sel_}; "$BIN" select "${common[@]}" --factor 1 --crops 1 --select-min-scale 1 --select-rank "${r%_whole}" --threads "$THREADS" ;;
+        edc) "$BIN" run "${common[@]}" --init patches --factor 1 --weights "$TEACHERS" --threads "$THREADS" --quiet ;;
+        cvdd) "$BIN" run "${common[@]}" --init patches --factor 1 --weights "$TEACHERS" --teachers-per-step 2 --threads "$THREADS" --quiet ;;
         *) echo "unknown set $name" >&2; return 1 ;;
     esac > "$dir.log" 2>&1
     touch "$dir.done"
@@ -97,7 +112,7 @@ for ipc in $IPCS; do
         done
     done
 done
-export BIN OUT RESULTS LR STUDENT_INIT EPOCHS THREADS EXTRA
+export BIN OUT RESULTS LR STUDENT_INIT EPOCHS THREADS EXTRA TEACHERS
 export -f make_set job
 printf '%s\n' "${queue[@]}" | xargs -P "$JOBS" -L 1 bash -c 'job "$@"' _
 python3 benches/quality_methods.py "$RESULTS"

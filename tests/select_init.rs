@@ -5,7 +5,7 @@ mod common;
 
 use cda_engine::backend::cpu::CpuBackend;
 use cda_engine::model::ResNet;
-use cda_engine::recover::init::{select_views, shrink, stitch};
+use cda_engine::recover::init::{select_views, shrink, stitch, Rank};
 use common::{assert_close, fixture, load, tensor};
 
 fn check(name: &str) {
@@ -15,7 +15,7 @@ fn check(name: &str) {
     let model = ResNet::load(&fixture("../../weights/fashion_mnist_resnet18_w16.safetensors")).unwrap();
     let views: Vec<Vec<f32>> = tensor(&f, "views").data.chunks(28 * 28).map(<[f32]>::to_vec).collect();
     let backend = CpuBackend::new(2).unwrap();
-    let picked = select_views(&backend, &model, &views, crops, class, count, factor, 28, &[0.2860], &[0.3530]).unwrap();
+    let picked = select_views(&backend, &model, &views, crops, class, count, factor, 28, &[0.2860], &[0.3530], Rank::Easy).unwrap();
     // The ranking is exact: the reference's neighbouring losses differ by at least 1e-4 (printed by
     // the script), far above the forward's fp32 differences (about 1e-6 of the logits, tests/forward.rs).
     let chosen: Vec<usize> = picked.iter().flat_map(|(_, used)| used.clone()).collect();

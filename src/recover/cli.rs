@@ -6,7 +6,7 @@ use super::output::ImageFormat;
 use super::presets::{Preset, PresetName};
 use super::run::RunSettings;
 use super::schedule::Curriculum;
-use super::init::{InitKind, InitSpec};
+use super::init::{InitKind, InitSpec, Rank};
 use super::{ClipMode, RecoverConfig, Residual, TeacherSchedule};
 use crate::error::{Error, Result};
 use crate::model::{ResNet, Stem};
@@ -118,9 +118,13 @@ pub struct RunArgs {
     /// Random crops scored per candidate image (RDED's num_crop).
     #[arg(long, default_value_t = 5)]
     pub crops: usize,
-    /// Smallest area fraction of a candidate crop (RandomResizedCrop scale lower bound).
+    /// Smallest area fraction of a candidate crop (RandomResizedCrop scale lower bound; 1 = whole images).
     #[arg(long, default_value_t = 0.08)]
     pub select_min_scale: f64,
+    /// Order of the selected views: easy (RDED: lowest teacher loss first), hard (highest first) or
+    /// diverse (k-center greedy over the teacher's logits, starting from the easiest).
+    #[arg(long, value_enum, default_value_t = Rank::Easy)]
+    pub select_rank: Rank,
     /// FADRM's data residual: mix each image with its start after every N iterations (0 = off).
     #[arg(long)]
     pub residual_every: Option<usize>,
@@ -220,6 +224,7 @@ pub fn settings(args: &RunArgs, model: &ResNet, teacher: &str) -> Result<(RunSet
         candidates: args.candidates,
         crops: args.crops,
         min_scale: args.select_min_scale,
+        rank: args.select_rank,
     } };
     let residual = match (args.residual_every, m) {
         (Some(0), _) => None,
@@ -347,9 +352,13 @@ pub struct SelectArgs {
     /// Random crops scored per candidate image (RDED's num_crop).
     #[arg(long, default_value_t = 5)]
     pub crops: usize,
-    /// Smallest area fraction of a candidate crop (RandomResizedCrop scale lower bound).
+    /// Smallest area fraction of a candidate crop (RandomResizedCrop scale lower bound; 1 = whole images).
     #[arg(long, default_value_t = 0.08)]
     pub select_min_scale: f64,
+    /// Order of the selected views: easy (RDED: lowest teacher loss first), hard (highest first) or
+    /// diverse (k-center greedy over the teacher's logits, starting from the easiest).
+    #[arg(long, value_enum, default_value_t = Rank::Easy)]
+    pub select_rank: Rank,
     /// Per-channel mean of the teacher's input normalisation (comma-separated); overrides metadata.
     #[arg(long, value_delimiter = ',')]
     pub mean: Option<Vec<f32>>,
@@ -378,7 +387,7 @@ pub fn select_settings(a: &SelectArgs, model: &ResNet, teacher: &str) -> Result<
     let data = a.init_data.clone().or_else(|| model.metadata.get("dataset").cloned()).ok_or_else(|| Error::Option("--init-data is needed: the teacher's metadata names no dataset".into()))?;
     Ok(super::select::SelectSettings {
         teacher: teacher.to_string(),
-        init: InitSpec { kind: InitKind::Patches, data: Some(data), factor: a.factor, candidates: a.candidates, crops: a.crops, min_scale: a.select_min_scale },
+        init: InitSpec { kind: InitKind::Patches, data: Some(data), factor: a.factor, candidates: a.candidates, crops: a.crops, min_scale: a.select_min_scale, rank: a.select_rank },
         classes: a.classes.unwrap_or(model.num_classes),
         ipc_start: a.ipc_start,
         ipc_end: a.ipc_end.or(p.as_ref().map(|p| p.ipc)).ok_or_else(|| Error::Option("pass --ipc-end".into()))?,

@@ -51,13 +51,36 @@ pub struct InitSpec {
     pub candidates: usize,
     /// Random views scored per candidate (RDED's `num_crop`).
     pub crops: usize,
-    /// Smallest crop area fraction of a candidate view.
+    /// Smallest crop area fraction of a candidate view (1: the whole image, no crop).
     pub min_scale: f64,
+    /// How candidates are ranked (RDED: easy first).
+    #[serde(default)]
+    pub rank: Rank,
+}
+
+/// The order in which selected views fill the images. Each candidate image is represented by its
+/// view of lowest teacher cross-entropy in every case.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Rank {
+    /// RDED: lowest cross-entropy first (the most realistic, most typical).
+    #[default]
+    Easy,
+    /// Highest cross-entropy first (nearest the teacher's decision boundaries).
+    Hard,
+    /// k-center greedy over the teacher's centred logits: the easiest first, then each time the
+    /// candidate farthest (L2) from all chosen ones; covers the class as the teacher sees it,
+    /// outliers first.
+    Diverse,
+    /// k-means medoids over the teacher's centred logits: Lloyd's k-means into as many groups as
+    /// views are needed (20 rounds, started from the k-center points), then each group's member
+    /// nearest its mean, largest group first: representative and spread.
+    Kmeans,
 }
 
 impl Default for InitSpec {
     fn default() -> Self {
-        InitSpec { kind: InitKind::Noise, data: None, factor: 2, candidates: 300, crops: 5, min_scale: 0.08 }
+        InitSpec { kind: InitKind::Noise, data: None, factor: 2, candidates: 300, crops: 5, min_scale: 0.08, rank: Rank::Easy }
     }
 }
 
@@ -158,11 +181,12 @@ pub fn stitch(patches: &[Vec<f32>], c: usize, s: usize, f: usize) -> Vec<f32> {
     out
 }
 
-/// Teacher cross-entropy of `class` for each of `views` (C x res x res pixels in [0, 1]), in batches
-/// of up to 100 through the eval-mode forward.
-fn score_views<B: Backend>(backend: &B, model: &ResNet, views: &[Vec<f32>], class: usize, res: usize, mean: &[f32], std: &[f32]) -> Result<Vec<f32>> {
+/// Teacher cross-entropy of `class` for each of `views` (C x res x res pixels in [0, 1]) and the
+/// logits (views x classes, row-major), in batches of up to 100 through the eval-mode forward.
+fn score_views<B: Backend>(backend: &B, model: &ResNet, views: &[Vec<f32>], class: usize, res: usize, mean: &[f32], std: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
     let c = model.in_channels;
     let mut scores = Vec::with_capacity(views.len());
+    let mut all_logits = Vec::with_capacity(views.len() * model.num_classes);
     let mut net: Option<(usize, Net<B>, B::Buf)> = None;
     for chunk in views.chunks(100) {
         let n = chunk.len();
@@ -185,8 +209,9 @@ fn score_views<B: Backend>(backend: &B, model: &ResNet, views: &[Vec<f32>], clas
             let lse = max + row.iter().map(|&v| (v - max).exp()).sum::<f32>().ln();
             scores.push(lse - row[class]);
         }
+        all_logits.extend_from_slice(&logits);
     }
-    Ok(scores)
+    Ok((scores, all_logits))
 }
 
 /// The first `count` starting images of `class` (image k is the same whatever `count`).
@@ -229,14 +254,18 @@ pub fn class_images<B: Backend>(backend: &B, model: &ResNet, ds: &dyn Dataset, s
             for &i in &ids {
                 let img = ds.image(i)?;
                 for _ in 0..spec.crops {
-                    let v = sample_view(&mut rng, Crop::Resized { min_scale: spec.min_scale, max_scale: 1.0 }, false, img.h, img.w, res);
+                    let v = if spec.min_scale >= 1.0 {
+                        crate::data::augment::center_view(img.h, img.w, res)
+                    } else {
+                        sample_view(&mut rng, Crop::Resized { min_scale: spec.min_scale, max_scale: 1.0 }, false, img.h, img.w, res)
+                    };
                     let mut px = vec![0.0; c * res * res];
                     render(&img, &v, res, &mut px);
                     views.push(px);
                     boxes.push(format!("{i}:{},{},{},{}", v.top, v.left, v.h, v.w));
                 }
             }
-            let picked = select_views(backend, model, &views, spec.crops, class, count, f, res, mean, std)?;
+            let picked = select_views(backend, model, &views, spec.crops, class, count, f, res, mean, std, spec.rank)?;
             Ok(picked
                 .into_iter()
                 .map(|(pixels, used)| InitImage { pixels, sources: used.iter().map(|&v| boxes[v].clone()).collect() })
@@ -247,32 +276,111 @@ pub fn class_images<B: Backend>(backend: &B, model: &ResNet, ds: &dyn Dataset, s
 
 /// RDED's selection and stitching over given views: `views` holds `crops` consecutive views
 /// (C x res x res, pixels in [0, 1]) of each candidate image. Each candidate keeps its view of lowest
-/// teacher cross-entropy for `class` (the first of equal ones); candidates are ranked by that score
-/// (ties by candidate order); output image k stitches the views of ranks k f^2 .. (k+1) f^2 - 1,
-/// each shrunk by `factor`, row-major. Returns, per output image, its pixels and the view indices used.
+/// teacher cross-entropy for `class` (the first of equal ones); candidates are ordered by `rank`
+/// (RDED: by that loss, lowest first; ties by candidate order); output image k stitches the views
+/// of ranks k f^2 .. (k+1) f^2 - 1, each shrunk by `factor`, row-major. Returns, per output image,
+/// its pixels and the view indices used.
 ///
 /// Errors: fewer candidates than `count * factor^2`, or a backend error of the scoring forward.
 #[allow(clippy::too_many_arguments)]
-pub fn select_views<B: Backend>(backend: &B, model: &ResNet, views: &[Vec<f32>], crops: usize, class: usize, count: usize, factor: usize, res: usize, mean: &[f32], std: &[f32]) -> Result<Vec<(Vec<f32>, Vec<usize>)>> {
+pub fn select_views<B: Backend>(backend: &B, model: &ResNet, views: &[Vec<f32>], crops: usize, class: usize, count: usize, factor: usize, res: usize, mean: &[f32], std: &[f32], rank: Rank) -> Result<Vec<(Vec<f32>, Vec<usize>)>> {
     let (c, f) = (model.in_channels, factor);
     let candidates = views.len() / crops.max(1);
     let need = count * f * f;
     if crops == 0 || candidates < need {
         return Err(Error::Option(format!("{candidates} candidate images for {need} selected views")));
     }
-    let scores = score_views(backend, model, views, class, res, mean, std)?;
-    let mut best: Vec<(f32, usize, usize)> = (0..candidates)
+    let (scores, logits) = score_views(backend, model, views, class, res, mean, std)?;
+    let best: Vec<(f32, usize, usize)> = (0..candidates)
         .map(|k| {
             let (j, s) = (0..crops).map(|j| (j, scores[k * crops + j])).fold((0, f32::INFINITY), |a, b| if b.1 < a.1 { b } else { a });
             (s, k, k * crops + j)
         })
         .collect();
-    best.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    Ok(best[..need]
+    let mut easy = best.clone();
+    easy.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let order: Vec<(f32, usize, usize)> = match rank {
+        Rank::Easy => easy,
+        Rank::Hard => {
+            let mut hard = best.clone();
+            hard.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            hard
+        }
+        Rank::Diverse | Rank::Kmeans => {
+            let classes = model.num_classes;
+            let centred = |v: usize| {
+                let row = &logits[v * classes..(v + 1) * classes];
+                let m = row.iter().sum::<f32>() / classes as f32;
+                row.iter().map(move |x| x - m)
+            };
+            let dist = |a: usize, b: usize| centred(a).zip(centred(b)).map(|(x, y)| (x - y) * (x - y)).sum::<f32>();
+            let mut chosen = vec![easy[0]];
+            let mut nearest: Vec<f32> = best.iter().map(|e| dist(e.2, easy[0].2)).collect();
+            nearest[easy[0].1] = f32::NEG_INFINITY;
+            while chosen.len() < need {
+                // The farthest candidate not chosen yet (chosen ones hold -inf); the first of equals.
+                let mut next: Option<usize> = None;
+                for k in (0..candidates).filter(|&k| nearest[k] != f32::NEG_INFINITY) {
+                    if next.is_none_or(|a| nearest[k] > nearest[a]) {
+                        next = Some(k);
+                    }
+                }
+                let Some(k) = next else { break };
+                chosen.push(best[k]);
+                nearest[k] = f32::NEG_INFINITY;
+                for (j, e) in best.iter().enumerate() {
+                    if nearest[j] != f32::NEG_INFINITY {
+                        nearest[j] = nearest[j].min(dist(e.2, best[k].2));
+                    }
+                }
+            }
+            if rank == Rank::Kmeans {
+                chosen = kmeans_medoids(&best, &chosen, &|v| centred(v).collect(), classes);
+            }
+            chosen
+        }
+    };
+    Ok(order[..need]
         .chunks(f * f)
         .map(|group| {
             let patches: Vec<Vec<f32>> = group.iter().map(|&(_, _, v)| shrink(&views[v], c, res, f)).collect();
             (stitch(&patches, c, res, f), group.iter().map(|&(_, _, v)| v).collect())
         })
         .collect())
+}
+
+/// Lloyd's k-means over the points `feature(view)` of `items` (score, candidate, view), started from
+/// the means at `start`; returns each group's member nearest its mean (the first of equals),
+/// largest group first (ties by the start order). Empty groups are dropped.
+fn kmeans_medoids(items: &[(f32, usize, usize)], start: &[(f32, usize, usize)], feature: &dyn Fn(usize) -> Vec<f32>, dims: usize) -> Vec<(f32, usize, usize)> {
+    let points: Vec<Vec<f32>> = items.iter().map(|e| feature(e.2)).collect();
+    let mut means: Vec<Vec<f32>> = start.iter().map(|e| feature(e.2)).collect();
+    let d2 = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>();
+    let nearest_mean = |p: &[f32], means: &[Vec<f32>]| (0..means.len()).fold(0, |best, g| if d2(p, &means[g]) < d2(p, &means[best]) { g } else { best });
+    let mut group = vec![0usize; points.len()];
+    for _ in 0..20 {
+        for (i, p) in points.iter().enumerate() {
+            group[i] = nearest_mean(p, &means);
+        }
+        let mut sums = vec![vec![0.0f32; dims]; means.len()];
+        let mut counts = vec![0usize; means.len()];
+        for (i, p) in points.iter().enumerate() {
+            counts[group[i]] += 1;
+            sums[group[i]].iter_mut().zip(p).for_each(|(s, v)| *s += v);
+        }
+        for g in 0..means.len() {
+            if counts[g] > 0 {
+                means[g] = sums[g].iter().map(|s| s / counts[g] as f32).collect();
+            }
+        }
+    }
+    let mut medoids: Vec<(usize, usize, usize)> = Vec::new(); // (size, group, item)
+    for g in 0..means.len() {
+        let members: Vec<usize> = (0..points.len()).filter(|&i| group[i] == g).collect();
+        if let Some(&m) = members.iter().min_by(|&&a, &&b| d2(&points[a], &means[g]).total_cmp(&d2(&points[b], &means[g])).then(a.cmp(&b))) {
+            medoids.push((members.len(), g, m));
+        }
+    }
+    medoids.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    medoids.into_iter().map(|(_, _, m)| items[m]).collect()
 }
