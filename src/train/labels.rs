@@ -91,6 +91,8 @@ pub struct LabelWriter {
     tmp: PathBuf,
     file: std::io::BufWriter<File>,
     next_epoch: usize,
+    /// Header and every epoch's tensors, in bytes: what the finished file must measure.
+    expected_len: u64,
 }
 
 impl LabelWriter {
@@ -132,7 +134,8 @@ impl LabelWriter {
         let w = |file: &mut std::io::BufWriter<File>, b: &[u8]| file.write_all(b).map_err(|e| Error::output(path, e));
         w(&mut file, &(text.len() as u64).to_le_bytes())?;
         w(&mut file, &text)?;
-        Ok(LabelWriter { meta, path: path.to_path_buf(), tmp, file, next_epoch: 0 })
+        let expected_len = 8 + text.len() as u64 + offset as u64;
+        Ok(LabelWriter { meta, path: path.to_path_buf(), tmp, file, next_epoch: 0, expected_len })
     }
 
     /// Appends the next epoch (epochs must come in order).
@@ -199,6 +202,11 @@ impl LabelWriter {
         }
         self.file.flush().map_err(|e| Error::output(&self.path, e))?;
         self.file.get_ref().sync_all().map_err(|e| Error::output(&self.path, e))?;
+        // A short file must never take the final name, whatever the writes reported.
+        let on_disk = self.file.get_ref().metadata().map_err(|e| Error::output(&self.path, e))?.len();
+        if on_disk != self.expected_len {
+            return Err(Error::output(&self.path, format!("only {on_disk} of {} bytes reached the disk", self.expected_len)));
+        }
         std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::output(&self.path, e))
     }
 }
