@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cda-engine"))
@@ -28,6 +29,17 @@ fn ok(args: &[&str]) -> String {
     let o = bin().args(args).output().unwrap();
     assert!(o.status.success(), "{args:?} failed: {}", text(&o));
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn fails_with(args: &[&str], needles: &[&str]) -> String {
+    let o = bin().args(args).output().unwrap();
+    let all = text(&o);
+    assert!(!o.status.success(), "{args:?} succeeded: {all}");
+    assert!(!all.contains("panicked"), "{args:?} panicked: {all}");
+    for n in needles {
+        assert!(all.contains(n), "{args:?}: output lacks {n:?}: {all}");
+    }
+    all
 }
 
 /// Runs the engine with writes limited to `blocks` x 512 bytes per file, as on a nearly full disk.
@@ -132,5 +144,150 @@ fn run_on_a_full_disk_fails_and_a_rerun_completes_the_set() {
     assert_eq!(images(&out).len(), 6);
     assert_all_whole(&out);
     assert_eq!(record(&out)["batches"].as_array().unwrap().len(), 2);
+}
+
+// ---- 1. A resumed run checks the files it skips. ----
+
+#[test]
+fn resume_reruns_batches_whose_images_are_empty_cut_or_the_wrong_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r");
+    let args = run_args(&out, &["--ipc-per-batch", "1", "--ipc-end", "4", "--seed", "3"]);
+    ok(&args);
+    let want: Vec<Vec<u8>> = images(&out).iter().map(|p| std::fs::read(p).unwrap()).collect();
+    // Batch ipc 0: an empty file; ipc 1: a file cut in half; ipc 2: a whole JPEG of another size.
+    std::fs::write(out.join("new000/class000_id000.jpg"), b"").unwrap();
+    let cut = out.join("new001/class001_id001.jpg");
+    let bytes = std::fs::read(&cut).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    image::GrayImage::new(14, 14).save_with_format(out.join("new002/class002_id002.jpg"), image::ImageFormat::Jpeg).unwrap();
+    let log = ok(&args);
+    assert!(log.contains("resuming: 1 of 4 batches"), "{log}");
+    assert!(log.contains("class000_id000.jpg is not a whole image: empty file"), "{log}");
+    assert!(log.contains("class001_id001.jpg is not a whole image: cut short"), "{log}");
+    assert!(log.contains("class002_id002.jpg is not a whole image: 14x14"), "{log}");
+    let got: Vec<Vec<u8>> = images(&out).iter().map(|p| std::fs::read(p).unwrap()).collect();
+    assert!(got == want, "the rerun batches differ from the first run's");
+}
+
+// ---- 2. One folder never holds two sets. ----
+
+/// The shipped teacher with every F32 tensor stored as F16 (same architecture, other weights).
+fn f16_copy(to: &Path) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/fashion_mnist_resnet18_w16.safetensors");
+    let bytes = std::fs::read(from).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in st.tensors() {
+        let (dtype, data) = if view.dtype() == safetensors::Dtype::F32 {
+            let d = view.data().chunks_exact(4).flat_map(|c| half::f16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes()).collect();
+            (safetensors::Dtype::F16, d)
+        } else {
+            (view.dtype(), view.data().to_vec())
+        };
+        tensors.push((name, dtype, view.shape().to_vec(), data));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> =
+        tensors.iter().map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    safetensors::serialize_to_file(views, meta.metadata().clone(), to).unwrap();
+}
+
+#[test]
+fn a_continuation_with_other_weights_or_settings_is_refused_naming_each_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x");
+    ok(&run_args(&out, &["--ipc-end", "2", "--seed", "7"]));
+    let fingerprint = record(&out)["teacher_fingerprint"].as_str().expect("the record holds the teacher's fingerprint").to_string();
+
+    let other = dir.path().join("teacher_f16.safetensors");
+    f16_copy(&other);
+    let msg = fails_with(&run_args(&out, &["--ipc-start", "2", "--ipc-end", "4", "--seed", "7", "--weights", s(&other)]), &["teacher weights: fingerprint", &fingerprint, "teacher_f16.safetensors"]);
+    assert!(msg.contains("give a new --out"), "{msg}");
+    // Several settings at once: each is named with its old and new value.
+    fails_with(&run_args(&out, &["--ipc-start", "2", "--ipc-end", "4", "--seed", "8", "--iteration", "4"]), &["seed: 7 -> 8", "recover.iterations: 3 -> 4"]);
+    // Nothing of the refused runs reached the folder.
+    assert_eq!(images(&out).len(), 6);
+    // The same teacher and settings continue, and the record spans both ranges.
+    ok(&run_args(&out, &["--ipc-start", "2", "--ipc-end", "4", "--seed", "7"]));
+    let r = record(&out);
+    assert_eq!((r["settings"]["ipc_start"].as_u64(), r["settings"]["ipc_end"].as_u64()), (Some(0), Some(4)), "{}", r["settings"]);
+    assert_eq!(images(&out).len(), 12);
+}
+
+/// A child process killed (as kill -9 would) when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_second_run_into_a_busy_folder_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("busy");
+    let long = ["run", "--iteration", "100000", "--classes", "3", "--ipc-end", "1", "--quiet", "--out", s(&out)];
+    // A run long enough to still be going when the second one starts.
+    let mut first = KillOnDrop(bin().args(long).stderr(std::process::Stdio::null()).spawn().unwrap());
+    let t0 = Instant::now();
+    while !out.join(".cda-engine.lock").exists() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the first run took no lock within a minute");
+        assert!(first.0.try_wait().unwrap().is_none(), "the first run ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut second = KillOnDrop(bin().args(long).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap());
+    let t1 = Instant::now();
+    while second.0.try_wait().unwrap().is_none() {
+        assert!(t1.elapsed() < Duration::from_secs(30), "the second run was not refused: it was still running after 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(second.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!second.0.wait().unwrap().success(), "{err}");
+    assert!(err.contains("is writing into this folder") && err.contains(s(&out)), "{err}");
+    // The killed owner's lock dies with it (its file stays): the next run takes the folder.
+    drop(first);
+    ok(&run_args(&out, &["--ipc-end", "1"]));
+    assert!(!out.join(".cda-engine.lock").exists());
+}
+
+#[test]
+fn run_refuses_a_folder_of_images_it_did_not_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sampled");
+    ok(&["sample", "--data", "fashion-mnist", "--ipc", "2", "--out", s(&out), "--format", "jpg"]);
+    let before = walk(&out);
+    fails_with(&run_args(&out, &["--ipc-end", "2"]), &["no recover_record.json", s(&out)]);
+    assert_eq!(walk(&out), before, "the refused run changed the folder");
+}
+
+#[test]
+fn a_kill_between_images_and_record_is_reconciled_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("k");
+    let args = run_args(&out, &["--ipc-per-batch", "1", "--ipc-end", "2", "--seed", "5"]);
+    ok(&args);
+    let want: Vec<Vec<u8>> = images(&out).iter().map(|p| std::fs::read(p).unwrap()).collect();
+    // As a kill leaves it: the last batch's images written, its record entry not, and the record's
+    // and an image's temporary files (of a process that is gone) beside them.
+    let mut r = record(&out);
+    r["batches"].as_array_mut().unwrap().pop();
+    std::fs::write(out.join("recover_record.json"), serde_json::to_vec_pretty(&r).unwrap()).unwrap();
+    let stale = [out.join(".recover_record.json.tmp999999"), out.join("new000/.class000_id001.jpg.tmp999999")];
+    for p in &stale {
+        std::fs::write(p, b"{").unwrap();
+    }
+    let log = ok(&args);
+    assert!(log.contains("images present but not in the record"), "{log}");
+    assert_eq!(record(&out)["batches"].as_array().unwrap().len(), 2, "the record stays one batch short");
+    for p in &stale {
+        assert!(!p.exists(), "{} left behind", p.display());
+    }
+    let got: Vec<Vec<u8>> = images(&out).iter().map(|p| std::fs::read(p).unwrap()).collect();
+    assert!(got == want, "the rerun batch differs from the first run's");
+    assert!(walk(&out).iter().all(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.')), "{:?}", walk(&out));
 }
 

@@ -656,17 +656,26 @@ pub struct SampleArgs {
 }
 
 /// Writes a seeded, class-balanced random subset of a dataset as an ImageFolder in `run`'s layout.
+///
+/// Every image is written atomically ([`crate::recover::output::save_image`]): a failed write (a
+/// full disk) ends the command with an error naming the file, and leaves no partial image.
+///
+/// Errors: `Error::Option` (--ipc 0), `Error::Input` (a class with fewer images than --ipc, an
+/// unreadable dataset), `Error::Output` (--out not empty, being written by another process, or not
+/// writable).
 pub fn sample(a: &SampleArgs) -> Result<()> {
     use rand::{Rng, SeedableRng};
     let channels = channels_of(&a.data, a.channels);
     if a.ipc == 0 {
         return Err(Error::Option("--ipc must be at least 1".into()));
     }
-    // Images left from an earlier sample would silently join the set.
-    if std::fs::read_dir(&a.out).is_ok_and(|mut d| d.next().is_some()) {
-        return Err(Error::output(&a.out, "the folder is not empty; give a new --out"));
-    }
     let ds = data::open(&a.data, Split::Train, channels)?;
+    // Owned while it is written, and empty once owned: images left from an earlier sample, or
+    // written by another process at the same time, would silently join the set.
+    let _lock = crate::io::lock_folder(&a.out)?;
+    if let Some(name) = crate::io::folder_entries(&a.out).next() {
+        return Err(Error::output(&a.out, format!("the folder is not empty (it holds {name}); give a new --out")));
+    }
     let classes = ds.num_classes();
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
     for i in 0..ds.len() {
