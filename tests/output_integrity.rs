@@ -291,3 +291,26 @@ fn a_kill_between_images_and_record_is_reconciled_on_resume() {
     assert!(walk(&out).iter().all(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.')), "{:?}", walk(&out));
 }
 
+// ---- 3. Soft labels are tied to pixels. ----
+
+#[test]
+fn labels_made_for_other_pixels_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    // Two sets with the same layout and names, other pixels (other seeds); all ten classes, so the
+    // teacher's test set fits.
+    for (out, seed) in [(&a, "1"), (&b, "2")] {
+        ok(&["run", "--iteration", "2", "--ipc-end", "1", "--quiet", "--seed", seed, "--out", s(out)]);
+    }
+    let labels = dir.path().join("a.safetensors");
+    ok(&["relabel", "--images", s(&a), "--out", s(&labels), "--epochs", "1", "--threads", "1", "--quiet"]);
+    let validate = |images: &Path, needle: &str| {
+        let args = ["validate", "--images", s(images), "--labels", s(&labels), "--epochs", "1", "--student", "resnet18-w2", "--test-data", s(&a), "--threads", "1", "--quiet"];
+        let msg = fails_with(&args, &["the file names match but the pixels differ", needle]);
+        assert!(!msg.contains("epoch 1"), "validate trained before refusing: {msg}");
+    };
+    validate(&b, s(&b));
+    // One image changed in place is enough.
+    std::fs::copy(b.join("new004/class004_id000.jpg"), a.join("new004/class004_id000.jpg")).unwrap();
+    validate(&a, s(&a));
+}

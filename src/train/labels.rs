@@ -14,7 +14,7 @@
 //!                stands in for every other class at replay.
 //! Metadata: format, epochs, batch_size, images, classes, image_size, topk, mix kind, min_scale, flip,
 //! mean/std, teacher and its weights' fingerprint, images folder, a hash of the sorted relative file
-//! list, seed.
+//! list (`images_hash`) and one of the files' content (`images_content_hash`), seed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -334,7 +334,8 @@ impl LabelFile {
     }
 }
 
-/// FNV-1a over the relative file names of a folder's images (identifies the distilled set).
+/// FNV-1a over the relative file names of a folder's images: which files a set has, not what they
+/// hold (see [`folder_content_hash`] for that). Kept to tell "other names" from "other pixels".
 pub fn folder_hash(root: &Path, files: &[PathBuf]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for f in files {
@@ -345,6 +346,27 @@ pub fn folder_hash(root: &Path, files: &[PathBuf]) -> String {
         }
     }
     format!("{h:016x}")
+}
+
+/// SHA-256 over every image of a folder: for each file in `files`' order, its relative name (with
+/// `/` separators), a zero byte, its length (u64 little-endian) and its bytes. Two sets with the same
+/// names but other pixels differ here, so soft labels stay tied to the images they were made for.
+/// Returned as `sha256:<64 hex digits>`.
+///
+/// Errors: `Error::Io` naming a file that cannot be read.
+pub fn folder_content_hash(root: &Path, files: &[PathBuf]) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for f in files {
+        let rel = f.strip_prefix(root).unwrap_or(f).to_string_lossy().replace('\\', "/");
+        let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
+        h.update(rel.as_bytes());
+        h.update([0u8]);
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(&bytes);
+    }
+    let digest = h.finalize();
+    Ok(format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>()))
 }
 
 #[cfg(test)]
@@ -399,6 +421,28 @@ mod tests {
             }
             assert!(f.epoch(3).is_err());
         }
+    }
+
+    #[test]
+    fn the_content_hash_follows_the_bytes_and_the_names_hash_only_the_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("c0")).unwrap();
+        let files = vec![root.join("c0/a.png"), root.join("c0/b.png")];
+        std::fs::write(&files[0], b"one").unwrap();
+        std::fs::write(&files[1], b"two").unwrap();
+        let (names, content) = (folder_hash(root, &files), folder_content_hash(root, &files).unwrap());
+        assert!(content.starts_with("sha256:") && content.len() == 7 + 64, "{content}");
+        assert_eq!(folder_content_hash(root, &files).unwrap(), content);
+        // Other bytes under the same names; and the same bytes moved between names.
+        std::fs::write(&files[1], b"twO").unwrap();
+        assert_eq!(folder_hash(root, &files), names);
+        assert_ne!(folder_content_hash(root, &files).unwrap(), content);
+        std::fs::write(&files[0], b"two").unwrap();
+        std::fs::write(&files[1], b"one").unwrap();
+        assert_ne!(folder_content_hash(root, &files).unwrap(), content);
+        std::fs::remove_file(&files[1]).unwrap();
+        assert!(folder_content_hash(root, &files).unwrap_err().to_string().contains("b.png"));
     }
 
     #[test]
