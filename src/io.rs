@@ -117,7 +117,7 @@ impl<W: Write> Write for Counted<W> {
 
 /// Makes a rename into `path`'s folder durable (a crash right after it keeps the new name). Best
 /// effort: some filesystems cannot sync a folder, and the file itself is already on disk.
-fn sync_parent(path: &Path) {
+pub(crate) fn sync_parent(path: &Path) {
     #[cfg(unix)]
     if let Some(parent) = path.parent() {
         let dir = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };

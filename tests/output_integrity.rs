@@ -215,6 +215,20 @@ fn a_continuation_with_other_weights_or_settings_is_refused_naming_each_differen
     assert_eq!(images(&out).len(), 12);
 }
 
+#[test]
+fn a_record_from_before_fingerprints_is_continued_and_gets_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("old");
+    let args = run_args(&out, &["--ipc-end", "1"]);
+    ok(&args);
+    let mut r = record(&out);
+    let fingerprint = r.as_object_mut().unwrap().remove("teacher_fingerprint").unwrap();
+    std::fs::write(out.join("recover_record.json"), serde_json::to_vec_pretty(&r).unwrap()).unwrap();
+    let log = ok(&args);
+    assert!(log.contains("predates teacher fingerprints"), "{log}");
+    assert_eq!(record(&out)["teacher_fingerprint"], fingerprint);
+}
+
 /// A child process killed (as kill -9 would) when the test ends, however it ends.
 struct KillOnDrop(std::process::Child);
 

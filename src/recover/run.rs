@@ -196,15 +196,8 @@ pub fn run<B: Backend>(backend: &B, model: &ResNet, settings: &RunSettings, out:
     let mut record = match load_record(&record_path)? {
         Some(mut r) => {
             let mut differ = settings_diff(&r.settings, &settings_for_compare(&r.settings, settings));
-            match &r.teacher_fingerprint {
-                Some(f) if *f != fingerprint => {
-                    differ.push(format!("teacher weights: fingerprint {f} ({}) -> {fingerprint} ({})", r.settings.teacher, settings.teacher));
-                }
-                Some(_) => {}
-                None => {
-                    eprintln!("note: {} predates teacher fingerprints; the teacher is taken on trust and its fingerprint recorded now", record_path.display());
-                    r.teacher_fingerprint = Some(fingerprint.clone());
-                }
+            if let Some(f) = r.teacher_fingerprint.as_ref().filter(|f| **f != fingerprint) {
+                differ.push(format!("teacher weights: fingerprint {f} ({}) -> {fingerprint} ({})", r.settings.teacher, settings.teacher));
             }
             if !differ.is_empty() {
                 return Err(Error::Option(format!(
@@ -212,6 +205,11 @@ pub fn run<B: Backend>(backend: &B, model: &ResNet, settings: &RunSettings, out:
                     record_path.display(),
                     differ.join("; ")
                 )));
+            }
+            if r.teacher_fingerprint.is_none() {
+                eprintln!("note: {} predates teacher fingerprints; the teacher is taken on trust and its fingerprint recorded now", record_path.display());
+                r.teacher_fingerprint = Some(fingerprint.clone());
+                write_record(&record_path, &r)?;
             }
             r
         }

@@ -207,7 +207,9 @@ impl LabelWriter {
         if on_disk != self.expected_len {
             return Err(Error::output(&self.path, format!("only {on_disk} of {} bytes reached the disk", self.expected_len)));
         }
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::output(&self.path, e))
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::output(&self.path, e))?;
+        crate::io::sync_parent(&self.path);
+        Ok(())
     }
 }
 
