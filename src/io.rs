@@ -1,5 +1,7 @@
-//! File output that never leaves a half-written file behind: write to a temporary sibling, sync, rename.
+//! File output that never leaves a half-written file behind: write to a temporary sibling, flush,
+//! sync, check its length, rename; and ownership of an output folder by one live process.
 
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -11,7 +13,7 @@ pub(crate) fn temp_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
 }
 
-/// Writes `bytes` to `path` atomically; creates missing parent folders.
+/// Writes `bytes` to `path` atomically; creates missing parent folders. See [`write_atomic_with`].
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |f| f.write_all(bytes))
 }
@@ -55,23 +57,190 @@ pub fn check_writable(path: &Path) -> Result<()> {
     std::fs::remove_file(&tmp).map_err(|e| Error::output(path, e))
 }
 
-/// Like [`write_atomic`] but the content is produced by a writer callback.
-pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<()> {
+/// Writes the bytes `fill` produces to `path` atomically: into a locked temporary sibling, then
+/// flushed, synced, its length on disk checked against the bytes `fill` wrote, and only then renamed
+/// over `path` (and the folder synced, where the platform allows). Creates missing parent folders.
+///
+/// `fill` gets a buffered writer it must not wrap in a buffer of its own: a buffer dropped without
+/// `flush` loses its last write error (a full disk), which is how empty images once reached their
+/// final names. Encode into memory and write the bytes, or write through the given writer.
+///
+/// Errors: `Error::Output` naming `path` when anything fails (a full disk, a missing permission, a
+/// short write); the temporary file is removed then and nothing is left under `path`.
+pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::output(parent, e))?;
     }
     let tmp = temp_sibling(path);
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        fill(&mut f)?;
+        let f = File::create(&tmp)?;
+        // Held until the file is closed, so `remove_stale_temps` never takes a file being written
+        // (best effort: a filesystem without locks still gets its file, and then no temporary of
+        // its can be taken for stale either).
+        let _ = f.lock();
+        let mut w = Counted { inner: std::io::BufWriter::new(f), bytes: 0 };
+        fill(&mut w)?;
+        w.inner.flush()?;
+        let f = w.inner.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
+        let on_disk = f.metadata()?.len();
+        if on_disk != w.bytes {
+            return Err(std::io::Error::other(format!("only {on_disk} of {} bytes reached the disk", w.bytes)));
+        }
+        drop(f);
         std::fs::rename(&tmp, path)
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::output(path, e));
     }
+    sync_parent(path);
     Ok(())
+}
+
+/// A writer that counts the bytes it accepted (to compare with the file's length on disk).
+struct Counted<W: Write> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Makes a rename into `path`'s folder durable (a crash right after it keeps the new name). Best
+/// effort: some filesystems cannot sync a folder, and the file itself is already on disk.
+pub(crate) fn sync_parent(path: &Path) {
+    #[cfg(unix)]
+    if let Some(parent) = path.parent() {
+        let dir = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
+/// Removes every stale temporary file (`.name.tmpPID`, see [`remove_stale_temps`]) in `dir` and its
+/// immediate subfolders (the class folders of an image set): what a killed writer left.
+pub fn remove_stale_temps_in(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            let Ok(inner) = std::fs::read_dir(&path) else { continue };
+            for e in inner.flatten() {
+                remove_if_stale_temp(&e.path());
+            }
+        } else {
+            remove_if_stale_temp(&path);
+        }
+    }
+}
+
+/// Removes `path` when it is named `.name.tmpPID` and no process holds its lock.
+fn remove_if_stale_temp(path: &Path) {
+    let Some(file) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else { return };
+    let Some(rest) = file.strip_prefix('.') else { return };
+    let Some((_, pid)) = rest.rsplit_once(".tmp") else { return };
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return;
+    }
+    let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) else { return };
+    if f.try_lock().is_ok() {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The lock file [`lock_folder`] keeps inside an output folder while a process writes into it.
+pub const LOCK_FILE: &str = ".cda-engine.lock";
+
+/// Exclusive ownership of an output folder: while this value lives, no other [`lock_folder`] on the
+/// same folder succeeds, in this or any other process. The lock is the operating system's advisory
+/// lock on [`LOCK_FILE`], so it ends with the process however that ends (kill -9 included); the file
+/// is removed when the value is dropped.
+#[derive(Debug)]
+pub struct FolderLock {
+    file: Option<File>,
+    path: PathBuf,
+}
+
+impl FolderLock {
+    /// The lock file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for FolderLock {
+    fn drop(&mut self) {
+        // Removed while still held: a process that opened it meanwhile finds the name gone or new
+        // after taking the lock and tries again (see `lock_folder`).
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Creates `dir` if needed and takes it for this process (see [`FolderLock`]).
+///
+/// Errors: `Error::Output` naming `dir` when another process holds it ("another cda-engine process
+/// is writing into this folder"), or when the folder or its lock file cannot be created. On a
+/// filesystem without advisory locks a warning is printed and the folder is used unlocked.
+pub fn lock_folder(dir: &Path) -> Result<FolderLock> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::output(dir, e))?;
+    let path = dir.join(LOCK_FILE);
+    loop {
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::output(dir, format!("cannot create its lock file {}: {e}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let pid = std::fs::read_to_string(&path).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+                let who = pid.map_or_else(|| "another cda-engine process".to_string(), |p| format!("another cda-engine process (pid {p})"));
+                return Err(Error::output(dir, format!("{who} is writing into this folder (it holds {}); wait for it to finish or give another --out", path.display())));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                eprintln!("warning: cannot lock {} ({e}); make sure no other process writes into it", dir.display());
+                return Ok(FolderLock { file: None, path });
+            }
+        }
+        // The holder before us may have removed the name between our open and our lock: then we
+        // hold a lock on a file nobody else will open, and must start again on the current one.
+        if same_file(&file, &path) {
+            // The holder's process id, for the message a refused process prints.
+            let _ = file.set_len(0).and_then(|()| (&file).write_all(format!("{}\n", std::process::id()).as_bytes()));
+            return Ok(FolderLock { file: Some(file), path });
+        }
+    }
+}
+
+/// The names in `dir` other than its [`LOCK_FILE`] (none when `dir` cannot be read): what decides
+/// whether a locked output folder is empty.
+pub fn folder_entries(dir: &Path) -> impl Iterator<Item = String> {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != LOCK_FILE)
+}
+
+/// Whether `path` still names the open `file`.
+fn same_file(file: &File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), std::fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        path.exists()
+    }
 }
 
 #[cfg(test)]
@@ -98,5 +267,53 @@ mod tests {
         drop(writer);
         remove_stale_temps(&target);
         assert!(!live.exists());
+    }
+
+    #[test]
+    fn stale_temporaries_go_from_a_folder_and_its_class_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("new000")).unwrap();
+        let stale = [dir.path().join(".recover_record.json.tmp4242"), dir.path().join("new000/.class000_id000.jpg.tmp4242")];
+        let kept = [dir.path().join("recover_record.json"), dir.path().join("new000/class000_id000.jpg"), dir.path().join("new000/.hidden"), dir.path().join(".x.tmpabc")];
+        for p in stale.iter().chain(&kept) {
+            std::fs::write(p, b"x").unwrap();
+        }
+        remove_stale_temps_in(dir.path());
+        assert!(stale.iter().all(|p| !p.exists()));
+        assert!(kept.iter().all(|p| p.exists()));
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing_under_the_name_or_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("a.bin");
+        let e = write_atomic_with(&target, |w| {
+            w.write_all(b"half")?;
+            Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left"))
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("a.bin") && e.to_string().contains("no space left"), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // A parent that is a file: an error, not a panic, and nothing written.
+        std::fs::write(dir.path().join("file"), b"x").unwrap();
+        assert!(write_atomic(&dir.path().join("file/a.bin"), b"data").is_err());
+        write_atomic(&target, b"data").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"data");
+    }
+
+    #[test]
+    fn a_folder_has_one_owner_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let held = lock_folder(&out).unwrap();
+        assert!(held.path().exists());
+        assert_eq!(folder_entries(&out).count(), 0, "the lock file does not make a folder non-empty");
+        // A second open file description, as another process has, is refused.
+        let e = lock_folder(&out).unwrap_err().to_string();
+        assert!(e.contains("is writing into this folder") && e.contains(&format!("pid {}", std::process::id())), "{e}");
+        drop(held);
+        assert!(!out.join(LOCK_FILE).exists());
+        let again = lock_folder(&out).unwrap();
+        drop(again);
     }
 }

@@ -8,7 +8,7 @@ use image::{ExtendedColorType, ImageEncoder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::io::write_atomic_with;
+use crate::io::write_atomic;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -45,27 +45,61 @@ pub fn image_path(out: &Path, class: usize, ipc: usize, num_classes: usize, form
     }
 }
 
-/// Writes one image (C x H x W bytes, C = 1 or 3) atomically.
+/// Writes one image (C x H x W bytes, C = 1 or 3) atomically: encoded in memory, then written,
+/// synced and length-checked by [`write_atomic`] before it takes its name, so a full disk leaves
+/// nothing under `path`.
+///
+/// Errors: `Error::Output` naming `path` (another channel count, a buffer of the wrong size, an
+/// encoder failure, or any write failure).
 pub fn save_image(path: &Path, pixels_chw: &[u8], c: usize, h: usize, w: usize, format: ImageFormat) -> Result<()> {
     let color = match c {
         1 => ExtendedColorType::L8,
         3 => ExtendedColorType::Rgb8,
         _ => return Err(Error::output(path, format!("images with {c} channels cannot be saved as JPEG or PNG (1 or 3 only)"))),
     };
+    if pixels_chw.len() != c * h * w {
+        return Err(Error::output(path, format!("{} pixel values for a {c} x {h} x {w} image", pixels_chw.len())));
+    }
     let mut hwc = vec![0u8; c * h * w];
     for ch in 0..c {
         for i in 0..h * w {
             hwc[i * c + ch] = pixels_chw[ch * h * w + i];
         }
     }
-    write_atomic_with(path, |f| {
-        let buf = std::io::BufWriter::new(f);
-        let r = match format {
-            ImageFormat::Jpg => JpegEncoder::new_with_quality(buf, 75).write_image(&hwc, w as u32, h as u32, color),
-            ImageFormat::Png => PngEncoder::new(buf).write_image(&hwc, w as u32, h as u32, color),
-        };
-        r.map_err(std::io::Error::other)
-    })
+    let mut bytes = Vec::new();
+    let r = match format {
+        ImageFormat::Jpg => JpegEncoder::new_with_quality(&mut bytes, 75).write_image(&hwc, w as u32, h as u32, color),
+        ImageFormat::Png => PngEncoder::new(&mut bytes).write_image(&hwc, w as u32, h as u32, color),
+    };
+    r.map_err(|e| Error::output(path, format!("cannot encode the image: {e}")))?;
+    write_atomic(path, &bytes)
+}
+
+/// Why `path` is not a whole image as [`save_image`] writes it: `format` (by its content and its end
+/// marker, so a truncated file is caught even where a decoder would pad it), `w` x `h` pixels and `c`
+/// channels (1: grey, 3: RGB). Ok when it is.
+///
+/// A resumed run checks every file it would skip with this: a file cut short by a full disk or a
+/// crash, or one replaced by hand with another size, makes its batch run again.
+pub fn check_image(path: &Path, c: usize, h: usize, w: usize, format: ImageFormat) -> std::result::Result<(), String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    if bytes.is_empty() {
+        return Err("empty file".into());
+    }
+    let (kind, ends_whole) = match format {
+        // JPEG ends with the EOI marker; PNG with the IEND chunk (length 0, type, CRC).
+        ImageFormat::Jpg => (image::ImageFormat::Jpeg, bytes.ends_with(&[0xFF, 0xD9])),
+        ImageFormat::Png => (image::ImageFormat::Png, bytes.ends_with(&[0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82])),
+    };
+    if !ends_whole {
+        return Err(format!("cut short ({} bytes, no {} end marker)", bytes.len(), format.extension().to_uppercase()));
+    }
+    let img = image::load_from_memory_with_format(&bytes, kind).map_err(|e| format!("not a readable {}: {e}", format.extension().to_uppercase()))?;
+    let want = if c == 1 { image::ColorType::L8 } else { image::ColorType::Rgb8 };
+    if (img.width() as usize, img.height() as usize) != (w, h) || img.color() != want {
+        return Err(format!("{}x{} {:?}, expected {w}x{h} {want:?}", img.width(), img.height(), img.color()));
+    }
+    Ok(())
 }
 
 /// Writes a grid of images (rows x cols tiles of c x h x w bytes, 2-pixel white gutters) as PNG.
@@ -86,9 +120,7 @@ pub fn save_grid_png(path: &Path, tiles: &[Vec<u8>], cols: usize, c: usize, h: u
             }
         }
     }
-    write_atomic_with(path, |f| {
-        PngEncoder::new(std::io::BufWriter::new(f))
-            .write_image(&canvas, gw as u32, gh as u32, ExtendedColorType::Rgb8)
-            .map_err(std::io::Error::other)
-    })
+    let mut bytes = Vec::new();
+    PngEncoder::new(&mut bytes).write_image(&canvas, gw as u32, gh as u32, ExtendedColorType::Rgb8).map_err(|e| Error::output(path, format!("cannot encode the image: {e}")))?;
+    write_atomic(path, &bytes)
 }

@@ -7,12 +7,12 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use super::output::{image_path, quantize, save_image, ImageFormat};
+use super::output::{check_image, image_path, quantize, save_image, ImageFormat};
 use super::init::{class_images, InitKind, InitSpec};
 use super::{batch_rng, LossPoint, RecoverConfig, Recoverer, Residual, TeacherSchedule};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::io::write_atomic;
+use crate::io::{folder_entries, lock_folder, remove_stale_temps_in, write_atomic};
 use crate::model::ResNet;
 
 /// Everything that determines the images; stored in the record and compared on resume.
@@ -70,10 +70,19 @@ pub struct BatchRecord {
     pub init_sources: Vec<Vec<String>>,
 }
 
+/// `recover_record.json`: what a folder `run` wrote holds. It is written before the first image (so a
+/// folder with images and no record was not written by `run`) and rewritten after every batch.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunRecord {
     pub engine: String,
+    /// `TrainModel::fingerprint` of the teacher's weights and normalisation: a continuation with other
+    /// weights (another training, an f16 copy) is refused. None in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_fingerprint: Option<String>,
+    /// The settings; `ipc_start..ipc_end` spans the recorded batches once there are any (the union
+    /// of a run and its continuations), else the range asked for.
     pub settings: RunSettings,
+    /// The batches whose images were all written, in the order they finished.
     pub batches: Vec<BatchRecord>,
 }
 
@@ -169,6 +178,18 @@ pub struct RunSummary {
 }
 
 /// Runs (or resumes) a recover job into `out`.
+///
+/// The folder is this process's for the whole call ([`crate::io::lock_folder`]): a second run into
+/// it fails at once. A folder that holds files but no [`RECORD_FILE`] is refused (it is not a set
+/// `run` wrote), and so is a record whose settings or teacher fingerprint differ from these (the
+/// message lists each difference, old and new). On resume a batch is skipped only when the record
+/// holds it and each of its files is a whole image of the right size and channels
+/// ([`check_image`]); any other batch of the plan runs (again), and stale temporary files of a killed
+/// run are removed. Images are written before the record, so a batch counts as done only once both are.
+///
+/// Errors: `Error::Option` (settings out of range, or other than the folder's record),
+/// `Error::Output` (the folder is another run's or not a run's, or a write failed), `Error::Input`
+/// (an unreadable record), and whatever the recovery itself returns.
 pub fn run<B: Backend>(backend: &B, model: &ResNet, settings: &RunSettings, out: &Path, show_progress: bool, log_every: usize) -> Result<RunSummary> {
     run_with_teachers(backend, &[model], settings, out, show_progress, log_every)
 }
@@ -181,23 +202,48 @@ pub fn run_with_teachers<B: Backend>(backend: &B, models: &[&ResNet], settings: 
         return Err(Error::Option(format!("{} teachers loaded for {} named", models.len(), 1 + settings.extra_teachers.len())));
     }
     validate(settings, model)?;
-    std::fs::create_dir_all(out).map_err(|e| Error::output(out, e))?;
+    let _lock = lock_folder(out)?;
+    remove_stale_temps_in(out);
     let record_path = out.join(RECORD_FILE);
+    let fingerprint = crate::train::model::TrainModel::from_resnet(model).fingerprint();
+    // A new folder's record is written just before its first images: a folder with images and no
+    // record is then never a run's, and a run refused before any image leaves no record.
+    let mut record_written = true;
     let mut record = match load_record(&record_path)? {
-        Some(r) if r.settings != settings_for_compare(&r.settings, settings) => {
-            return Err(Error::Option(format!(
-                "{} was written with different settings; use a new --out (or remove it) to start another run",
-                record_path.display()
-            )))
+        Some(mut r) => {
+            let mut differ = settings_diff(&r.settings, &settings_for_compare(&r.settings, settings));
+            if let Some(f) = r.teacher_fingerprint.as_ref().filter(|f| **f != fingerprint) {
+                differ.push(format!("teacher weights: fingerprint {f} ({}) -> {fingerprint} ({})", r.settings.teacher, settings.teacher));
+            }
+            if !differ.is_empty() {
+                return Err(Error::Option(format!(
+                    "{} holds a set made with different settings (recorded -> this run): {}. This run would mix its images with that set; continue it with the recorded settings, or give a new --out",
+                    record_path.display(),
+                    differ.join("; ")
+                )));
+            }
+            if r.teacher_fingerprint.is_none() {
+                eprintln!("note: {} predates teacher fingerprints; the teacher is taken on trust and its fingerprint recorded now", record_path.display());
+                r.teacher_fingerprint = Some(fingerprint.clone());
+                write_record(&record_path, &r)?;
+            }
+            r
         }
-        Some(r) => r,
-        None => RunRecord { engine: format!("cda-engine {}", env!("CARGO_PKG_VERSION")), settings: settings.clone(), batches: Vec::new() },
+        None => {
+            if let Some(first) = foreign_entry(out) {
+                return Err(Error::output(
+                    out,
+                    format!("the folder holds files ({first}, ...) but no {RECORD_FILE}, so `run` did not write it (a `sample` or `select` set, or other files); give a new or empty --out"),
+                ));
+            }
+            record_written = false;
+            RunRecord { engine: format!("cda-engine {}", env!("CARGO_PKG_VERSION")), teacher_fingerprint: Some(fingerprint.clone()), settings: settings.clone(), batches: Vec::new() }
+        }
     };
     let device = backend.describe();
     let (c, res) = (model.in_channels, settings.res);
     let batches = plan(settings);
-    let done = |b: &BatchPlan| b.images().iter().all(|&(cls, ipc)| image_path(out, cls, ipc, model.num_classes, settings.format).is_file());
-    let pending: Vec<&BatchPlan> = batches.iter().filter(|b| !done(b)).collect();
+    let pending = unfinished(&batches, &record, out, model, settings);
     let skipped = batches.len() - pending.len();
     if skipped > 0 {
         eprintln!("resuming: {skipped} of {} batches already in {}", batches.len(), out.display());
@@ -252,7 +298,12 @@ pub fn run_with_teachers<B: Backend>(backend: &B, models: &[&ResNet], settings: 
         })?;
         let secs = t0.elapsed().as_secs_f64();
         total_iter_secs += secs;
-        // Save every image, then the record: a batch counts as done only when all its files exist.
+        if !record_written {
+            write_record(&record_path, &record)?;
+            record_written = true;
+        }
+        // Save every image, then the record: a batch counts as done only when the record holds it
+        // and all its files are whole.
         let hw = res * res;
         for (k, &(cls, ipc)) in images.iter().enumerate() {
             let img = &outcome.images[k * c * hw..(k + 1) * c * hw];
@@ -287,10 +338,12 @@ pub fn run_with_teachers<B: Backend>(backend: &B, models: &[&ResNet], settings: 
             trace: outcome.trace,
             init_sources,
         });
-        let json = serde_json::to_vec_pretty(&record).expect("record serialises");
-        write_atomic(&record_path, &json)?;
+        write_record(&record_path, &record)?;
     }
     bar.finish_and_clear();
+    if let Some(note) = missing_ipc(&record) {
+        eprintln!("note: {} {note}", out.display());
+    }
     let run_batches = &record.batches;
     let weight: f32 = run_batches.iter().map(|b| (b.ipc.len() * (b.class_end - b.class_start)) as f32).sum::<f32>().max(1.0);
     let avg = |f: &dyn Fn(&BatchRecord) -> f32| run_batches.iter().map(|b| f(b) * (b.ipc.len() * (b.class_end - b.class_start)) as f32).sum::<f32>() / weight;
@@ -339,8 +392,153 @@ pub fn norm_of(clip: &super::ClipMode, channels: usize) -> (Vec<f32>, Vec<f32>) 
     }
 }
 
+/// Writes the record with its IPC range set to the span of the recorded batches (a continuation
+/// widens it to the union), else left as asked.
+fn write_record(path: &Path, record: &RunRecord) -> Result<()> {
+    let mut r = record.clone();
+    let present = r.batches.iter().flat_map(|b| b.ipc.iter().copied());
+    if let (Some(lo), Some(hi)) = (present.clone().min(), present.max()) {
+        r.settings.ipc_start = lo;
+        r.settings.ipc_end = hi + 1;
+    }
+    let json = serde_json::to_vec_pretty(&r).map_err(|e| Error::output(path, format!("cannot serialise the record: {e}")))?;
+    write_atomic(path, &json)
+}
+
+/// "lacks IPC [..] of a..b" when the recorded batches leave holes in their span (a continuation
+/// that started past the end of the earlier run), for a note; None when the span is whole.
+fn missing_ipc(record: &RunRecord) -> Option<String> {
+    let present: std::collections::BTreeSet<usize> = record.batches.iter().flat_map(|b| b.ipc.iter().copied()).collect();
+    let (lo, hi) = (*present.first()?, *present.last()?);
+    let missing: Vec<usize> = (lo..=hi).filter(|i| !present.contains(i)).collect();
+    (!missing.is_empty()).then(|| format!("lacks IPC {missing:?} of {lo}..{}: run with --ipc-start/--ipc-end covering them to fill the set", hi + 1))
+}
+
+/// The first entry of `out` that a run's own folder would not hold before its record exists (the
+/// lock file and temporary files aside), as a name to show.
+fn foreign_entry(out: &Path) -> Option<String> {
+    folder_entries(out).next()
+}
+
+/// The batches of `batches` still to run: those the record does not hold (a run killed between a
+/// batch's images and its record reruns it, deterministically the same images, so the record holds
+/// every batch's numbers), and those with a file that is missing or not a whole image of the
+/// settings' size and channels. Prints why each recorded batch reruns.
+fn unfinished<'a>(batches: &'a [BatchPlan], record: &RunRecord, out: &Path, model: &ResNet, s: &RunSettings) -> Vec<&'a BatchPlan> {
+    use rayon::prelude::*;
+    let recorded = |b: &BatchPlan| record.batches.iter().any(|r| r.ipc == b.ipc && r.class_start == b.class_start && r.class_end == b.class_end);
+    let (c, res) = (model.in_channels, s.res);
+    let mut notes = Vec::new();
+    let mut pending = Vec::new();
+    for b in batches {
+        let paths: Vec<PathBuf> = b.images().iter().map(|&(cls, ipc)| image_path(out, cls, ipc, model.num_classes, s.format)).collect();
+        if !recorded(b) {
+            if paths.iter().any(|p| p.exists()) {
+                notes.push(format!("batch ipc {:?}, classes {}..{}: images present but not in the record (the run stopped before recording it); it runs again", b.ipc, b.class_start, b.class_end));
+            }
+            pending.push(b);
+            continue;
+        }
+        // Decoding is the costly part of a resume of a large set: spread over the cores.
+        let damaged: Vec<(PathBuf, String)> = paths.into_par_iter().filter_map(|p| check_image(&p, c, res, res, s.format).err().map(|why| (p, why))).collect();
+        if let Some((p, why)) = damaged.first() {
+            let more = if damaged.len() > 1 { format!(" (and {} more)", damaged.len() - 1) } else { String::new() };
+            notes.push(format!("batch ipc {:?}, classes {}..{}: {} is not a whole image: {why}{more}; it runs again", b.ipc, b.class_start, b.class_end, p.display()));
+            pending.push(b);
+        }
+    }
+    const SHOWN: usize = 10;
+    for n in notes.iter().take(SHOWN) {
+        eprintln!("resuming: {n}");
+    }
+    if notes.len() > SHOWN {
+        eprintln!("resuming: ... and {} more batches run again", notes.len() - SHOWN);
+    }
+    pending
+}
+
+/// Each setting that differs between `old` and `new`, as "path: old -> new" (JSON values, nested
+/// fields joined with dots), sorted by name.
+pub fn settings_diff(old: &RunSettings, new: &RunSettings) -> Vec<String> {
+    fn walk(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+                let mut keys: Vec<&String> = x.keys().collect();
+                keys.extend(y.keys().filter(|k| !x.contains_key(*k)));
+                for k in keys {
+                    let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let null = serde_json::Value::Null;
+                    walk(&name, x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), out);
+                }
+            }
+            _ if a != b => out.push(format!("{prefix}: {a} -> {b}")),
+            _ => {}
+        }
+    }
+    let (a, b) = (serde_json::to_value(old), serde_json::to_value(new));
+    let mut out = Vec::new();
+    match (a, b) {
+        (Ok(a), Ok(b)) => walk("", &a, &b, &mut out),
+        // Settings always serialise; should they not, fall back to saying that they differ.
+        _ if old != new => out.push("settings differ".into()),
+        _ => {}
+    }
+    out
+}
+
 /// Settings that may legitimately change between a run and its resumption (the IPC range and the
 /// teacher's path spelling) are taken from the stored record, so only real changes are refused.
 fn settings_for_compare(stored: &RunSettings, new: &RunSettings) -> RunSettings {
     RunSettings { ipc_start: stored.ipc_start, ipc_end: stored.ipc_end, teacher: stored.teacher.clone(), method: stored.method.clone(), ..new.clone() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_diff_names_each_field_old_and_new() {
+        let recover = RecoverConfig {
+            iterations: 3,
+            lr: 0.25,
+            r_bn: 0.01,
+            first_bn_multiplier: 10.0,
+            jitter: 4,
+            crop: true,
+            flip: true,
+            easy2hard_mode: super::super::Curriculum::Cosine,
+            milestone: 1.0,
+            reverse_curriculum: false,
+            per_image_augment: false,
+            tv_l2: 0.0,
+            l2_scale: 0.0,
+            clip: super::super::ClipMode::Unit,
+            adam_betas: (0.5, 0.9),
+            adam_eps: 1e-8,
+        };
+        let s = RunSettings {
+            teacher: "t.safetensors".into(),
+            teacher_arch: "resnet18".into(),
+            preset: None,
+            recover,
+            res: 28,
+            classes: 10,
+            batch_size: 10,
+            ipc_per_batch: 1,
+            ipc_start: 0,
+            ipc_end: 2,
+            seed: 0,
+            format: ImageFormat::Jpg,
+            init: InitSpec::default(),
+            residual: None,
+            method: None,
+        };
+        assert!(settings_diff(&s, &s).is_empty());
+        let mut t = s.clone();
+        t.seed = 3;
+        t.recover.iterations = 4;
+        t.format = ImageFormat::Png;
+        let d = settings_diff(&s, &t);
+        assert_eq!(d, ["format: \"jpg\" -> \"png\"", "recover.iterations: 3 -> 4", "seed: 0 -> 3"]);
+    }
 }

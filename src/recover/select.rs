@@ -11,7 +11,7 @@ use super::init::{class_images, InitKind, InitSpec};
 use super::output::{image_path, save_image, ImageFormat};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::io::write_atomic;
+use crate::io::{folder_entries, lock_folder, write_atomic};
 use crate::model::ResNet;
 
 /// What `select` writes; `select_record.json` beside the class folders.
@@ -72,8 +72,12 @@ impl SelectSettings {
 /// Writes the selected images of classes 0..classes, IPC ipc_start..ipc_end, into `out` (which must
 /// be new or empty: a set is never mixed with another). Pixels are rounded to 8 bits.
 ///
+/// `out` is this process's while it writes ([`crate::io::lock_folder`]); every image and the record
+/// are written atomically, so a failure (a full disk) leaves no partial file and ends in an error.
+///
 /// Errors: options out of range (`Error::Option`), a dataset that cannot start this teacher's images
-/// (`Error::Input`), an `out` that holds files or cannot be written (`Error::Output`).
+/// (`Error::Input`), an `out` that holds files, is being written by another process or cannot be
+/// written (`Error::Output`).
 pub fn select<B: Backend>(backend: &B, model: &ResNet, s: &SelectSettings, out: &Path) -> Result<SelectRecord> {
     if s.init.kind != InitKind::Patches {
         return Err(Error::Option("select writes RDED's patches (--init patches)".into()));
@@ -88,8 +92,10 @@ pub fn select<B: Backend>(backend: &B, model: &ResNet, s: &SelectSettings, out: 
     if !matches!(model.in_channels, 1 | 3) {
         return Err(Error::Option(format!("the teacher takes {} input channels; images can be saved for 1 or 3 only", model.in_channels)));
     }
-    if std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
-        return Err(Error::output(out, "the folder is not empty; give a new --out"));
+    // Owned for the whole selection, and empty once owned: a set is never mixed with another.
+    let _lock = lock_folder(out)?;
+    if let Some(name) = folder_entries(out).next() {
+        return Err(Error::output(out, format!("the folder is not empty (it holds {name}); give a new --out")));
     }
     let data = s.init.data.as_deref().ok_or_else(|| Error::Option("select needs --init-data".into()))?;
     let ds = crate::data::open(data, crate::data::Split::Train, model.in_channels)?;

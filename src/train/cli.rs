@@ -468,8 +468,9 @@ pub fn relabel(a: &RelabelArgs) -> Result<()> {
     extra.insert("mix".to_string(), match aug.mix { MixKind::Mixup { .. } => "mixup".into(), m => mix_name(m) });
     extra.insert("mix_detail".to_string(), mix_name(aug.mix));
     extra.insert("seed".to_string(), c.seed.to_string());
-    if let Some(f) = images_hash(images.as_ref(), &c.images) {
-        extra.insert("images_hash".to_string(), f);
+    if let Some(id) = images_hash(images.as_ref(), &c.images)? {
+        extra.insert("images_hash".to_string(), id.names);
+        extra.insert("images_content_hash".to_string(), id.content);
     }
     let pool = thread_pool(c.threads)?;
     let show = !c.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -481,15 +482,50 @@ pub fn relabel(a: &RelabelArgs) -> Result<()> {
     Ok(())
 }
 
-/// Identifies an ImageFolder's file list (None for named datasets).
-fn images_hash(ds: &dyn Dataset, spec: &str) -> Option<String> {
+/// What identifies an ImageFolder set: its relative file names ([`super::labels::folder_hash`]) and
+/// the files' content ([`super::labels::folder_content_hash`]).
+struct ImagesId {
+    names: String,
+    content: String,
+}
+
+/// Identifies the ImageFolder `spec` (None for named datasets, which do not change): reads every
+/// image file once.
+///
+/// Errors: `Error::Io` for a file that cannot be read.
+fn images_hash(ds: &dyn Dataset, spec: &str) -> Result<Option<ImagesId>> {
     let root = std::path::Path::new(spec);
     if !root.is_dir() {
-        return None;
+        return Ok(None);
     }
-    let folder = data::folder::ImageFolder::open(root, ds.channels()).ok()?;
+    let Ok(folder) = data::folder::ImageFolder::open(root, ds.channels()) else { return Ok(None) };
     let files: Vec<PathBuf> = folder.items.iter().map(|(p, _)| p.clone()).collect();
-    Some(super::labels::folder_hash(root, &files))
+    Ok(Some(ImagesId { names: super::labels::folder_hash(root, &files), content: super::labels::folder_content_hash(root, &files)? }))
+}
+
+/// Refuses soft labels made for other images than `spec`'s: other file names, or the same names with
+/// other content (two `run`s with different seeds). A file from before content hashes is checked by
+/// names only, with a warning.
+///
+/// Errors: `Error::Input` naming the labels file and the set.
+fn check_labels_images(f: &super::labels::LabelFile, ds: &dyn Dataset, spec: &str) -> Result<()> {
+    let Some(id) = images_hash(ds, spec)? else { return Ok(()) };
+    let (names, content) = (f.meta.extra.get("images_hash"), f.meta.extra.get("images_content_hash"));
+    let made_for = f.meta.extra.get("images").map_or("?", String::as_str);
+    let refuse = |why: String| Err(Error::input(f.path.display().to_string(), format!("{why}; run relabel on {spec} to make its labels")));
+    if names.is_some_and(|n| *n != id.names) {
+        return refuse(format!("labels were made for another image set ({made_for}) than {spec}: the file names differ"));
+    }
+    match content {
+        Some(h) if *h != id.content => refuse(format!(
+            "labels were made for other images than those in {spec}: the file names match but the pixels differ ({made_for} held other images when relabel read it)"
+        )),
+        Some(_) => Ok(()),
+        None => {
+            eprintln!("warning: {} predates content hashes: only the file names of {spec} were checked, not its pixels; rerun relabel to tie the labels to the images", f.path.display());
+            Ok(())
+        }
+    }
 }
 
 /// Flags of `cda-engine validate`.
@@ -542,11 +578,7 @@ pub fn validate(a: &ValidateArgs) -> Result<()> {
     let labels = match &a.labels {
         Some(p) => {
             let f = super::labels::LabelFile::open(p)?;
-            if let (Some(h), Some(want)) = (images_hash(images.as_ref(), &c.images), f.meta.extra.get("images_hash")) {
-                if &h != want {
-                    return Err(Error::input(p.display().to_string(), format!("labels were made for another image set than {}", c.images)));
-                }
-            }
+            check_labels_images(&f, images.as_ref(), &c.images)?;
             // The stored logits are those of one teacher's weights and normalisation (files that
             // predate the fingerprint are taken on trust).
             if let Some(want) = f.meta.extra.get("teacher_fingerprint") {
@@ -656,17 +688,26 @@ pub struct SampleArgs {
 }
 
 /// Writes a seeded, class-balanced random subset of a dataset as an ImageFolder in `run`'s layout.
+///
+/// Every image is written atomically ([`crate::recover::output::save_image`]): a failed write (a
+/// full disk) ends the command with an error naming the file, and leaves no partial image.
+///
+/// Errors: `Error::Option` (--ipc 0), `Error::Input` (a class with fewer images than --ipc, an
+/// unreadable dataset), `Error::Output` (--out not empty, being written by another process, or not
+/// writable).
 pub fn sample(a: &SampleArgs) -> Result<()> {
     use rand::{Rng, SeedableRng};
     let channels = channels_of(&a.data, a.channels);
     if a.ipc == 0 {
         return Err(Error::Option("--ipc must be at least 1".into()));
     }
-    // Images left from an earlier sample would silently join the set.
-    if std::fs::read_dir(&a.out).is_ok_and(|mut d| d.next().is_some()) {
-        return Err(Error::output(&a.out, "the folder is not empty; give a new --out"));
-    }
     let ds = data::open(&a.data, Split::Train, channels)?;
+    // Owned while it is written, and empty once owned: images left from an earlier sample, or
+    // written by another process at the same time, would silently join the set.
+    let _lock = crate::io::lock_folder(&a.out)?;
+    if let Some(name) = crate::io::folder_entries(&a.out).next() {
+        return Err(Error::output(&a.out, format!("the folder is not empty (it holds {name}); give a new --out")));
+    }
     let classes = ds.num_classes();
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
     for i in 0..ds.len() {

@@ -14,7 +14,7 @@
 //!                stands in for every other class at replay.
 //! Metadata: format, epochs, batch_size, images, classes, image_size, topk, mix kind, min_scale, flip,
 //! mean/std, teacher and its weights' fingerprint, images folder, a hash of the sorted relative file
-//! list, seed.
+//! list (`images_hash`) and one of the files' content (`images_content_hash`), seed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -91,6 +91,8 @@ pub struct LabelWriter {
     tmp: PathBuf,
     file: std::io::BufWriter<File>,
     next_epoch: usize,
+    /// Header and every epoch's tensors, in bytes: what the finished file must measure.
+    expected_len: u64,
 }
 
 impl LabelWriter {
@@ -132,7 +134,8 @@ impl LabelWriter {
         let w = |file: &mut std::io::BufWriter<File>, b: &[u8]| file.write_all(b).map_err(|e| Error::output(path, e));
         w(&mut file, &(text.len() as u64).to_le_bytes())?;
         w(&mut file, &text)?;
-        Ok(LabelWriter { meta, path: path.to_path_buf(), tmp, file, next_epoch: 0 })
+        let expected_len = 8 + text.len() as u64 + offset as u64;
+        Ok(LabelWriter { meta, path: path.to_path_buf(), tmp, file, next_epoch: 0, expected_len })
     }
 
     /// Appends the next epoch (epochs must come in order).
@@ -199,7 +202,14 @@ impl LabelWriter {
         }
         self.file.flush().map_err(|e| Error::output(&self.path, e))?;
         self.file.get_ref().sync_all().map_err(|e| Error::output(&self.path, e))?;
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::output(&self.path, e))
+        // A short file must never take the final name, whatever the writes reported.
+        let on_disk = self.file.get_ref().metadata().map_err(|e| Error::output(&self.path, e))?.len();
+        if on_disk != self.expected_len {
+            return Err(Error::output(&self.path, format!("only {on_disk} of {} bytes reached the disk", self.expected_len)));
+        }
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::output(&self.path, e))?;
+        crate::io::sync_parent(&self.path);
+        Ok(())
     }
 }
 
@@ -326,7 +336,8 @@ impl LabelFile {
     }
 }
 
-/// FNV-1a over the relative file names of a folder's images (identifies the distilled set).
+/// FNV-1a over the relative file names of a folder's images: which files a set has, not what they
+/// hold (see [`folder_content_hash`] for that). Kept to tell "other names" from "other pixels".
 pub fn folder_hash(root: &Path, files: &[PathBuf]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for f in files {
@@ -337,6 +348,27 @@ pub fn folder_hash(root: &Path, files: &[PathBuf]) -> String {
         }
     }
     format!("{h:016x}")
+}
+
+/// SHA-256 over every image of a folder: for each file in `files`' order, its relative name (with
+/// `/` separators), a zero byte, its length (u64 little-endian) and its bytes. Two sets with the same
+/// names but other pixels differ here, so soft labels stay tied to the images they were made for.
+/// Returned as `sha256:<64 hex digits>`.
+///
+/// Errors: `Error::Io` naming a file that cannot be read.
+pub fn folder_content_hash(root: &Path, files: &[PathBuf]) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for f in files {
+        let rel = f.strip_prefix(root).unwrap_or(f).to_string_lossy().replace('\\', "/");
+        let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
+        h.update(rel.as_bytes());
+        h.update([0u8]);
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(&bytes);
+    }
+    let digest = h.finalize();
+    Ok(format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>()))
 }
 
 #[cfg(test)]
@@ -391,6 +423,28 @@ mod tests {
             }
             assert!(f.epoch(3).is_err());
         }
+    }
+
+    #[test]
+    fn the_content_hash_follows_the_bytes_and_the_names_hash_only_the_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("c0")).unwrap();
+        let files = vec![root.join("c0/a.png"), root.join("c0/b.png")];
+        std::fs::write(&files[0], b"one").unwrap();
+        std::fs::write(&files[1], b"two").unwrap();
+        let (names, content) = (folder_hash(root, &files), folder_content_hash(root, &files).unwrap());
+        assert!(content.starts_with("sha256:") && content.len() == 7 + 64, "{content}");
+        assert_eq!(folder_content_hash(root, &files).unwrap(), content);
+        // Other bytes under the same names; and the same bytes moved between names.
+        std::fs::write(&files[1], b"twO").unwrap();
+        assert_eq!(folder_hash(root, &files), names);
+        assert_ne!(folder_content_hash(root, &files).unwrap(), content);
+        std::fs::write(&files[0], b"two").unwrap();
+        std::fs::write(&files[1], b"one").unwrap();
+        assert_ne!(folder_content_hash(root, &files).unwrap(), content);
+        std::fs::remove_file(&files[1]).unwrap();
+        assert!(folder_content_hash(root, &files).unwrap_err().to_string().contains("b.png"));
     }
 
     #[test]
