@@ -76,7 +76,8 @@ pub struct BatchRecord {
 pub struct RunRecord {
     pub engine: String,
     /// `TrainModel::fingerprint` of the teacher's weights and normalisation: a continuation with other
-    /// weights (another training, an f16 copy) is refused. None in records written before it was kept.
+    /// weights (another training, an f16 copy) is refused. With several teachers, theirs joined with
+    /// '+', the main one first. None in records written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher_fingerprint: Option<String>,
     /// The settings; `ipc_start..ipc_end` spans the recorded batches once there are any (the union
@@ -205,7 +206,8 @@ pub fn run_with_teachers<B: Backend>(backend: &B, models: &[&ResNet], settings: 
     let _lock = lock_folder(out)?;
     remove_stale_temps_in(out);
     let record_path = out.join(RECORD_FILE);
-    let fingerprint = crate::train::model::TrainModel::from_resnet(model).fingerprint();
+    // Several teachers: their fingerprints joined with '+', main one first.
+    let fingerprint = models.iter().map(|m| crate::train::model::TrainModel::from_resnet(m).fingerprint()).collect::<Vec<_>>().join("+");
     // A new folder's record is written just before its first images: a folder with images and no
     // record is then never a run's, and a run refused before any image leaves no record.
     let mut record_written = true;
