@@ -17,6 +17,7 @@
 #   gentle_f1     cda-engine run --init patches --factor 1 --lr 0.05 --iteration 500
 #   real_gentle   cda-engine run --init real --lr 0.05 --iteration 500 --format png
 #   cda_png       cda-engine run --format png                      CDA from noise, lossless files
+#   hybrid        half the IPC from the random real subset, half CDA images from noise
 #   sel_hard_whole     cda-engine select --factor 1 --crops 1 --select-min-scale 1 --select-rank hard
 #   sel_diverse_whole  the same with --select-rank diverse (k-center over the teacher's logits)
 #   sel_kmeans_whole   the same with --select-rank kmeans (k-means medoids over the teacher's logits)
@@ -44,7 +45,7 @@ THREADS=${THREADS:-0}
 EXTRA=${EXTRA:-}
 # The teachers of the edc and cvdd sets (the shipped one first; the others made by `squeeze`, see
 # weights/README.md).
-TEACHERS=${TEACHERS:-weights/fashion_mnist_resnet18_w16.safetensors,weights/fashion_mnist_resnet18_w8_seed1.safetensors,weights/fashion_mnist_resnet18_w16_seed1.safetensors}
+TEACHERS=${TEACHERS:-weights/fashion_mnist_resnet18_w16.safetensors,weights/fashion_mnist_resnet18_w8_seed1.safetensors,weights/fashion_mnist_resnet18_w8_seed2.safetensors}
 
 cargo build --release --quiet
 mkdir -p "$OUT/records"
@@ -74,6 +75,20 @@ make_set() {
         gentle_f1) "$BIN" run "${common[@]}" --init patches --factor 1 --lr 0.05 --iteration 500 --threads "$THREADS" --quiet ;;
         real_gentle) "$BIN" run "${common[@]}" --init real --lr 0.05 --iteration 500 --format png --threads "$THREADS" --quiet ;;
         cda_png) "$BIN" run "${common[@]}" --format png --threads "$THREADS" --quiet ;;
+        hybrid) "$BIN" sample --data fashion-mnist --ipc "$ipc" --seed 0 --out "$dir.real" && "$BIN" run "${common[@]}" --threads "$THREADS" --quiet && \
+            python3 - "$dir" "$ipc" <<'PY' ;;
+import os, shutil, sys
+# IPC 0..ipc/2 from the random real subset, the rest CDA images: one ImageFolder.
+out, ipc = sys.argv[1], int(sys.argv[2])
+for cls in sorted(os.listdir(out + ".real")):
+    for f in sorted(os.listdir(os.path.join(out, cls))):
+        if int(f.split("_id")[1][:3]) < ipc // 2:
+            os.remove(os.path.join(out, cls, f))
+    for f in sorted(os.listdir(os.path.join(out + ".real", cls))):
+        if int(f.split("_id")[1][:3]) < ipc // 2:
+            shutil.copy(os.path.join(out + ".real", cls, f), os.path.join(out, cls, f))
+shutil.rmtree(out + ".real")
+PY
         sel_*_whole) local r=${name#sel_}; "$BIN" select "${common[@]}" --factor 1 --crops 1 --select-min-scale 1 --select-rank "${r%_whole}" --threads "$THREADS" ;;
         edc) "$BIN" run "${common[@]}" --init patches --factor 1 --weights "$TEACHERS" --threads "$THREADS" --quiet ;;
         cvdd) "$BIN" run "${common[@]}" --init patches --factor 1 --weights "$TEACHERS" --teachers-per-step 2 --threads "$THREADS" --quiet ;;

@@ -9,11 +9,13 @@
 //! 2. from each, `crops` RandomResizedCrop views (torchvision's sampling, scale `min_scale..1`, ratio
 //!    3/4..4/3) at the teacher's resolution (bilinear, as `data::augment::render`);
 //! 3. score every view by the teacher's cross-entropy for the class (eval mode, normalised input);
-//!    keep each image's best view, rank the images by that score (lowest first, ties by draw order);
+//!    keep each image's best view, rank the images by that score (lowest first, ties by draw order;
+//!    `Rank` offers other orders: hardest first, k-center or k-means medoids over the logits);
 //! 4. image k of the class stitches the views ranked k*f^2 .. (k+1)*f^2 - 1 into an f x f grid
 //!    (row-major), each view shrunk by f with a box filter (the mean of each f x f block).
 //!
-//! With factor 1 an output image is one selected view at full size.
+//! With factor 1 an output image is one selected view at full size; with `min_scale` 1 a view is the
+//! whole image.
 
 use rand::rngs::StdRng;
 use rand::Rng;
