@@ -13,7 +13,7 @@
 #   cda_patches   cda-engine run --init patches                    CDA from RDED's patches
 #   fadrm         cda-engine run --method fadrm                    + FADRM's data residual
 #   delt          cda-engine run --method delt                     CDA from whole selected crops
-#   recommended   cda-engine run --method recommended              CDA from RDED's patches, lr 0.05, 500 it
+#   recommended   cda-engine run --method recommended              half k-means-selected real, half CDA
 #   gentle_f1     cda-engine run --init patches --factor 1 --lr 0.05 --iteration 500
 #   real_gentle   cda-engine run --init real --lr 0.05 --iteration 500 --format png
 #   cda_png       cda-engine run --format png                      CDA from noise, lossless files

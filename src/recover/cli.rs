@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use super::output::ImageFormat;
 use super::presets::{Preset, PresetName};
-use super::run::RunSettings;
+use super::run::{RealPart, RunSettings};
 use super::schedule::Curriculum;
 use super::init::{InitKind, InitSpec, Rank};
 use super::{ClipMode, RecoverConfig, Residual, TeacherSchedule};
@@ -88,8 +88,10 @@ pub struct RunArgs {
     pub std: Option<Vec<f32>>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, value_enum, default_value_t = ImageFormat::Jpg)]
-    pub format: ImageFormat,
+    /// Image files: jpg (the official JPEG, quality 75) or png (lossless). Default: jpg; png for
+    /// --method recommended, whose real images would lose detail to JPEG at 28 pixels.
+    #[arg(long, value_enum)]
+    pub format: Option<ImageFormat>,
     /// Log losses every N iterations (the JSON record keeps them).
     #[arg(long, default_value_t = 50)]
     pub log_every: usize,
@@ -97,8 +99,9 @@ pub struct RunArgs {
     /// cda (default: the preset as it is), sre2l (--milestone 0), rded (teacher-selected real
     /// patches, no optimisation: as `cda-engine select`), delt (CDA from teacher-selected whole real
     /// crops, --factor 1), fadrm (CDA from RDED patches with the data residual every quarter of the
-    /// iterations, alpha 0.5), recommended (CDA from RDED patches at --lr 0.05 with 500 iterations;
-    /// the best measured on Fashion-MNIST, README "Sets that beat a random real subset").
+    /// iterations, alpha 0.5), recommended (the best measured on Fashion-MNIST, README "Recover
+    /// methods": half of each class's images k-means-selected whole real images, the other half CDA
+    /// from noise, PNG files).
     #[arg(long, value_enum, default_value_t = Method::Cda)]
     pub method: Method,
     /// Where images start: noise (SRe2L, CDA), real (seeded random real images of the class) or
@@ -115,16 +118,24 @@ pub struct RunArgs {
     /// Real images per class scored for --init patches (RDED's mipc).
     #[arg(long, default_value_t = 300)]
     pub candidates: usize,
-    /// Random crops scored per candidate image (RDED's num_crop).
-    #[arg(long, default_value_t = 5)]
-    pub crops: usize,
-    /// Smallest area fraction of a candidate crop (RandomResizedCrop scale lower bound; 1 = whole images).
-    #[arg(long, default_value_t = 0.08)]
-    pub select_min_scale: f64,
-    /// Order of the selected views: easy (RDED: lowest teacher loss first), hard (highest first) or
-    /// diverse (k-center greedy over the teacher's logits, starting from the easiest).
-    #[arg(long, value_enum, default_value_t = Rank::Easy)]
-    pub select_rank: Rank,
+    /// Random crops scored per candidate image (RDED's num_crop; default 5, 1 for the real part of
+    /// --method recommended).
+    #[arg(long)]
+    pub crops: Option<usize>,
+    /// Smallest area fraction of a candidate crop (RandomResizedCrop scale lower bound; 1 = whole
+    /// images). Default 0.08; 1 for the real part of --method recommended.
+    #[arg(long)]
+    pub select_min_scale: Option<f64>,
+    /// Order of the selected views: easy (RDED: lowest teacher loss first), hard (highest first),
+    /// diverse (k-center greedy over the teacher's logits) or kmeans (k-means medoids over them).
+    /// Default easy; kmeans for the real part of --method recommended.
+    #[arg(long, value_enum)]
+    pub select_rank: Option<Rank>,
+    /// Hybrid sets: IPC indices 0..N of every class are selected real images written as they are
+    /// (the selection flags above choose them, one whole crop each unless --factor says otherwise);
+    /// recover makes the rest. Default 0; half the IPC for --method recommended.
+    #[arg(long)]
+    pub real_ipc: Option<usize>,
     /// FADRM's data residual: mix each image with its start after every N iterations (0 = off).
     #[arg(long)]
     pub residual_every: Option<usize>,
@@ -146,7 +157,8 @@ pub enum Method {
     Delt,
     /// FADRM (Fast and Accurate Data Residual Matching), closest here: CDA from RDED patches with the data residual.
     Fadrm,
-    /// The best combination measured on Fashion-MNIST: CDA from RDED patches, lr 0.05, 500 iterations.
+    /// The best combination measured on Fashion-MNIST: half k-means-selected whole real images, half
+    /// CDA images from noise, PNG files.
     Recommended,
 }
 
@@ -207,7 +219,7 @@ pub fn settings(args: &RunArgs, model: &ResNet, teacher: &str) -> Result<(RunSet
         Method::Sre2l => (InitKind::Noise, 2, None, None, Some(0.0)),
         Method::Rded | Method::Fadrm => (InitKind::Patches, 2, None, None, None),
         Method::Delt => (InitKind::Patches, 1, None, None, None),
-        Method::Recommended => (InitKind::Patches, 2, Some(0.05), Some(500), None),
+        Method::Recommended => (InitKind::Noise, 1, None, None, None),
     };
     let iterations = args.iteration.or(m_iterations).unwrap_or(p.iterations);
     let init_kind = args.init.unwrap_or(m_init);
@@ -222,10 +234,31 @@ pub fn settings(args: &RunArgs, model: &ResNet, teacher: &str) -> Result<(RunSet
         },
         factor: args.factor.unwrap_or(m_factor),
         candidates: args.candidates,
-        crops: args.crops,
-        min_scale: args.select_min_scale,
-        rank: args.select_rank,
+        crops: args.crops.unwrap_or(5),
+        min_scale: args.select_min_scale.unwrap_or(0.08),
+        rank: args.select_rank.unwrap_or(Rank::Easy),
     } };
+    let ipc_end = args.ipc_end.unwrap_or(p.ipc);
+    let real_ipc = args.real_ipc.unwrap_or(if m == Method::Recommended { ipc_end / 2 } else { 0 });
+    let recommended = m == Method::Recommended;
+    let real = (real_ipc > 0)
+        .then(|| -> Result<RealPart> {
+            Ok(RealPart {
+                ipc: real_ipc,
+                select: InitSpec {
+                    kind: InitKind::Patches,
+                    data: Some(args.init_data.clone().or_else(|| model.metadata.get("dataset").cloned()).ok_or_else(|| {
+                        Error::Option("--init-data is needed: the teacher's metadata names no dataset".into())
+                    })?),
+                    factor: args.factor.unwrap_or(1),
+                    candidates: args.candidates,
+                    crops: args.crops.unwrap_or(if recommended { 1 } else { 5 }),
+                    min_scale: args.select_min_scale.unwrap_or(if recommended { 1.0 } else { 0.08 }),
+                    rank: args.select_rank.unwrap_or(if recommended { Rank::Kmeans } else { Rank::Easy }),
+                },
+            })
+        })
+        .transpose()?;
     let residual = match (args.residual_every, m) {
         (Some(0), _) => None,
         (Some(every), _) => Some(Residual { every, alpha: args.residual_alpha }),
@@ -261,12 +294,13 @@ pub fn settings(args: &RunArgs, model: &ResNet, teacher: &str) -> Result<(RunSet
         batch_size: args.batch_size.unwrap_or(p.batch_size),
         ipc_per_batch: args.ipc_per_batch.unwrap_or(p.ipc_per_batch),
         ipc_start,
-        ipc_end: args.ipc_end.unwrap_or(p.ipc),
+        ipc_end,
         seed: args.seed,
-        format: args.format,
+        format: args.format.unwrap_or(if recommended { ImageFormat::Png } else { ImageFormat::Jpg }),
         init,
         residual,
         method: Some(m.name().to_string()),
+        real,
         extra_teachers: args.weights.iter().skip(1).map(|p| p.display().to_string()).collect(),
         teacher_schedule: match args.teachers_per_step {
             0 => return Err(Error::Option("--teachers-per-step must be at least 1".into())),

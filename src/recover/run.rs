@@ -47,6 +47,19 @@ pub struct RunSettings {
     /// How several teachers share the iterations.
     #[serde(default)]
     pub teacher_schedule: TeacherSchedule,
+    /// IPC indices 0..real.ipc of every class are selected real images written as they are (no
+    /// optimisation); recover fills the rest. None: every image is recovered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub real: Option<RealPart>,
+}
+
+/// The real part of a hybrid set: which selection fills the first IPC indices of each class.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RealPart {
+    /// Real images per class (IPC indices 0..ipc).
+    pub ipc: usize,
+    /// How they are chosen (kind `patches`: see `init::class_images`).
+    pub select: InitSpec,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -85,6 +98,9 @@ pub struct RunRecord {
     pub settings: RunSettings,
     /// The batches whose images were all written, in the order they finished.
     pub batches: Vec<BatchRecord>,
+    /// The real part's images (class, ipc, sources), when the settings have one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub real_images: Vec<(usize, usize, Vec<String>)>,
 }
 
 pub const RECORD_FILE: &str = "recover_record.json";
@@ -112,7 +128,7 @@ impl BatchPlan {
 
 pub fn plan(s: &RunSettings) -> Vec<BatchPlan> {
     let mut out = Vec::new();
-    let mut ipc = s.ipc_start;
+    let mut ipc = s.ipc_start.max(s.real.as_ref().map_or(0, |r| r.ipc));
     while ipc < s.ipc_end {
         let group: Vec<usize> = (ipc..(ipc + s.ipc_per_batch).min(s.ipc_end)).collect();
         let mut c = 0;
@@ -141,6 +157,12 @@ fn validate(s: &RunSettings, model: &ResNet) -> Result<()> {
         return bad(format!("--ipc-end {} exceeds the three-digit file names (at most 1000)", s.ipc_end));
     }
     s.init.validate(s.res)?;
+    if let Some(real) = &s.real {
+        real.select.validate(s.res)?;
+        if real.ipc > s.ipc_end.max(1000) {
+            return bad(format!("--real-ipc {} exceeds the IPC", real.ipc));
+        }
+    }
     if let Some(r) = s.residual {
         if r.every == 0 || !(0.0..=1.0).contains(&r.alpha) {
             return bad(format!("--residual-every must be at least 1 and --residual-alpha in [0, 1] (got {} and {})", r.every, r.alpha));
@@ -239,7 +261,7 @@ pub fn run_with_teachers<B: Backend>(backend: &B, models: &[&ResNet], settings: 
                 ));
             }
             record_written = false;
-            RunRecord { engine: format!("cda-engine {}", env!("CARGO_PKG_VERSION")), teacher_fingerprint: Some(fingerprint.clone()), settings: settings.clone(), batches: Vec::new() }
+            RunRecord { engine: format!("cda-engine {}", env!("CARGO_PKG_VERSION")), teacher_fingerprint: Some(fingerprint.clone()), settings: settings.clone(), batches: Vec::new(), real_images: Vec::new() }
         }
     };
     let device = backend.describe();
@@ -247,10 +269,16 @@ pub fn run_with_teachers<B: Backend>(backend: &B, models: &[&ResNet], settings: 
     let batches = plan(settings);
     let pending = unfinished(&batches, &record, out, model, settings);
     let skipped = batches.len() - pending.len();
+    let mut written = 0;
     if skipped > 0 {
         eprintln!("resuming: {skipped} of {} batches already in {}", batches.len(), out.display());
     }
 
+    if let Some(real) = &settings.real {
+        written += write_real_part(backend, model, settings, real, out, &mut record)?;
+        write_record(&record_path, &record)?;
+        record_written = true;
+    }
     let starts = starting_images(backend, model, settings, &pending)?;
 
     let iters = settings.recover.iterations;
@@ -262,7 +290,6 @@ pub fn run_with_teachers<B: Backend>(backend: &B, models: &[&ResNet], settings: 
     );
     let started = Instant::now();
     let mut recoverers: Vec<(usize, Recoverer<'_, B>)> = Vec::new();
-    let mut written = 0;
     let mut total_iter_secs = 0.0;
     for (bi, plan) in pending.iter().enumerate() {
         let n = plan.len();
@@ -386,6 +413,41 @@ fn starting_images<B: Backend>(backend: &B, model: &ResNet, s: &RunSettings, pen
     Ok(Some(per_class))
 }
 
+/// Writes the real part's images of IPC ipc_start..min(real.ipc, ipc_end) that are not already
+/// whole in `out` (8-bit rounding of the selected pixels) and records all of them; returns how many
+/// were written. The selection ranks `real.ipc` images per class, so the set does not depend on the
+/// IPC range of one invocation.
+fn write_real_part<B: Backend>(backend: &B, model: &ResNet, s: &RunSettings, real: &RealPart, out: &Path, record: &mut RunRecord) -> Result<usize> {
+    let ipcs = s.ipc_start..real.ipc.min(s.ipc_end);
+    if ipcs.is_empty() {
+        return Ok(0);
+    }
+    let data = real.select.data.as_deref().ok_or_else(|| Error::Option("the real part needs --init-data".into()))?;
+    let ds = crate::data::open(data, crate::data::Split::Train, model.in_channels)?;
+    let (mean, std) = norm_of(&s.recover.clip, model.in_channels);
+    let (c, res) = (model.in_channels, s.res);
+    let mut written = 0;
+    for cls in 0..s.classes {
+        let path = |ipc| image_path(out, cls, ipc, model.num_classes, s.format);
+        let whole = ipcs.clone().all(|ipc| super::output::check_image(&path(ipc), c, res, res, s.format).is_ok());
+        let recorded = ipcs.clone().all(|ipc| record.real_images.iter().any(|e| e.0 == cls && e.1 == ipc));
+        if whole && recorded {
+            continue;
+        }
+        let chosen = class_images(backend, model, ds.as_ref(), &real.select, cls, real.ipc, res, s.seed, &mean, &std)?;
+        for ipc in ipcs.clone() {
+            let img = &chosen[ipc];
+            let px: Vec<u8> = img.pixels.iter().map(|&u| (u * 255.0).round().clamp(0.0, 255.0) as u8).collect();
+            save_image(&path(ipc), &px, c, res, res, s.format)?;
+            written += 1;
+            record.real_images.retain(|e| !(e.0 == cls && e.1 == ipc));
+            record.real_images.push((cls, ipc, img.sources.clone()));
+        }
+    }
+    eprintln!("real part: {written} selected real images written (IPC {}..{} of each class)", ipcs.start, ipcs.end);
+    Ok(written)
+}
+
 /// The teacher's per-channel (mean, std) as the clip mode holds them (identity for unit range).
 pub fn norm_of(clip: &super::ClipMode, channels: usize) -> (Vec<f32>, Vec<f32>) {
     match clip {
@@ -398,7 +460,7 @@ pub fn norm_of(clip: &super::ClipMode, channels: usize) -> (Vec<f32>, Vec<f32>) 
 /// widens it to the union), else left as asked.
 fn write_record(path: &Path, record: &RunRecord) -> Result<()> {
     let mut r = record.clone();
-    let present = r.batches.iter().flat_map(|b| b.ipc.iter().copied());
+    let present = r.batches.iter().flat_map(|b| b.ipc.iter().copied()).chain(r.real_images.iter().map(|e| e.1));
     if let (Some(lo), Some(hi)) = (present.clone().min(), present.max()) {
         r.settings.ipc_start = lo;
         r.settings.ipc_end = hi + 1;
@@ -410,7 +472,7 @@ fn write_record(path: &Path, record: &RunRecord) -> Result<()> {
 /// "lacks IPC [..] of a..b" when the recorded batches leave holes in their span (a continuation
 /// that started past the end of the earlier run), for a note; None when the span is whole.
 fn missing_ipc(record: &RunRecord) -> Option<String> {
-    let present: std::collections::BTreeSet<usize> = record.batches.iter().flat_map(|b| b.ipc.iter().copied()).collect();
+    let present: std::collections::BTreeSet<usize> = record.batches.iter().flat_map(|b| b.ipc.iter().copied()).chain(record.real_images.iter().map(|e| e.1)).collect();
     let (lo, hi) = (*present.first()?, *present.last()?);
     let missing: Vec<usize> = (lo..=hi).filter(|i| !present.contains(i)).collect();
     (!missing.is_empty()).then(|| format!("lacks IPC {missing:?} of {lo}..{}: run with --ipc-start/--ipc-end covering them to fill the set", hi + 1))
