@@ -92,15 +92,6 @@ fn check_number(flag: &str, v: f64, ok: bool, expected: &str) -> Result<()> {
     }
 }
 
-fn check_norm(name: &str, v: &[f32], channels: usize) -> Result<()> {
-    if v.len() != channels {
-        return Err(Error::Option(format!("--{name} has {} values for {channels} channels", v.len())));
-    }
-    if name == "std" && v.iter().any(|s| *s <= 0.0) {
-        return Err(Error::Option(format!("--std {v:?}: every value must be positive")));
-    }
-    Ok(())
-}
 
 /// Flags of `cda-engine squeeze`.
 #[derive(clap::Args, Clone, Debug)]
@@ -234,8 +225,7 @@ pub fn squeeze(a: &SqueezeArgs) -> Result<()> {
         (None, None, None) => estimate_norm(train.as_ref())?,
         _ => return Err(Error::Option("give both --mean and --std, or neither".into())),
     };
-    check_norm("mean", &mean, channels)?;
-    check_norm("std", &std, channels)?;
+    data::check_norm(&mean, &std, channels)?;
     let cfg = super::squeeze::SqueezeConfig {
         data: a.data.clone(),
         test_data: a.test_data.clone().or_else(|| test.as_ref().map(|_| format!("{} (test split)", a.data))),
@@ -300,7 +290,7 @@ pub fn squeeze(a: &SqueezeArgs) -> Result<()> {
         "out": summary.out, "arch": summary.arch, "epochs": summary.epochs, "images": summary.images,
         "test_top1": summary.test_top1, "seconds": summary.seconds,
     });
-    println!("{line}");
+    crate::outln!("{line}");
     Ok(())
 }
 
@@ -477,7 +467,7 @@ pub fn relabel(a: &RelabelArgs) -> Result<()> {
     let gpu = gpu_for(c.device)?;
     let s = pool.install(|| super::distill::relabel(&mut teacher, images, &aug, c.epochs, a.topk, c.seed, c.workers.max(1), &a.out, extra, show, train_device(gpu.as_ref())))?;
     eprintln!("wrote {} ({:.1} MB, {} epochs, batch {})", s.out.display(), s.bytes as f64 / 1e6, s.epochs, s.batch_size);
-    println!("{}", serde_json::to_string(&s).expect("summary serialises"));
+    crate::outln!("{}", serde_json::to_string(&s).expect("summary serialises"));
     Ok(())
 }
 
@@ -631,7 +621,7 @@ pub fn validate(a: &ValidateArgs) -> Result<()> {
         "seed": c.seed, "seconds": s.seconds, "batch_size": cfg.aug.batch_size,
         "student_init": format!("{:?}", a.student_init).to_lowercase(),
     });
-    println!("{line}");
+    crate::outln!("{line}");
     Ok(())
 }
 
