@@ -38,6 +38,10 @@ pub trait Dataset: Send + Sync {
     fn describe(&self) -> String;
     /// Common image size when all images share one and it is known without decoding.
     fn image_size(&self) -> Option<(usize, usize)>;
+    /// How class folders map to classes, for datasets read from folders.
+    fn class_map(&self) -> Option<&folder::ClassMap> {
+        None
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,7 +99,8 @@ pub fn resolve_norm(mean: Option<Vec<f32>>, std: Option<Vec<f32>>, model: &crate
 /// (class subfolders of PNG/JPEG files; `channels` 1 converts colour to luma, 3 replicates grey).
 pub fn open(spec: &str, split: Split, channels: usize) -> Result<Arc<dyn Dataset>> {
     if spec == "fashion-mnist" {
-        let dir = std::env::var_os("FASHION_MNIST_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| idx::FASHION_MNIST_DIR.into());
+        // An empty FASHION_MNIST_DIR is unset (as shells treat empty variables), not the current folder.
+        let dir = std::env::var_os("FASHION_MNIST_DIR").filter(|d| !d.is_empty()).map(std::path::PathBuf::from).unwrap_or_else(|| idx::FASHION_MNIST_DIR.into());
         let ds = idx::IdxDataset::fashion_mnist(&dir, split)?;
         if channels != 1 {
             return Err(Error::input("fashion-mnist", format!("the images have 1 channel; the model takes {channels}")));

@@ -219,6 +219,7 @@ pub fn squeeze(a: &SqueezeArgs) -> Result<()> {
         None => Stem::ImageNet,
     };
     let spec = ArchSpec::parse(&a.arch, stem, channels, train.num_classes())?;
+    check_train_fits("the network", &spec, a.batch_size, size)?;
     let (mean, std) = match (&a.mean, &a.std, data::dataset_norm(&a.data)) {
         (Some(m), Some(s), _) => (m.clone(), s.clone()),
         (None, None, Some(n)) => n,
@@ -316,11 +317,11 @@ fn teacher_size(m: &crate::model::ResNet, flag: Option<usize>, images: &dyn Data
     }
 }
 
-fn teacher_norm(m: &crate::model::ResNet, teacher: &str) -> Result<(Vec<f32>, Vec<f32>)> {
-    match (&m.mean, &m.std) {
-        (Some(a), Some(b)) => Ok((a.clone(), b.clone())),
-        _ => Err(Error::weights(teacher, "metadata has no mean/std: the normalisation the teacher was trained with is needed")),
-    }
+/// --mean/--std, else the teacher's metadata (one definition: [`data::resolve_norm`]).
+fn teacher_norm(m: &crate::model::ResNet, teacher: &str, mean: Option<Vec<f32>>, std: Option<Vec<f32>>) -> Result<(Vec<f32>, Vec<f32>)> {
+    data::resolve_norm(mean, std, m)?.ok_or_else(|| {
+        Error::weights(teacher, "metadata has no mean/std: pass the normalisation the teacher was trained with as --mean and --std")
+    })
 }
 
 /// Flags shared by relabel and validate: the distilled set, teacher and augmentation.
@@ -363,17 +364,39 @@ pub struct DistillArgs {
     /// GPU, else the CPU). Data loading and test-set evaluation run on the CPU either way.
     #[arg(long, value_enum, default_value_t = crate::device::Device::Cpu)]
     pub device: crate::device::Device,
+    /// Per-channel mean of the teacher's input normalisation (comma-separated); overrides the
+    /// teacher's metadata, and is needed for a teacher exported without it.
+    #[arg(long, value_delimiter = ',')]
+    pub mean: Option<Vec<f32>>,
+    /// Per-channel std of the teacher's input normalisation; overrides the teacher's metadata.
+    #[arg(long, value_delimiter = ',')]
+    pub std: Option<Vec<f32>>,
+}
+
+/// Refuses training batches of `batch` images of `size` x `size` on `spec` that cannot fit in
+/// memory, before the network is built; `what` names the model ("the student").
+pub fn check_train_fits(what: &str, spec: &ArchSpec, batch: usize, size: usize) -> Result<()> {
+    let layout = crate::model::Layout::of_arch(spec)?;
+    crate::model::ensure_batch_fits(&format!("training {what} ({}) on batches of {batch} images of {size}x{size}", spec.describe()), layout.train_bytes(batch, size))
 }
 
 impl DistillArgs {
     fn open(&self) -> Result<(TrainModel, crate::model::ResNet, String, Arc<dyn Dataset>, super::distill::AugmentConfig)> {
-        let (tm, m, name) = load_teacher(self.teacher.as_deref())?;
+        let (mut tm, m, name) = load_teacher(self.teacher.as_deref())?;
+        // The normalisation is settled first: it is an option, and a teacher without it fails here,
+        // before any images are read.
+        let (mean, std) = teacher_norm(&m, &name, self.mean.clone(), self.std.clone())?;
+        // The teacher's logits (and its fingerprint in a relabel file) are those of this normalisation.
+        tm.mean = Some(mean.clone());
+        tm.std = Some(std.clone());
         let images = data::open(&self.images, Split::Train, m.in_channels)?;
-        let size = teacher_size(&m, self.image_size, images.as_ref())?;
-        if size == 0 {
-            return Err(Error::Option("--image-size must be at least 1".into()));
+        if let Some(map) = images.class_map() {
+            map.check_teacher(std::path::Path::new(&self.images), m.num_classes, false)?;
         }
-        let (mean, std) = teacher_norm(&m, &name)?;
+        let size = teacher_size(&m, self.image_size, images.as_ref())?;
+        if size < m.min_side() {
+            return Err(Error::Option(format!("--image-size {size}: this teacher's {} stem needs at least {}", m.stem.name(), m.min_side())));
+        }
         if !(self.min_scale > 0.0 && self.min_scale <= 1.0) {
             return Err(Error::Option(format!("--min-scale {}: expected 0 < scale <= 1", self.min_scale)));
         }
@@ -381,6 +404,7 @@ impl DistillArgs {
         if batch_size == 0 {
             return Err(Error::Option("--batch-size must be at least 1".into()));
         }
+        check_train_fits("the teacher and student", &ArchSpec::of(&m), batch_size.saturating_mul(2), size)?;
         let aug = super::distill::AugmentConfig {
             image_size: size,
             min_scale: self.min_scale,
@@ -572,9 +596,10 @@ pub fn validate(a: &ValidateArgs) -> Result<()> {
         Some(s) => ArchSpec::parse(s, m.stem, m.in_channels, m.num_classes)?,
         None => ArchSpec::of(&m),
     };
+    check_train_fits("the student", &spec, aug.batch_size, aug.image_size)?;
     let mut student = TrainModel::init_with(&spec, c.seed, a.student_init)?;
-    student.mean = m.mean.clone();
-    student.std = m.std.clone();
+    student.mean = Some(aug.mean.clone());
+    student.std = Some(aug.std.clone());
     let cfg = super::distill::ValidateConfig {
         epochs: c.epochs,
         lr: a.lr,
