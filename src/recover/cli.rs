@@ -300,11 +300,13 @@ pub fn check_run(s: &RunSettings, model: &ResNet) -> Result<()> {
             model.min_side()
         )));
     }
+    // The size first: a size no machine can hold is the problem to report, whatever else is off.
+    crate::bench::check_recover_fits(model, batch_images(s).max(1), s.res, s.res)?;
     super::run::validate(s, model)?;
     if s.recover.jitter >= s.res {
         return Err(Error::Option(format!("--jitter {} must be smaller than the image size {}", s.recover.jitter, s.res)));
     }
-    crate::bench::check_recover_fits(model, batch_images(s), s.res, s.res).map(|_| ())
+    Ok(())
 }
 
 /// Images optimised together in one batch of a run (classes per batch x IPC per batch).
