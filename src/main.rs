@@ -161,6 +161,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let threads = match &cli.command {
+        Command::Forward { threads, .. } | Command::Run { threads, .. } | Command::Evaluate { threads, .. } | Command::Bench { threads, .. } | Command::Select { threads, .. } => *threads,
+        _ => 0,
+    };
+    if let Err(e) = cda_engine::train::cli::check_threads(threads) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Inspect { weights } => inspect(&weights),
         Command::Forward { weights, input, output, device, threads } => forward(&weights, &input, &output, device, threads),

@@ -491,10 +491,13 @@ pub const MAX_TENSOR_ELEMENTS: u64 = i32::MAX as u64;
 /// Refuses a batch whose memory estimate `(bytes, largest tensor)` does not fit: `what` names the
 /// request in the user's terms (e.g. "a recover batch of 100 images of 3000x3000").
 pub fn ensure_batch_fits(what: &str, estimate: Option<(u64, u64)>) -> Result<()> {
-    if let Some((_, largest)) = estimate {
+    if let Some((bytes, largest)) = estimate {
         if largest > MAX_TENSOR_ELEMENTS {
             return Err(Error::Option(format!(
-                "{what} is too large: one activation tensor would hold {largest} values, more than the {MAX_TENSOR_ELEMENTS} the kernels can index"
+                "{what} is too large: it needs about {} of memory ({} available) and one activation tensor would hold {largest} values, \
+                 more than the {MAX_TENSOR_ELEMENTS} the kernels can index",
+                crate::memory::gib(bytes),
+                crate::memory::available_bytes().map_or("unknown".into(), crate::memory::gib)
             )));
         }
     }

@@ -125,7 +125,7 @@ const TEN: [&str; 10] = ["new000", "new001", "new002", "new003", "new004", "new0
 fn huge_sizes_are_refused_with_the_size_and_the_memory_available() {
     let dir = tempfile::tempdir().unwrap();
     // Capacity overflow before: now one tensor too many values for the 32-bit kernels.
-    refused(&run_limited(&["bench", "--res", "100000", "--iters", "1"], 0, 60, &[], None), "bench --res 100000", &["100000x100000", "too large"]);
+    refused(&run_limited(&["bench", "--res", "100000", "--iters", "1"], 0, 60, &[], None), "bench --res 100000", &["100000x100000", "too large", "GiB of memory", "available"]);
     // An abort in the allocator before: under a 4 GiB address space, refused with both sizes.
     let e = refused(&run_limited(&["bench", "--res", "2000", "--batch", "4", "--iters", "1"], 4 << 20, 60, &[], None), "bench --res 2000 --batch 4", &["4 images of 2000x2000", "needs about", "GiB are available"]);
     assert!(e.contains("MemAvailable"), "{e}");
@@ -365,4 +365,22 @@ fn non_finite_soft_labels_blame_the_labels_file() {
     std::fs::write(&labels, &bytes).unwrap();
     let e = fails(&["validate", "--images", i, "--test-data", i, "--labels", labels.to_str().unwrap(), "--epochs", "1", "--threads", "1"], &["soft label NaN", "remake the file with relabel"]);
     assert!(!e.contains("lower --lr"), "{e}");
+}
+
+#[test]
+fn absurd_thread_counts_and_padding_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each of these started 100 million OS threads before failing (or hung).
+    for cmd in [&["bench", "--res", "32", "--iters", "1"][..], &["evaluate", "--images", "."], &["run", "--iteration", "1", "--out", dir.path().join("o").to_str().unwrap()]] {
+        let args: Vec<&str> = cmd.iter().copied().chain(["--threads", "100000000"]).collect();
+        refused(&run_limited(&args, 0, 60, &[], None), &format!("{args:?}"), &["--threads 100000000: at most"]);
+    }
+    let data = dir.path().join("d");
+    folder(&data, &["a", "b"], 4);
+    let out = dir.path().join("t.safetensors");
+    fails(
+        &["squeeze", "--data", data.to_str().unwrap(), "--channels", "1", "--epochs", "1", "--batch-size", "4", "--padding", "18446744073709551615", "--out", out.to_str().unwrap()],
+        &["--padding 18446744073709551615: at most the image size 28"],
+    );
+    assert!(!out.exists());
 }

@@ -378,6 +378,8 @@ pub fn select_settings(a: &SelectArgs, model: &ResNet, teacher: &str) -> Result<
         Some(p) => clip_mode(a.mean.clone(), a.std.clone(), model, p)?,
         None => clip_mode(a.mean.clone(), a.std.clone(), model, &Preset { mean_std: None, ..Preset::get(PresetName::Imagenet1k) })?,
     };
+    // A size no batch could hold (a teacher's image_size of 99999999) is refused before any image is read.
+    crate::bench::check_recover_fits(model, 1, res, res)?;
     let (mean, std) = super::run::norm_of(&clip, model.in_channels);
     let data = a.init_data.clone().or_else(|| model.metadata.get("dataset").cloned()).ok_or_else(|| Error::Option("--init-data is needed: the teacher's metadata names no dataset".into()))?;
     Ok(super::select::SelectSettings {

@@ -50,8 +50,21 @@ pub fn mix_of(kind: MixArg, alpha: f64) -> Result<MixKind> {
     })
 }
 
+/// The one check of `--threads` (every command): 0 (all cores) or at most 4 threads per core and
+/// never more than 4096, since each is an OS thread started up front: a mistyped 100000000 would
+/// otherwise spend minutes starting threads, then fail.
+pub fn check_threads(threads: usize) -> Result<()> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let most = (4 * cores).clamp(64, 4096);
+    if threads > most {
+        return Err(Error::Option(format!("--threads {threads}: at most {most} on this machine ({cores} cores; 0 uses them all)")));
+    }
+    Ok(())
+}
+
 /// A rayon pool of `threads` workers (0 = all cores).
 pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool> {
+    check_threads(threads)?;
     let threads = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -212,6 +225,10 @@ pub fn squeeze(a: &SqueezeArgs) -> Result<()> {
     };
     if size == 0 {
         return Err(Error::Option("--image-size must be at least 1".into()));
+    }
+    // A pad wider than the image shows nothing but zeros (and its sums overflow near usize::MAX).
+    if a.crop == CropArg::Pad && a.padding > size {
+        return Err(Error::Option(format!("--padding {}: at most the image size {size}", a.padding)));
     }
     let stem = match a.stem.as_deref() {
         Some(s) => Stem::parse(s).ok_or_else(|| Error::Option(format!("--stem {s}: expected imagenet or cifar")))?,
