@@ -46,7 +46,7 @@ pub fn evaluate<B: Backend>(backend: &B, model: &ResNet, root: &Path, mean: Opti
     let (mean, std) = (norm.as_ref().map(|n| n.0.clone()), norm.as_ref().map(|n| n.1.clone()));
     let (folder, map) = image_folder(root)?;
     map.check_teacher(root, model.num_classes, true)?;
-    let folder: Vec<(usize, Vec<PathBuf>)> = folder;
+    // Scores are kept per folder: a numbered set may skip classes.
     let slot = |cls: usize| folder.iter().position(|(c, _)| *c == cls).unwrap_or(0);
     let mut items = Vec::new();
     for (cls, files) in &folder {
@@ -56,7 +56,7 @@ pub fn evaluate<B: Backend>(backend: &B, model: &ResNet, root: &Path, mean: Opti
     }
     let c = model.in_channels;
     let batch = 100;
-    let mut net: Option<(usize, usize, Net<B>)> = None;
+    let mut net: Option<(usize, (usize, usize), Net<B>)> = None;
     let mut correct = vec![0usize; folder.len()];
     let mut count = vec![0usize; folder.len()];
     let mut xb = None;
@@ -78,8 +78,10 @@ pub fn evaluate<B: Backend>(backend: &B, model: &ResNet, root: &Path, mean: Opti
         }
         let (h, w) = size.unwrap();
         let n = chunk.len();
-        if net.as_ref().map(|(nn, hw, _)| (*nn, *hw)) != Some((n, h * 10000 + w)) {
-            net = Some((n, h * 10000 + w, Net::new(backend, model, n, h, w)?));
+        if net.as_ref().map(|(nn, hw, _)| (*nn, *hw)) != Some((n, (h, w))) {
+            // Large image files make large batches: sized before the network is built.
+            crate::model::ensure_batch_fits(&format!("evaluating batches of {n} images of {h}x{w}"), model.layout().recover_bytes(n, h, w))?;
+            net = Some((n, (h, w), Net::new(backend, model, n, h, w)?));
             xb = Some(backend.alloc(n * c * h * w)?);
         }
         let (_, _, net) = net.as_mut().unwrap();
