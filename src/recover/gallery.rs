@@ -12,9 +12,12 @@ use crate::error::{Error, Result};
 use crate::model::ResNet;
 use crate::net::Net;
 
+/// (class, sorted image files) of each class folder, in sorted folder order.
+pub type ClassFiles = Vec<(usize, Vec<PathBuf>)>;
+
 /// An ImageFolder: (class, sorted image files) per class folder in sorted folder order, and how the
 /// classes were found (`new{class}` numbers, else sorted position; see [`ClassMap`]).
-pub fn image_folder(root: &Path) -> Result<(Vec<(usize, Vec<PathBuf>)>, ClassMap)> {
+pub fn image_folder(root: &Path) -> Result<(ClassFiles, ClassMap)> {
     let listed = list_classes(root)?;
     let names: Vec<String> = listed.iter().map(|(n, _)| n.clone()).collect();
     let map = ClassMap::of(root, &names)?;
