@@ -159,14 +159,36 @@ enum Command {
     },
 }
 
+/// Prints the error that ends the command; a closed stderr must not turn it into a panic.
+fn report(e: &Error) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "error: {e}");
+}
+
+/// Progress and messages go to stderr with `eprintln!`, which panics when stderr is a closed pipe
+/// (`cda-engine run 2>&1 | head -1`). That is not an engine failure to report as a panic (exit 101
+/// and a backtrace nobody can read): the process ends quietly with status 1, since the work it was
+/// doing did not finish. Every other panic keeps the default report.
+fn quiet_on_closed_stderr() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info.payload().downcast_ref::<String>().map(String::as_str).or_else(|| info.payload().downcast_ref::<&str>().copied()).unwrap_or("");
+        if text.starts_with("failed printing to stderr") {
+            std::process::exit(1);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_closed_stderr();
     let cli = Cli::parse();
     let threads = match &cli.command {
         Command::Forward { threads, .. } | Command::Run { threads, .. } | Command::Evaluate { threads, .. } | Command::Bench { threads, .. } | Command::Select { threads, .. } => *threads,
         _ => 0,
     };
     if let Err(e) = cda_engine::train::cli::check_threads(threads) {
-        eprintln!("error: {e}");
+        report(&e);
         return ExitCode::FAILURE;
     }
     let result = match cli.command {
@@ -194,7 +216,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            report(&e);
             ExitCode::FAILURE
         }
     }

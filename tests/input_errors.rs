@@ -384,3 +384,23 @@ fn absurd_thread_counts_and_padding_are_refused() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn a_closed_stderr_is_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    // `run ... 2>&1 | head -0`: the banner and progress go to a pipe nobody reads.
+    let o = dir.path().join("o");
+    let mut child = Command::new(BIN)
+        .args(["run", "--iteration", "2", "--ipc-end", "1", "--classes", "2", "--quiet", "--out", o.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert!(matches!(status.code(), Some(0 | 1)), "exit {status:?} (101 = panic)");
+    // An error with nowhere to print it still exits 1.
+    let mut child = Command::new(BIN).args(["inspect", dir.path().join("absent").to_str().unwrap()]).stderr(Stdio::piped()).spawn().unwrap();
+    drop(child.stderr.take());
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+}
