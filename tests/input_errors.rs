@@ -315,6 +315,10 @@ fn messages_name_the_real_problem() {
     let e = fails(&["run", "--res", "0", "--out", dir.path().join("r").to_str().unwrap()], &["--res 0", "at least 8x8"]);
     assert!(!e.contains("jitter"), "{e}");
     assert!(!dir.path().join("r").exists());
+    // Real images that are not there are found missing before the banner and the folder.
+    let e = fails(&["run", "--init", "real", "--init-data", dir.path().join("absent").to_str().unwrap(), "--iteration", "1", "--out", dir.path().join("r").to_str().unwrap()], &["not a dataset name"]);
+    assert!(!e.contains("teacher "), "banner printed: {e}");
+    assert!(!dir.path().join("r").exists());
     // An RGBA image is called RGBA.
     let rgba = dir.path().join("rgba");
     png(&rgba.join("new000/a.png"), 28, 4, 1);

@@ -108,23 +108,8 @@ impl IdxDataset {
 
     /// `train-images-idx3-ubyte.gz` / `t10k-...` (also without `.gz`) in `dir`.
     pub fn fashion_mnist(dir: &Path, split: Split) -> Result<IdxDataset> {
-        let prefix = if split == Split::Train { "train" } else { "t10k" };
-        let find = |kind: &str| {
-            let base = format!("{prefix}-{kind}-ubyte");
-            let gz = dir.join(format!("{base}.gz"));
-            if gz.exists() {
-                Ok(gz)
-            } else if dir.join(&base).exists() {
-                Ok(dir.join(base))
-            } else {
-                Err(Error::input(
-                    "fashion-mnist",
-                    format!("{} not found (install the Debian package dataset-fashion-mnist, or set FASHION_MNIST_DIR)", gz.display()),
-                ))
-            }
-        };
-        let labels = find("labels-idx1")?;
-        let mut ds = IdxDataset::from_files(&format!("fashion-mnist {}", if split == Split::Train { "train" } else { "test" }), &find("images-idx3")?, &labels)?;
+        let (images, labels) = fashion_mnist_files(dir, split)?;
+        let mut ds = IdxDataset::from_files(&format!("fashion-mnist {}", if split == Split::Train { "train" } else { "test" }), &images, &labels)?;
         // Fashion-MNIST has 10 classes whatever the file says; a label beyond them is corruption.
         if ds.classes > 10 {
             return Err(Error::input(labels.display().to_string(), format!("label {} is outside Fashion-MNIST's 10 classes", ds.classes - 1)));
@@ -132,6 +117,28 @@ impl IdxDataset {
         ds.classes = 10;
         Ok(ds)
     }
+}
+
+/// The (images, labels) files of one Fashion-MNIST split in `dir`, gzip'd or plain.
+///
+/// Errors: a file not found, naming where it was looked for and how to get it.
+pub fn fashion_mnist_files(dir: &Path, split: Split) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let prefix = if split == Split::Train { "train" } else { "t10k" };
+    let find = |kind: &str| {
+        let base = format!("{prefix}-{kind}-ubyte");
+        let gz = dir.join(format!("{base}.gz"));
+        if gz.exists() {
+            Ok(gz)
+        } else if dir.join(&base).exists() {
+            Ok(dir.join(base))
+        } else {
+            Err(Error::input(
+                "fashion-mnist",
+                format!("{} not found (install the Debian package dataset-fashion-mnist, or set FASHION_MNIST_DIR)", gz.display()),
+            ))
+        }
+    };
+    Ok((find("images-idx3")?, find("labels-idx1")?))
 }
 
 impl Dataset for IdxDataset {

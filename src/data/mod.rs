@@ -95,13 +95,29 @@ pub fn resolve_norm(mean: Option<Vec<f32>>, std: Option<Vec<f32>>, model: &crate
     Ok(pair)
 }
 
+/// Where Fashion-MNIST's files are: `$FASHION_MNIST_DIR`, else the Debian package's folder. An
+/// empty variable is unset (as shells treat empty variables), not the current folder.
+fn fashion_mnist_dir() -> std::path::PathBuf {
+    std::env::var_os("FASHION_MNIST_DIR").filter(|d| !d.is_empty()).map(std::path::PathBuf::from).unwrap_or_else(|| idx::FASHION_MNIST_DIR.into())
+}
+
+/// Cheaply checks that [`open`] can find `spec` (the dataset's files, or the folder), without
+/// reading it: commands call this before they print a plan or create an output folder.
+pub fn check_source(spec: &str, split: Split) -> Result<()> {
+    if spec == "fashion-mnist" {
+        return idx::fashion_mnist_files(&fashion_mnist_dir(), split).map(|_| ());
+    }
+    if !Path::new(spec).is_dir() {
+        return Err(Error::input(spec, "not a dataset name (fashion-mnist) nor a folder of class subfolders"));
+    }
+    Ok(())
+}
+
 /// `fashion-mnist` (the Debian package's IDX files, or `$FASHION_MNIST_DIR`) or an ImageFolder path
 /// (class subfolders of PNG/JPEG files; `channels` 1 converts colour to luma, 3 replicates grey).
 pub fn open(spec: &str, split: Split, channels: usize) -> Result<Arc<dyn Dataset>> {
     if spec == "fashion-mnist" {
-        // An empty FASHION_MNIST_DIR is unset (as shells treat empty variables), not the current folder.
-        let dir = std::env::var_os("FASHION_MNIST_DIR").filter(|d| !d.is_empty()).map(std::path::PathBuf::from).unwrap_or_else(|| idx::FASHION_MNIST_DIR.into());
-        let ds = idx::IdxDataset::fashion_mnist(&dir, split)?;
+        let ds = idx::IdxDataset::fashion_mnist(&fashion_mnist_dir(), split)?;
         if channels != 1 {
             return Err(Error::input("fashion-mnist", format!("the images have 1 channel; the model takes {channels}")));
         }

@@ -303,6 +303,9 @@ pub fn check_run(s: &RunSettings, model: &ResNet) -> Result<()> {
     // The size first: a size no machine can hold is the problem to report, whatever else is off.
     crate::bench::check_recover_fits(model, batch_images(s).max(1), s.res, s.res)?;
     super::run::validate(s, model)?;
+    if let Some(data) = &s.init.data {
+        crate::data::check_source(data, crate::data::Split::Train)?;
+    }
     if s.recover.jitter >= s.res {
         return Err(Error::Option(format!("--jitter {} must be smaller than the image size {}", s.recover.jitter, s.res)));
     }
