@@ -34,6 +34,9 @@ pub fn arch_layout(arch: &str) -> Option<(bool, [usize; 4])> {
 /// A torchvision-named ResNet with random weights (He-normal convs) and plausible BN statistics.
 pub fn random_resnet(arch: &str, stem: Stem, in_channels: usize, classes: usize, width: usize, seed: u64) -> Result<ResNet> {
     let (bottleneck, layers) = arch_layout(arch).ok_or_else(|| Error::Option(format!("unknown --arch {arch} (resnet18/34/50/101/152)")))?;
+    if classes == 0 || in_channels == 0 || width == 0 {
+        return Err(Error::Option(format!("a random {arch} needs at least 1 class, input channel and width (got {classes}, {in_channels}, {width})")));
+    }
     let mut rng = StdRng::seed_from_u64(seed);
     let mut t: BTreeMap<String, Tensor> = BTreeMap::new();
     let conv = |t: &mut BTreeMap<String, Tensor>, rng: &mut StdRng, name: &str, k: usize, c: usize, r: usize| {
@@ -100,6 +103,9 @@ pub struct BenchResult {
     pub conv_gflop_per_iter: f64,
     /// The process's peak resident memory (VmHWM) in MiB, where the OS reports it.
     pub peak_rss_mib: Option<f64>,
+    /// The memory the engine estimated for the iteration before allocating (MiB), which a
+    /// request larger than the available memory is refused on; compare with `peak_rss_mib`.
+    pub estimated_mib: f64,
     /// CPU time of the process (all threads) per timed iteration, where the OS reports it: on a
     /// loaded machine, wall time includes waiting for cores and this does not.
     pub cpu_ms_per_iter: Option<f64>,
@@ -124,6 +130,22 @@ pub fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// Refuses a recover batch of n images of h x w that cannot fit in memory (or whose tensors the
+/// kernels cannot index) before anything is allocated; returns the estimate in bytes.
+pub fn check_recover_fits(model: &ResNet, n: usize, h: usize, w: usize) -> Result<u64> {
+    if h < model.min_side() || w < model.min_side() {
+        return Err(Error::Option(format!(
+            "image size {h}x{w} is too small for this teacher's {} stem (at least {}x{})",
+            model.stem.name(),
+            model.min_side(),
+            model.min_side()
+        )));
+    }
+    let estimate = model.layout().recover_bytes(n, h, w);
+    crate::model::ensure_batch_fits(&format!("a recover batch of {n} images of {h}x{w} on {}", model.arch_name()), estimate)?;
+    Ok(estimate.map_or(0, |e| e.0))
 }
 
 /// Times `iters` recover iterations (after `warmup`) with the official CDA augmentation.
@@ -162,6 +184,7 @@ pub fn bench_with<B: Backend>(backend: &B, model: &ResNet, res: usize, batch: us
         adam_betas: (0.5, 0.9),
         adam_eps: 1e-8,
     };
+    let estimate = check_recover_fits(model, batch, res, res)?;
     let mut rec = Recoverer::new(backend, model, &cfg, batch, res, res)?;
     let mut rng = StdRng::seed_from_u64(0);
     let init: Vec<f32> = (0..batch * c * res * res).map(|_| StandardNormal.sample(&mut rng)).collect();
@@ -197,15 +220,31 @@ pub fn bench_with<B: Backend>(backend: &B, model: &ResNet, res: usize, batch: us
         gflops: flops / (ms * 1e-3) / 1e9,
         conv_gflop_per_iter: 4.0 * model.macs_per_image(res, res) as f64 * batch as f64 / 1e9,
         peak_rss_mib: peak_rss_mib(),
+        estimated_mib: estimate as f64 / (1u64 << 20) as f64,
         cpu_ms_per_iter,
     })
 }
 
-/// Loads a teacher or builds a random one for the benchmark.
+/// Loads a teacher or builds a random one for the benchmark. `arch` is spelled as `squeeze --arch`
+/// spells it (`resnet18`, `resnet50-w32`: one parser for both).
+///
+/// Errors: zero classes or input channels, an unknown architecture, or weights that would not fit
+/// in memory.
 pub fn bench_model(weights: Option<&Path>, arch: &str, stem: Stem, in_channels: usize, classes: usize) -> Result<ResNet> {
     match weights {
         Some(p) => ResNet::load(p),
-        None => random_resnet(arch, stem, in_channels, classes, 64, 0),
+        None => {
+            if classes == 0 || in_channels == 0 {
+                return Err(Error::Option(format!("--classes {classes} and --in-channels {in_channels} must be at least 1")));
+            }
+            let spec = crate::train::model::ArchSpec::parse(arch, stem, in_channels, classes)?;
+            let layout = crate::model::Layout::of_arch(&spec)?;
+            // The random weights exist twice while the model is built (tensors, then the model).
+            let params = layout.sizes(64, 64).and_then(|s| s.params.checked_mul(8));
+            crate::memory::ensure_fits(&format!("the weights of a random {arch}"), params)?;
+            let name = arch.split_once("-w").map_or(arch, |(n, _)| n);
+            random_resnet(name, stem, in_channels, classes, spec.widths[0], 0)
+        }
     }
 }
 

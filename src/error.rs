@@ -45,3 +45,26 @@ impl Error {
         Error::Input { what: what.into(), message: message.into() }
     }
 }
+
+/// Writes one line to standard output. When the reader has gone (`cda-engine inspect x | head -1`)
+/// the process ends quietly with status 0, as other command-line tools do, instead of panicking on
+/// the broken pipe; any other write error ends it with status 1 and a message.
+pub fn print_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(line).and_then(|_| out.write_all(b"\n")).and_then(|_| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        let _ = writeln!(std::io::stderr(), "error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` through [`print_line`]: a closed pipe is a clean exit, never a panic.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::error::print_line(format_args!($($arg)*))
+    };
+}

@@ -12,6 +12,7 @@ pub mod device;
 pub mod error;
 pub mod io;
 pub mod kernels;
+pub mod memory;
 pub mod model;
 pub mod net;
 pub mod ops;

@@ -13,6 +13,7 @@ use cda_engine::net::Net;
 use cda_engine::weights::{read_tensor_file, write_tensor_file, Tensor};
 use cda_engine::kernels;
 use cda_engine::recover::cli::RunArgs;
+use cda_engine::outln;
 
 #[derive(Parser)]
 #[command(name = "cda-engine", version, about = "Dataset distillation with CDA on CPU and CUDA")]
@@ -158,8 +159,38 @@ enum Command {
     },
 }
 
+/// Prints the error that ends the command; a closed stderr must not turn it into a panic.
+fn report(e: &Error) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "error: {e}");
+}
+
+/// Progress and messages go to stderr with `eprintln!`, which panics when stderr is a closed pipe
+/// (`cda-engine run 2>&1 | head -1`). That is not an engine failure to report as a panic (exit 101
+/// and a backtrace nobody can read): the process ends quietly with status 1, since the work it was
+/// doing did not finish. Every other panic keeps the default report.
+fn quiet_on_closed_stderr() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info.payload().downcast_ref::<String>().map(String::as_str).or_else(|| info.payload().downcast_ref::<&str>().copied()).unwrap_or("");
+        if text.starts_with("failed printing to stderr") {
+            std::process::exit(1);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_closed_stderr();
     let cli = Cli::parse();
+    let threads = match &cli.command {
+        Command::Forward { threads, .. } | Command::Run { threads, .. } | Command::Evaluate { threads, .. } | Command::Bench { threads, .. } | Command::Select { threads, .. } => *threads,
+        _ => 0,
+    };
+    if let Err(e) = cda_engine::train::cli::check_threads(threads) {
+        report(&e);
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Inspect { weights } => inspect(&weights),
         Command::Forward { weights, input, output, device, threads } => forward(&weights, &input, &output, device, threads),
@@ -167,7 +198,7 @@ fn main() -> ExitCode {
         Command::Evaluate { weights, images, mean, std, threads } => evaluate(weights.as_deref(), &images, mean, std, threads),
         Command::Grid { folders, out, rows, classes, scale } => cda_engine::recover::gallery::grid(&folders, &out, rows, classes, scale),
         Command::Bench { ceiling: true, threads, device, .. } => cpu_for(device, threads).map(|b| {
-            println!("{}", serde_json::to_string(&cda_engine::bench::ceiling(&b, 1.0)).expect("result serialises"));
+            outln!("{}", serde_json::to_string(&cda_engine::bench::ceiling(&b, 1.0)).expect("result serialises"));
         }),
         Command::Bench { weights, arch, stem, in_channels, classes, res, batch, iters, threads, device, profile, .. } => {
             bench(weights.as_deref(), &arch, &stem, in_channels, classes, res, batch, iters, threads, device, profile)
@@ -185,7 +216,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            report(&e);
             ExitCode::FAILURE
         }
     }
@@ -193,32 +224,37 @@ fn main() -> ExitCode {
 
 fn inspect(path: &PathBuf) -> Result<()> {
     let m = ResNet::load(path)?;
-    println!("file        {}", path.display());
-    println!("arch        {} ({} blocks, {} stem)", m.arch_name(), if m.block == BlockKind::Basic { "BasicBlock" } else { "Bottleneck" }, m.stem.name());
-    println!("input       {} channels", m.in_channels);
-    println!("classes     {}", m.num_classes);
-    println!("stem        conv {}x{} stride {} -> {} channels{}", m.stem_conv.geom.r, m.stem_conv.geom.s, m.stem_conv.geom.stride, m.stem_conv.geom.k, if m.stem == cda_engine::model::Stem::ImageNet { ", max pool 3x3/2" } else { "" });
-    println!("stages      blocks {:?}, widths {:?}", m.stage_blocks, m.stage_widths);
-    println!("features    {}", m.feat_dim);
-    println!("parameters  {}", m.parameter_count());
-    println!("bn layers   {}", m.num_bn_layers());
+    outln!("file        {}", path.display());
+    outln!("arch        {} ({} blocks, {} stem)", m.arch_name(), if m.block == BlockKind::Basic { "BasicBlock" } else { "Bottleneck" }, m.stem.name());
+    outln!("input       {} channels", m.in_channels);
+    outln!("classes     {}", m.num_classes);
+    outln!("stem        conv {}x{} stride {} -> {} channels{}", m.stem_conv.geom.r, m.stem_conv.geom.s, m.stem_conv.geom.stride, m.stem_conv.geom.k, if m.stem == cda_engine::model::Stem::ImageNet { ", max pool 3x3/2" } else { "" });
+    outln!("stages      blocks {:?}, widths {:?}", m.stage_blocks, m.stage_widths);
+    outln!("features    {}", m.feat_dim);
+    outln!("parameters  {}", m.parameter_count());
+    outln!("bn layers   {}", m.num_bn_layers());
     let fmt = |v: &Option<Vec<f32>>| v.as_ref().map(|v| format!("{v:?}")).unwrap_or_else(|| "not in file".into());
-    println!("mean        {}", fmt(&m.mean));
-    println!("std         {}", fmt(&m.std));
+    outln!("mean        {}", fmt(&m.mean));
+    outln!("std         {}", fmt(&m.std));
     for c in m.conv_bns() {
-        println!("  bn {:>3}  {:<24} {:>5} channels  (conv {}: {}x{}x{}x{}, stride {})", c.bn.index, c.bn.name, c.bn.channels(), c.name, c.geom.k, c.geom.c, c.geom.r, c.geom.s, c.geom.stride);
+        outln!("  bn {:>3}  {:<24} {:>5} channels  (conv {}: {}x{}x{}x{}, stride {})", c.bn.index, c.bn.name, c.bn.channels(), c.name, c.geom.k, c.geom.c, c.geom.r, c.geom.s, c.geom.stride);
     }
     let mut keys: Vec<_> = m.metadata.iter().collect();
     keys.sort();
     for (k, v) in keys {
-        println!("meta        {k} = {v}");
+        outln!("meta        {k} = {v}");
     }
     Ok(())
 }
 
 fn forward(weights: &PathBuf, input: &PathBuf, output: &PathBuf, device: Device, threads: usize) -> Result<()> {
     let model = ResNet::load(weights)?;
-    let file = read_tensor_file(input)?;
+    // The input is data, not weights: its errors name it as the --input file.
+    let file = read_tensor_file(input).map_err(|e| match e {
+        Error::Weights { path, message } => Error::input(format!("--input {}", path.display()), message),
+        Error::Corrupt { path, reason } => Error::input(format!("--input {}", path.display()), format!("not a valid safetensors file: {reason}")),
+        other => other,
+    })?;
     let x = file.tensors.get("input").ok_or_else(|| Error::input(input.display().to_string(), "no tensor named `input`"))?;
     if x.shape.len() != 4 || x.shape[1] != model.in_channels {
         return Err(Error::input(
@@ -293,7 +329,7 @@ fn write_selection(model: &ResNet, s: &cda_engine::recover::select::SelectSettin
     }
     let r = with_backend(device, threads, Select { model, s, out })?;
     let line = serde_json::json!({"out": out, "images": r.images.len(), "factor": r.init.factor, "seconds": r.seconds});
-    println!("{line}");
+    outln!("{line}");
     Ok(())
 }
 
@@ -311,6 +347,9 @@ fn run(args: &RunArgs, device: Device, threads: usize, quiet: bool) -> Result<()
         let s = cda_engine::recover::select::SelectSettings::from_run(&settings, model.in_channels);
         return write_selection(&model, &s, &out, device, threads);
     }
+    // Everything is checked before the banner: a refused run prints no plan and creates no folder
+    // (and the plan below could not even be counted with a zero batch).
+    cda_engine::recover::cli::check_run(&settings, &model)?;
     struct Run<'a> {
         models: Vec<&'a ResNet>,
         teacher: &'a str,
@@ -331,7 +370,7 @@ fn run(args: &RunArgs, device: Device, threads: usize, quiet: bool) -> Result<()
                 s.preset.as_deref().unwrap_or("custom"),
                 backend.describe(),
                 cda_engine::recover::run::plan(s).len(),
-                s.batch_size.min(s.classes) * s.ipc_per_batch.min(s.ipc_end - s.ipc_start.min(s.ipc_end)),
+                cda_engine::recover::cli::batch_images(s),
                 s.recover.iterations,
                 self.out.display()
             );
@@ -345,7 +384,7 @@ fn run(args: &RunArgs, device: Device, threads: usize, quiet: bool) -> Result<()
     let models: Vec<&ResNet> = std::iter::once(&model).chain(&extras).collect();
     let task = Run { models, teacher: &teacher, settings: &settings, out: &out, show, log_every: args.log_every };
     let summary = with_backend(device, threads, task)?;
-    println!("{}", serde_json::to_string(&summary).expect("summary serialises"));
+    outln!("{}", serde_json::to_string(&summary).expect("summary serialises"));
     Ok(())
 }
 
@@ -354,15 +393,15 @@ fn evaluate(weights: Option<&std::path::Path>, images: &std::path::Path, mean: O
     let backend = CpuBackend::new(threads)?;
     let report = cda_engine::recover::gallery::evaluate(&backend, &model, images, mean, std)?;
     eprintln!("{} images in {} classes: teacher top-1 {:.2}%", report.images, report.classes, report.top1);
-    println!("{}", serde_json::to_string(&report).expect("report serialises"));
+    outln!("{}", serde_json::to_string(&report).expect("report serialises"));
     Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
 fn bench(weights: Option<&std::path::Path>, arch: &str, stem: &str, in_channels: usize, classes: usize, res: usize, batch: usize, iters: usize, threads: usize, device: Device, profile: bool) -> Result<()> {
     let stem = cda_engine::model::Stem::parse(stem).ok_or_else(|| Error::Option(format!("--stem {stem}: expected imagenet or cifar")))?;
-    if iters == 0 || batch == 0 {
-        return Err(Error::Option("--iters and --batch must be at least 1".into()));
+    if iters == 0 || batch == 0 || res == 0 {
+        return Err(Error::Option("--iters, --batch and --res must be at least 1".into()));
     }
     let model = cda_engine::bench::bench_model(weights, arch, stem, in_channels, classes)?;
     let on_cpu = device == Device::Cpu || (device == Device::Auto && cda_engine::device::gpu_usable().is_err());
@@ -392,33 +431,33 @@ fn bench(weights: Option<&std::path::Path>, arch: &str, stem: &str, in_channels:
         with_backend(Device::Cuda, threads, Bench { model: &model, res, batch, iters })?
     };
     eprintln!("{} {} {}x{} batch {} on {}: {:.1} ms/iter ({:.1} GFLOP/s)", r.arch, r.stem, res, res, batch, r.device, r.ms_per_iter, r.gflops);
-    println!("{}", serde_json::to_string(&r).expect("result serialises"));
+    outln!("{}", serde_json::to_string(&r).expect("result serialises"));
     Ok(())
 }
 
 fn doctor() {
-    println!("cda-engine {}", env!("CARGO_PKG_VERSION"));
+    outln!("cda-engine {}", env!("CARGO_PKG_VERSION"));
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("cpu         {cores} threads; SIMD: {}", cpu_features().join(", "));
-    println!("            the CPU backend always works (`--device cpu`)");
+    outln!("cpu         {cores} threads; SIMD: {}", cpu_features().join(", "));
+    outln!("            the CPU backend always works (`--device cpu`)");
     match kernels::NVRTC_VERSION {
-        Some((major, minor)) => println!(
+        Some((major, minor)) => outln!(
             "kernels     {} modules compiled at build time by NVRTC {major}.{minor} to PTX {} ({})",
             kernels::KERNEL_MODULES.len(),
             kernels::PTX_ARCH,
             kernels::KERNEL_MODULES.iter().map(|m| format!("{}{}", m.name, if m.ptx.is_some() { "" } else { " MISSING" })).collect::<Vec<_>>().join(", ")
         ),
-        None => println!("kernels     none: {}", kernels::HOW_TO_GET_PTX),
+        None => outln!("kernels     none: {}", kernels::HOW_TO_GET_PTX),
     }
     match cuda_probe::probe() {
         Ok(info) => {
-            println!("driver      CUDA {}.{}", info.cuda_version.0, info.cuda_version.1);
+            outln!("driver      CUDA {}.{}", info.cuda_version.0, info.cuda_version.1);
             if info.gpus.is_empty() {
-                println!("gpus        none visible (check CUDA_VISIBLE_DEVICES)");
+                outln!("gpus        none visible (check CUDA_VISIBLE_DEVICES)");
             }
             for g in info.gpus {
                 let ok = g.compute_capability.0 >= 8;
-                println!(
+                outln!(
                     "gpu {}       {} (sm_{}{}, {:.1} GiB){}",
                     g.ordinal,
                     g.name,
@@ -429,6 +468,6 @@ fn doctor() {
                 );
             }
         }
-        Err(why) => println!("gpu         none: {why}"),
+        Err(why) => outln!("gpu         none: {why}"),
     }
 }

@@ -132,6 +132,29 @@ impl ResNet {
         ResNet::from_tensors(file)
     }
 
+    /// The architecture as numbers (see [`Layout`]).
+    pub fn layout(&self) -> Layout {
+        let expansion = if self.block == BlockKind::Bottleneck { 4 } else { 1 };
+        Layout {
+            stem: self.stem,
+            block: self.block,
+            stem_width: self.stem_conv.geom.k,
+            stage_blocks: self.stage_blocks.clone(),
+            planes: self.stage_widths.iter().map(|w| w / expansion).collect(),
+            in_channels: self.in_channels,
+            classes: self.num_classes,
+        }
+    }
+
+    /// The smallest image side the network accepts (every stage must keep at least one pixel).
+    pub fn min_side(&self) -> usize {
+        if self.stem == Stem::ImageNet {
+            32
+        } else {
+            8
+        }
+    }
+
     /// Depth in torchvision's sense (conv and fc layers on the main path).
     pub fn depth(&self) -> usize {
         let per_block = if self.block == BlockKind::Basic { 2 } else { 3 };
@@ -201,6 +224,11 @@ impl ResNet {
 
     pub fn from_tensors(file: TensorFile) -> Result<ResNet> {
         let mut ld = Loader { file: &file, used: BTreeSet::new(), bn_index: 0 };
+        // A zero-sized dimension (no channels, no classes) would reach the kernels as an empty
+        // problem; no ResNet has one.
+        if let Some((name, t)) = file.tensors.iter().find(|(_, t)| t.shape.contains(&0)) {
+            return Err(ld.err(format!("tensor `{name}` has shape {:?}: a ResNet has no empty dimension", t.shape)));
+        }
         let conv1 = ld.get("conv1.weight")?;
         if conv1.shape.len() != 4 {
             return Err(ld.err(format!("tensor `conv1.weight` has shape {:?}; expected 4 dims [K, C, R, S]", conv1.shape)));
@@ -317,6 +345,163 @@ impl ResNet {
             metadata: file.metadata.clone(),
         })
     }
+}
+
+/// Sizes of a ResNet of a given layout, for estimating memory before any buffer is allocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayoutSizes {
+    /// Weights, BN parameters and statistics, fc: floats.
+    pub params: u64,
+    /// Floats of every conv output and the stem pool output for one image (what a forward keeps).
+    pub activations_per_image: u64,
+    /// Elements of the largest single activation tensor for one image (the kernels index tensors
+    /// of a batch with 32-bit integers).
+    pub largest_per_image: u64,
+}
+
+/// The architecture of a ResNet as plain numbers: enough to size it without building it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub stem: Stem,
+    pub block: BlockKind,
+    /// Output channels of the stem conv.
+    pub stem_width: usize,
+    pub stage_blocks: Vec<usize>,
+    /// Planes of each stage (the stage's output is 4x for Bottleneck).
+    pub planes: Vec<usize>,
+    pub in_channels: usize,
+    pub classes: usize,
+}
+
+impl Layout {
+    /// The layout of an architecture spec (`--arch resnet18-w16`, `--student`). Errors: widths
+    /// whose doubling per stage overflows (a width no machine could hold).
+    pub fn of_arch(spec: &crate::train::model::ArchSpec) -> Result<Layout> {
+        let base = spec.widths.first().copied().unwrap_or(0);
+        let stages = spec.widths.len() as u32;
+        let widest = 1usize.checked_shl(stages).and_then(|f| base.checked_mul(f)).and_then(|w| w.checked_mul(4));
+        if widest.is_none_or(|w| w > u32::MAX as usize) {
+            return Err(Error::Option(format!("architecture width {base} is too large")));
+        }
+        Ok(Layout {
+            stem: spec.stem,
+            block: spec.block,
+            stem_width: base,
+            stage_blocks: spec.layers.clone(),
+            planes: spec.widths.clone(),
+            in_channels: spec.in_channels,
+            classes: spec.num_classes,
+        })
+    }
+
+    /// Parameters and activation sizes for h x w images, walking the torchvision geometry. None
+    /// when a count overflows 64 bits (sizes that cannot be allocated anyway).
+    pub fn sizes(&self, h: usize, w: usize) -> Option<LayoutSizes> {
+        let mut params = 0u64;
+        let mut acts = 0u64;
+        let mut largest = 0u64;
+        // The stem pool's output and its argmax indices.
+        let mut pool = 0u64;
+        let mul = |a: usize, b: usize| (a as u64).checked_mul(b as u64);
+        let mut conv = |c: usize, k: usize, r: usize, stride: usize, pad: usize, h: usize, w: usize| -> Option<(usize, usize)> {
+            let (p, q) = ((h + 2 * pad).saturating_sub(r) / stride + 1, (w + 2 * pad).saturating_sub(r) / stride + 1);
+            params = params.checked_add(mul(k, c)?.checked_mul((r * r) as u64)?.checked_add(4 * k as u64)?)?;
+            let out = mul(p, q)?.checked_mul(k as u64)?;
+            acts = acts.checked_add(out)?;
+            largest = largest.max(out);
+            Some((p, q))
+        };
+        let (r0, s0, p0) = if self.stem == Stem::ImageNet { (7, 2, 3) } else { (3, 1, 1) };
+        let (mut h, mut w) = conv(self.in_channels, self.stem_width, r0, s0, p0, h, w)?;
+        if self.stem == Stem::ImageNet {
+            (h, w) = maxpool_out_hw(h, w);
+            pool = mul(h, w)?.checked_mul(self.stem_width as u64)?.checked_mul(2)?;
+        }
+        let expansion = if self.block == BlockKind::Bottleneck { 4 } else { 1 };
+        let mut ch = self.stem_width;
+        for (s, (&blocks, &planes)) in self.stage_blocks.iter().zip(&self.planes).enumerate() {
+            let out = planes.checked_mul(expansion)?;
+            for b in 0..blocks {
+                let stride = if s > 0 && b == 0 { 2 } else { 1 };
+                let (bh, bw) = if self.block == BlockKind::Bottleneck {
+                    let (a, bb) = conv(ch, planes, 1, 1, 0, h, w)?;
+                    let (a, bb) = conv(planes, planes, 3, stride, 1, a, bb)?;
+                    conv(planes, out, 1, 1, 0, a, bb)?
+                } else {
+                    let (a, bb) = conv(ch, planes, 3, stride, 1, h, w)?;
+                    conv(planes, planes, 3, 1, 1, a, bb)?
+                };
+                if stride != 1 || ch != out {
+                    conv(ch, out, 1, stride, 0, h, w)?;
+                }
+                (h, w, ch) = (bh, bw, out);
+            }
+        }
+        params = params.checked_add(mul(self.classes, ch)?.checked_add(self.classes as u64)?)?;
+        Some(LayoutSizes { params, activations_per_image: acts.checked_add(pool)?, largest_per_image: largest })
+    }
+
+    /// Bytes a recover batch of n images of h x w needs (the network's activations, gradients and
+    /// workspace, the images with their Adam state, the weights), and the largest tensor's element
+    /// count for the batch. Calibrated against the peak resident memory `bench` measures
+    /// (ResNet-18, CPU backend); None on overflow.
+    pub fn recover_bytes(&self, n: usize, h: usize, w: usize) -> Option<(u64, u64)> {
+        let s = self.sizes(h, w)?;
+        let images = (n as u64).checked_mul(self.in_channels as u64)?.checked_mul(h as u64)?.checked_mul(w as u64)?;
+        let floats = s
+            .activations_per_image
+            .checked_mul(n as u64)?
+            .checked_mul(RECOVER_FLOATS_PER_ACTIVATION)?
+            .checked_add(images.checked_mul(8)?)?
+            .checked_add(s.params.checked_mul(RECOVER_FLOATS_PER_PARAM)?)?;
+        Some((floats.checked_mul(4)?, s.largest_per_image.checked_mul(n as u64)?.max(images)))
+    }
+
+    /// Bytes training (squeeze, relabel's teacher, validate's student) needs for batches of n
+    /// images of size x size, with an optimiser's state; None on overflow.
+    pub fn train_bytes(&self, n: usize, size: usize) -> Option<(u64, u64)> {
+        let s = self.sizes(size, size)?;
+        let images = (n as u64).checked_mul(self.in_channels as u64)?.checked_mul(size as u64)?.checked_mul(size as u64)?;
+        let floats = s
+            .activations_per_image
+            .checked_mul(n as u64)?
+            .checked_mul(TRAIN_FLOATS_PER_ACTIVATION)?
+            .checked_add(images.checked_mul(4)?)?
+            .checked_add(s.params.checked_mul(TRAIN_FLOATS_PER_PARAM)?)?;
+        Some((floats.checked_mul(4)?, s.largest_per_image.checked_mul(n as u64)?.max(images)))
+    }
+}
+
+// Floats held per activation element and per parameter, fitted to the peak resident memory `bench`
+// reports next to its estimate (ResNet-18 ImageNet stem at 112 and 224 px, ResNet-50 at 96 px,
+// ResNet-18 CIFAR stem at 32 px, the Fashion-MNIST teacher at 28 px: the estimate is within 40% of
+// the peak). Per activation: conv output, BN/ReLU output, their
+// gradients. Per parameter: the file's tensors, the model's copy, the backends' packed and
+// transformed (Winograd) weights.
+const RECOVER_FLOATS_PER_ACTIVATION: u64 = 4;
+const RECOVER_FLOATS_PER_PARAM: u64 = 9;
+// Training keeps more per activation (saved inputs and normalised outputs for the backward pass)
+// and per parameter (gradients, momentum).
+const TRAIN_FLOATS_PER_ACTIVATION: u64 = 5;
+const TRAIN_FLOATS_PER_PARAM: u64 = 8;
+
+/// The largest element count a batch tensor may have: the kernels index with 32-bit integers.
+pub const MAX_TENSOR_ELEMENTS: u64 = i32::MAX as u64;
+
+/// Refuses a batch whose memory estimate `(bytes, largest tensor)` does not fit: `what` names the
+/// request in the user's terms (e.g. "a recover batch of 100 images of 3000x3000").
+pub fn ensure_batch_fits(what: &str, estimate: Option<(u64, u64)>) -> Result<()> {
+    if let Some((bytes, largest)) = estimate {
+        if largest > MAX_TENSOR_ELEMENTS {
+            return Err(Error::Option(format!(
+                "{what} is too large: it needs about {} of memory ({} available) and one activation tensor would hold {largest} values, \
+                 more than the {MAX_TENSOR_ELEMENTS} the kernels can index",
+                crate::memory::gib(bytes),
+                crate::memory::available_bytes().map_or("unknown".into(), crate::memory::gib)
+            )));
+        }
+    }
+    crate::memory::ensure_fits(what, estimate.map(|e| e.0))
 }
 
 /// Output size of the ImageNet stem's 3x3 stride-2 pad-1 max pool.

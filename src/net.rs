@@ -113,7 +113,7 @@ impl<B: Backend> Net<B> {
         if n == 0 {
             return Err(Error::Option("batch size must be at least 1".into()));
         }
-        let min_side = if model.stem == Stem::ImageNet { 32 } else { 8 };
+        let min_side = model.min_side();
         if h < min_side || w < min_side {
             return Err(Error::input("image size", format!("{h}x{w} is too small for this ResNet (at least {min_side}x{min_side})")));
         }

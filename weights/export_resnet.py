@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """Turn a torchvision / timm ResNet checkpoint or state dict into the safetensors cda-engine reads.
 
-Accepts: a .pth/.pt/.tar checkpoint (a plain state dict, or one nested under `state_dict` / `model`,
-names optionally prefixed `module.` by nn.DataParallel), a whole pickled nn.Module, or a safetensors
-file; or `--torchvision NAME` to export torchvision's pretrained weights (needs them cached/downloadable).
+Accepts: a .pth/.pt/.tar checkpoint (a plain state dict, or one nested under the keys training
+scripts use: `state_dict`, `model`, `state_dict_ema`, `model_ema`, `ema`, `module`, `model_state_dict`,
+`net`, ...; names optionally prefixed `module.` by nn.DataParallel/DDP or `_orig_mod.` by torch.compile),
+a whole pickled nn.Module (or an EMA wrapper holding one), or a safetensors file; or `--torchvision NAME`
+to export torchvision's pretrained weights (needs them cached/downloadable). When a checkpoint holds
+ResNet weights under several keys (e.g. `state_dict` and `state_dict_ema`) the first in that order is
+used and the others are named; `--key state_dict_ema` picks one (dots go deeper: `--key ema.module`).
+timm's split-BN auxiliary tensors (`*.aux_bn.*`) are dropped with a note: the main BN is the model's.
 
 Writes float32 tensors with torchvision names (num_batches_tracked dropped) and metadata:
 arch, stem (imagenet|cifar), num_classes, in_channels, mean, std (JSON lists), plus any --meta k=v.
@@ -23,27 +28,82 @@ PRESET_NORMS = {
     "cifar-100": ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]),
     "fashion-mnist": ([0.2860], [0.3530]),
 }
-WRAPPERS = ("module.", "state_dict.", "model.")
+WRAPPERS = ("module.", "state_dict.", "model.", "_orig_mod.")
+# Where training scripts keep the weights, in the order they are tried.
+NESTED_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema", "ema",
+               "module", "net", "network", "ema_state_dict", "teacher")
 
 
-def load_state_dict(path):
+def tensors_of(obj):
+    """The tensor entries of a state dict or module (or an EMA wrapper's `.module`), else None."""
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    elif not isinstance(obj, dict) and hasattr(obj, "module") and isinstance(obj.module, torch.nn.Module):
+        obj = obj.module.state_dict()
+    if not isinstance(obj, dict):
+        return None
+    sd = {k: v for k, v in obj.items() if isinstance(k, str) and torch.is_tensor(v)}
+    while sd and any(all(k.startswith(p) for k in sd) for p in WRAPPERS):
+        p = next(p for p in WRAPPERS if all(k.startswith(p) for k in sd))
+        sd = {k[len(p):]: v for k, v in sd.items()}
+    return sd
+
+
+def is_resnet(sd):
+    return bool(sd) and "conv1.weight" in sd and "fc.weight" in sd
+
+
+def find_resnets(obj, path="", depth=0):
+    """(key path, state dict) of every torchvision-style ResNet state dict inside `obj`."""
+    found = []
+    sd = tensors_of(obj)
+    if sd is not None and is_resnet(sd):
+        found.append((path, sd))
+    if isinstance(obj, dict) and depth < 3:
+        keys = [k for k in NESTED_KEYS if k in obj] + sorted(k for k in obj if isinstance(k, str) and k not in NESTED_KEYS)
+        for k in keys:
+            v = obj[k]
+            if isinstance(v, (dict, torch.nn.Module)) or hasattr(v, "module"):
+                found += find_resnets(v, f"{path}.{k}" if path else k, depth + 1)
+    return found
+
+
+def load_state_dict(path, key=None):
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
         obj = load_file(path)
     else:
         obj = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(obj, torch.nn.Module):
-        obj = obj.state_dict()
-    for key in ("state_dict", "model", "model_state_dict", "net"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict):
-        sys.exit(f"error: {path} holds a {type(obj).__name__}, not a state dict")
-    sd = {k: v for k, v in obj.items() if torch.is_tensor(v)}
-    while sd and any(all(k.startswith(p) for k in sd) for p in WRAPPERS):
-        p = next(p for p in WRAPPERS if all(k.startswith(p) for k in sd))
-        sd = {k[len(p):]: v for k, v in sd.items()}
+    if key:
+        for part in key.split("."):
+            if isinstance(obj, dict) and part in obj:
+                obj = obj[part]
+            elif hasattr(obj, part):
+                obj = getattr(obj, part)
+            else:
+                keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+                sys.exit(f"error: {path}: no `{part}` in --key {key} (found: {keys})")
+        sd = tensors_of(obj)
+        if not is_resnet(sd):
+            sys.exit(f"error: {path}: --key {key} holds no torchvision-style ResNet state dict (no conv1.weight / fc.weight)")
+    else:
+        found = find_resnets(obj)
+        if not found:
+            top = sorted(k for k in obj if isinstance(k, str))[:20] if isinstance(obj, dict) else type(obj).__name__
+            sys.exit(f"error: {path}: no torchvision-style ResNet state dict (conv1.weight and fc.weight) at the top "
+                     f"or under {', '.join(NESTED_KEYS)}; top-level keys: {top}; name one with --key")
+        where, sd = found[0]
+        others = [w or "(top level)" for w, _ in found[1:]]
+        if others:
+            print(f"note: using the weights under `{where or '(top level)'}`; also found under: {', '.join(others)} "
+                  f"(pick one with --key)", file=sys.stderr)
+        elif where and where.split(".")[0] not in NESTED_KEYS:
+            print(f"note: using the weights under `{where}`", file=sys.stderr)
+    aux = [k for k in sd if ".aux_bn." in k]
+    if aux:
+        print(f"note: dropped {len(aux)} timm split-BN auxiliary tensors (aux_bn); the main BN statistics are kept",
+              file=sys.stderr)
+        sd = {k: v for k, v in sd.items() if ".aux_bn." not in k}
     return sd
 
 
@@ -98,13 +158,14 @@ def main():
     ap.add_argument("--std", type=floats, help="comma-separated per-channel std")
     ap.add_argument("--stem", choices=["imagenet", "cifar"], help="override the stem inferred from conv1")
     ap.add_argument("--meta", action="append", default=[], help="extra metadata key=value")
+    ap.add_argument("--key", help="where the weights sit in the checkpoint, e.g. state_dict_ema (dots go deeper)")
     args = ap.parse_args()
     if args.torchvision:
         import torchvision
         sd = getattr(torchvision.models, args.torchvision)(weights="DEFAULT").state_dict()
         mean, std = PRESET_NORMS["imagenet"]
     elif args.checkpoint:
-        sd = load_state_dict(args.checkpoint)
+        sd = load_state_dict(args.checkpoint, args.key)
         mean, std = PRESET_NORMS[args.norm] if args.norm else (None, None)
     else:
         ap.error("give a checkpoint or --torchvision NAME")

@@ -38,6 +38,10 @@ pub trait Dataset: Send + Sync {
     fn describe(&self) -> String;
     /// Common image size when all images share one and it is known without decoding.
     fn image_size(&self) -> Option<(usize, usize)>;
+    /// How class folders map to classes, for datasets read from folders.
+    fn class_map(&self) -> Option<&folder::ClassMap> {
+        None
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,12 +58,66 @@ pub fn dataset_norm(name: &str) -> Option<(Vec<f32>, Vec<f32>)> {
     }
 }
 
+/// The one check of a per-channel normalisation (`--mean`/`--std` of every command, and the
+/// metadata of a teacher): one value per input channel, every mean finite, every std positive and
+/// finite. A zero, negative or NaN std would divide the images into garbage that scores near chance
+/// without any other sign.
+///
+/// Errors: [`Error::Option`] naming the flag and the values given.
+pub fn check_norm(mean: &[f32], std: &[f32], channels: usize) -> Result<()> {
+    if mean.len() != channels || std.len() != channels {
+        return Err(Error::Option(format!(
+            "--mean/--std need {channels} values (the teacher's input channels); got {} and {}",
+            mean.len(),
+            std.len()
+        )));
+    }
+    if std.iter().any(|s| !(*s > 0.0 && s.is_finite())) {
+        return Err(Error::Option(format!("--std values must be positive and finite, got {std:?}")));
+    }
+    if mean.iter().any(|m| !m.is_finite()) {
+        return Err(Error::Option(format!("--mean values must be finite, got {mean:?}")));
+    }
+    Ok(())
+}
+
+/// The normalisation to use: `--mean`/`--std` when given (both or neither), else the teacher's
+/// metadata; None when neither says. Whatever is returned has passed [`check_norm`].
+pub fn resolve_norm(mean: Option<Vec<f32>>, std: Option<Vec<f32>>, model: &crate::model::ResNet) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+    let pair = match (mean, std) {
+        (Some(m), Some(s)) => Some((m, s)),
+        (None, None) => model.mean.clone().zip(model.std.clone()),
+        _ => return Err(Error::Option("give both --mean and --std, or neither".into())),
+    };
+    if let Some((m, s)) = &pair {
+        check_norm(m, s, model.in_channels)?;
+    }
+    Ok(pair)
+}
+
+/// Where Fashion-MNIST's files are: `$FASHION_MNIST_DIR`, else the Debian package's folder. An
+/// empty variable is unset (as shells treat empty variables), not the current folder.
+fn fashion_mnist_dir() -> std::path::PathBuf {
+    std::env::var_os("FASHION_MNIST_DIR").filter(|d| !d.is_empty()).map(std::path::PathBuf::from).unwrap_or_else(|| idx::FASHION_MNIST_DIR.into())
+}
+
+/// Cheaply checks that [`open`] can find `spec` (the dataset's files, or the folder), without
+/// reading it: commands call this before they print a plan or create an output folder.
+pub fn check_source(spec: &str, split: Split) -> Result<()> {
+    if spec == "fashion-mnist" {
+        return idx::fashion_mnist_files(&fashion_mnist_dir(), split).map(|_| ());
+    }
+    if !Path::new(spec).is_dir() {
+        return Err(Error::input(spec, "not a dataset name (fashion-mnist) nor a folder of class subfolders"));
+    }
+    Ok(())
+}
+
 /// `fashion-mnist` (the Debian package's IDX files, or `$FASHION_MNIST_DIR`) or an ImageFolder path
 /// (class subfolders of PNG/JPEG files; `channels` 1 converts colour to luma, 3 replicates grey).
 pub fn open(spec: &str, split: Split, channels: usize) -> Result<Arc<dyn Dataset>> {
     if spec == "fashion-mnist" {
-        let dir = std::env::var_os("FASHION_MNIST_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| idx::FASHION_MNIST_DIR.into());
-        let ds = idx::IdxDataset::fashion_mnist(&dir, split)?;
+        let ds = idx::IdxDataset::fashion_mnist(&fashion_mnist_dir(), split)?;
         if channels != 1 {
             return Err(Error::input("fashion-mnist", format!("the images have 1 channel; the model takes {channels}")));
         }

@@ -336,17 +336,39 @@ fn clip_mode(mean: Option<Vec<f32>>, std: Option<Vec<f32>>, model: &ResNet, p: &
         _ => return Err(Error::Option("give both --mean and --std, or neither".into())),
     };
     if let ClipMode::Normalized { mean, std } = &clip {
-        if mean.len() != model.in_channels || std.len() != model.in_channels {
-            return Err(Error::Option(format!("--mean/--std need {} values (the teacher's input channels)", model.in_channels)));
-        }
-        if std.iter().any(|s| !(*s > 0.0 && s.is_finite())) {
-            return Err(Error::Option(format!("--std values must be positive, got {std:?}")));
-        }
-        if mean.iter().any(|m| !m.is_finite()) {
-            return Err(Error::Option(format!("--mean values must be finite, got {mean:?}")));
-        }
+        crate::data::check_norm(mean, std, model.in_channels)?;
     }
     Ok(clip)
+}
+
+/// Every check a recover run makes before it starts, so that a refused run prints no banner and
+/// creates no output folder: the settings (`run::validate`), an image size the teacher accepts, a
+/// jitter below it, and a batch that fits in memory.
+pub fn check_run(s: &RunSettings, model: &ResNet) -> Result<()> {
+    if s.res < model.min_side() {
+        return Err(Error::Option(format!(
+            "--res {}: this teacher's {} stem needs images of at least {}x{}",
+            s.res,
+            model.stem.name(),
+            model.min_side(),
+            model.min_side()
+        )));
+    }
+    // The size first: a size no machine can hold is the problem to report, whatever else is off.
+    crate::bench::check_recover_fits(model, batch_images(s).max(1), s.res, s.res)?;
+    super::run::validate(s, model)?;
+    if let Some(data) = &s.init.data {
+        crate::data::check_source(data, crate::data::Split::Train)?;
+    }
+    if s.recover.jitter >= s.res {
+        return Err(Error::Option(format!("--jitter {} must be smaller than the image size {}", s.recover.jitter, s.res)));
+    }
+    Ok(())
+}
+
+/// Images optimised together in one batch of a run (classes per batch x IPC per batch).
+pub fn batch_images(s: &RunSettings) -> usize {
+    s.batch_size.min(s.classes) * s.ipc_per_batch.min(s.ipc_end.saturating_sub(s.ipc_start))
 }
 
 /// Flags of `cda-engine select`: RDED's teacher-selected real patches, no optimisation.
@@ -417,6 +439,8 @@ pub fn select_settings(a: &SelectArgs, model: &ResNet, teacher: &str) -> Result<
         Some(p) => clip_mode(a.mean.clone(), a.std.clone(), model, p)?,
         None => clip_mode(a.mean.clone(), a.std.clone(), model, &Preset { mean_std: None, ..Preset::get(PresetName::Imagenet1k) })?,
     };
+    // A size no batch could hold (a teacher's image_size of 99999999) is refused before any image is read.
+    crate::bench::check_recover_fits(model, 1, res, res)?;
     let (mean, std) = super::run::norm_of(&clip, model.in_channels);
     let data = a.init_data.clone().or_else(|| model.metadata.get("dataset").cloned()).ok_or_else(|| Error::Option("--init-data is needed: the teacher's metadata names no dataset".into()))?;
     Ok(super::select::SelectSettings {

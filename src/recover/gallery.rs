@@ -6,19 +6,26 @@ use serde::Serialize;
 
 use super::argmax;
 use super::output::save_grid_png;
-use crate::data::folder::{list_classes, load_image};
+use crate::data::folder::{list_classes, load_image, load_image_described, ClassMap};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::ResNet;
 use crate::net::Net;
 
-/// An ImageFolder: class folders in sorted order (torchvision's class indices), image files sorted.
-pub fn image_folder(root: &Path) -> Result<Vec<(usize, Vec<PathBuf>)>> {
-    let out: Vec<(usize, Vec<PathBuf>)> = list_classes(root)?.into_iter().map(|(_, files)| files).enumerate().collect();
+/// (class, sorted image files) of each class folder, in sorted folder order.
+pub type ClassFiles = Vec<(usize, Vec<PathBuf>)>;
+
+/// An ImageFolder: (class, sorted image files) per class folder in sorted folder order, and how the
+/// classes were found (`new{class}` numbers, else sorted position; see [`ClassMap`]).
+pub fn image_folder(root: &Path) -> Result<(ClassFiles, ClassMap)> {
+    let listed = list_classes(root)?;
+    let names: Vec<String> = listed.iter().map(|(n, _)| n.clone()).collect();
+    let map = ClassMap::of(root, &names)?;
+    let out: Vec<(usize, Vec<PathBuf>)> = map.classes.iter().copied().zip(listed.into_iter().map(|(_, files)| files)).collect();
     if out.iter().all(|(_, f)| f.is_empty()) {
         return Err(Error::input(root.display().to_string(), "no class folders with .jpg/.jpeg/.png images"));
     }
-    Ok(out)
+    Ok((out, map))
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -29,14 +36,21 @@ pub struct EvalReport {
     pub per_class_top1: Vec<f64>,
 }
 
-/// Teacher top-1 on the image files under `root` (class index = sorted folder position).
+/// Teacher top-1 on the image files under `root`. Classes: the number of `new{class}` folders, else
+/// the sorted folder position, which must then cover all of the teacher's classes.
+///
+/// `mean`/`std` override the teacher's normalisation metadata and are checked as `run` checks them
+/// ([`crate::data::check_norm`]); with neither, pixels go in as [0, 1] values.
 pub fn evaluate<B: Backend>(backend: &B, model: &ResNet, root: &Path, mean: Option<Vec<f32>>, std: Option<Vec<f32>>) -> Result<EvalReport> {
-    let mean = mean.or_else(|| model.mean.clone());
-    let std = std.or_else(|| model.std.clone());
-    let folder = image_folder(root)?;
-    if folder.len() > model.num_classes {
-        return Err(Error::input(root.display().to_string(), format!("{} class folders but the teacher has {} classes", folder.len(), model.num_classes)));
+    let norm = crate::data::resolve_norm(mean, std, model)?;
+    if norm.is_none() {
+        eprintln!("warning: the teacher's file has no mean/std and none were given: images go in as [0, 1] pixels (pass --mean and --std if it was trained normalised)");
     }
+    let (mean, std) = (norm.as_ref().map(|n| n.0.clone()), norm.as_ref().map(|n| n.1.clone()));
+    let (folder, map) = image_folder(root)?;
+    map.check_teacher(root, model.num_classes, true)?;
+    // Scores are kept per folder: a numbered set may skip classes.
+    let slot = |cls: usize| folder.iter().position(|(c, _)| *c == cls).unwrap_or(0);
     let mut items = Vec::new();
     for (cls, files) in &folder {
         for f in files {
@@ -45,7 +59,7 @@ pub fn evaluate<B: Backend>(backend: &B, model: &ResNet, root: &Path, mean: Opti
     }
     let c = model.in_channels;
     let batch = 100;
-    let mut net: Option<(usize, usize, Net<B>)> = None;
+    let mut net: Option<(usize, (usize, usize), Net<B>)> = None;
     let mut correct = vec![0usize; folder.len()];
     let mut count = vec![0usize; folder.len()];
     let mut xb = None;
@@ -53,9 +67,9 @@ pub fn evaluate<B: Backend>(backend: &B, model: &ResNet, root: &Path, mean: Opti
         let mut data = Vec::new();
         let mut size = None;
         for (_, path) in chunk {
-            let crate::data::Image { data: img, c: ic, h, w } = load_image(path, None)?;
+            let (crate::data::Image { data: img, c: ic, h, w }, described) = load_image_described(path, None)?;
             if ic != c {
-                return Err(Error::input(path.display().to_string(), format!("{ic}-channel image for a {c}-channel teacher")));
+                return Err(Error::input(path.display().to_string(), format!("{described} image for a {c}-channel teacher")));
             }
             if *size.get_or_insert((h, w)) != (h, w) {
                 return Err(Error::input(path.display().to_string(), "images of different sizes in one folder"));
@@ -67,8 +81,10 @@ pub fn evaluate<B: Backend>(backend: &B, model: &ResNet, root: &Path, mean: Opti
         }
         let (h, w) = size.unwrap();
         let n = chunk.len();
-        if net.as_ref().map(|(nn, hw, _)| (*nn, *hw)) != Some((n, h * 10000 + w)) {
-            net = Some((n, h * 10000 + w, Net::new(backend, model, n, h, w)?));
+        if net.as_ref().map(|(nn, hw, _)| (*nn, *hw)) != Some((n, (h, w))) {
+            // Large image files make large batches: sized before the network is built.
+            crate::model::ensure_batch_fits(&format!("evaluating batches of {n} images of {h}x{w}"), model.layout().recover_bytes(n, h, w))?;
+            net = Some((n, (h, w), Net::new(backend, model, n, h, w)?));
             xb = Some(backend.alloc(n * c * h * w)?);
         }
         let (_, _, net) = net.as_mut().unwrap();
@@ -78,8 +94,8 @@ pub fn evaluate<B: Backend>(backend: &B, model: &ResNet, root: &Path, mean: Opti
         let mut logits = vec![0.0; n * model.num_classes];
         backend.download(&net.logits, &mut logits)?;
         for ((cls, _), row) in chunk.iter().zip(logits.chunks(model.num_classes)) {
-            count[*cls] += 1;
-            correct[*cls] += (argmax(row) == *cls) as usize;
+            count[slot(*cls)] += 1;
+            correct[slot(*cls)] += (argmax(row) == *cls) as usize;
         }
     }
     let total: usize = count.iter().sum();
@@ -97,8 +113,12 @@ pub fn grid(folders: &[PathBuf], out: &Path, rows: usize, max_classes: usize, sc
     let mut tiles = Vec::new();
     let mut shape = None;
     let mut cols = 0;
+    // The grid is always PNG; a .jpg name would hold PNG bytes under a JPEG name.
+    if !out.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+        return Err(Error::Option(format!("--out {}: the grid is written as PNG; give a .png file name", out.display())));
+    }
     for root in folders {
-        let folder = image_folder(root)?;
+        let (folder, _) = image_folder(root)?;
         let classes: Vec<_> = folder.iter().take(max_classes).collect();
         cols = cols.max(classes.len());
         for r in 0..rows {
@@ -116,7 +136,21 @@ pub fn grid(folders: &[PathBuf], out: &Path, rows: usize, max_classes: usize, sc
     }
     let (c, h, w) = shape.ok_or_else(|| Error::Option("no images to draw".into()))?;
     let scale = if scale == 0 { 96usize.div_ceil(h.min(w)).max(1) } else { scale };
-    let (sh, sw) = (h * scale, w * scale);
+    // The enlarged tiles and the RGB canvas, sized before anything is allocated: a large --scale
+    // would otherwise abort in the allocator. The PNG encoder takes 32-bit sides.
+    let (sh, sw) = (h.checked_mul(scale), w.checked_mul(scale));
+    let rows_total = tiles.len().div_ceil(cols.max(1));
+    let side_ok = |side: Option<usize>, count: usize| side.and_then(|s| s.checked_add(2)).and_then(|s| s.checked_mul(count)).is_some_and(|s| s < u32::MAX as usize);
+    if !side_ok(sh, rows_total) || !side_ok(sw, cols) {
+        return Err(Error::Option(format!("--scale {scale}: a grid of {rows_total}x{cols} tiles of {h}x{w} pixels enlarged {scale} times is larger than a PNG can be")));
+    }
+    let (sh, sw) = (sh.unwrap_or(0), sw.unwrap_or(0));
+    let tile_bytes = crate::memory::bytes_of(&[c, sh, sw, tiles.len()], 1);
+    let canvas_bytes = crate::memory::bytes_of(&[3, (sh + 2) * rows_total + 2, (sw + 2) * cols + 2], 1);
+    crate::memory::ensure_fits(
+        &format!("a grid of {} tiles enlarged {scale} times ({sh}x{sw} pixels each)", tiles.len()),
+        tile_bytes.zip(canvas_bytes).and_then(|(a, b)| a.checked_add(b)),
+    )?;
     let tiles: Vec<Vec<u8>> = tiles
         .iter()
         .map(|t| {

@@ -141,7 +141,7 @@ pub fn plan(s: &RunSettings) -> Vec<BatchPlan> {
     out
 }
 
-fn validate(s: &RunSettings, model: &ResNet) -> Result<()> {
+pub fn validate(s: &RunSettings, model: &ResNet) -> Result<()> {
     s.recover.validate()?;
     let bad = |m: String| Err(Error::Option(m));
     if s.classes == 0 || s.classes > model.num_classes {

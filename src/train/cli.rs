@@ -50,8 +50,21 @@ pub fn mix_of(kind: MixArg, alpha: f64) -> Result<MixKind> {
     })
 }
 
+/// The one check of `--threads` (every command): 0 (all cores) or at most 4 threads per core and
+/// never more than 4096, since each is an OS thread started up front: a mistyped 100000000 would
+/// otherwise spend minutes starting threads, then fail.
+pub fn check_threads(threads: usize) -> Result<()> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let most = (4 * cores).clamp(64, 4096);
+    if threads > most {
+        return Err(Error::Option(format!("--threads {threads}: at most {most} on this machine ({cores} cores; 0 uses them all)")));
+    }
+    Ok(())
+}
+
 /// A rayon pool of `threads` workers (0 = all cores).
 pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool> {
+    check_threads(threads)?;
     let threads = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -92,15 +105,6 @@ fn check_number(flag: &str, v: f64, ok: bool, expected: &str) -> Result<()> {
     }
 }
 
-fn check_norm(name: &str, v: &[f32], channels: usize) -> Result<()> {
-    if v.len() != channels {
-        return Err(Error::Option(format!("--{name} has {} values for {channels} channels", v.len())));
-    }
-    if name == "std" && v.iter().any(|s| *s <= 0.0) {
-        return Err(Error::Option(format!("--std {v:?}: every value must be positive")));
-    }
-    Ok(())
-}
 
 /// Flags of `cda-engine squeeze`.
 #[derive(clap::Args, Clone, Debug)]
@@ -222,20 +226,24 @@ pub fn squeeze(a: &SqueezeArgs) -> Result<()> {
     if size == 0 {
         return Err(Error::Option("--image-size must be at least 1".into()));
     }
+    // A pad wider than the image shows nothing but zeros (and its sums overflow near usize::MAX).
+    if a.crop == CropArg::Pad && a.padding > size {
+        return Err(Error::Option(format!("--padding {}: at most the image size {size}", a.padding)));
+    }
     let stem = match a.stem.as_deref() {
         Some(s) => Stem::parse(s).ok_or_else(|| Error::Option(format!("--stem {s}: expected imagenet or cifar")))?,
         None if size <= 64 => Stem::Cifar,
         None => Stem::ImageNet,
     };
     let spec = ArchSpec::parse(&a.arch, stem, channels, train.num_classes())?;
+    check_train_fits("the network", &spec, a.batch_size, size)?;
     let (mean, std) = match (&a.mean, &a.std, data::dataset_norm(&a.data)) {
         (Some(m), Some(s), _) => (m.clone(), s.clone()),
         (None, None, Some(n)) => n,
         (None, None, None) => estimate_norm(train.as_ref())?,
         _ => return Err(Error::Option("give both --mean and --std, or neither".into())),
     };
-    check_norm("mean", &mean, channels)?;
-    check_norm("std", &std, channels)?;
+    data::check_norm(&mean, &std, channels)?;
     let cfg = super::squeeze::SqueezeConfig {
         data: a.data.clone(),
         test_data: a.test_data.clone().or_else(|| test.as_ref().map(|_| format!("{} (test split)", a.data))),
@@ -300,7 +308,7 @@ pub fn squeeze(a: &SqueezeArgs) -> Result<()> {
         "out": summary.out, "arch": summary.arch, "epochs": summary.epochs, "images": summary.images,
         "test_top1": summary.test_top1, "seconds": summary.seconds,
     });
-    println!("{line}");
+    crate::outln!("{line}");
     Ok(())
 }
 
@@ -326,11 +334,11 @@ fn teacher_size(m: &crate::model::ResNet, flag: Option<usize>, images: &dyn Data
     }
 }
 
-fn teacher_norm(m: &crate::model::ResNet, teacher: &str) -> Result<(Vec<f32>, Vec<f32>)> {
-    match (&m.mean, &m.std) {
-        (Some(a), Some(b)) => Ok((a.clone(), b.clone())),
-        _ => Err(Error::weights(teacher, "metadata has no mean/std: the normalisation the teacher was trained with is needed")),
-    }
+/// --mean/--std, else the teacher's metadata (one definition: [`data::resolve_norm`]).
+fn teacher_norm(m: &crate::model::ResNet, teacher: &str, mean: Option<Vec<f32>>, std: Option<Vec<f32>>) -> Result<(Vec<f32>, Vec<f32>)> {
+    data::resolve_norm(mean, std, m)?.ok_or_else(|| {
+        Error::weights(teacher, "metadata has no mean/std: pass the normalisation the teacher was trained with as --mean and --std")
+    })
 }
 
 /// Flags shared by relabel and validate: the distilled set, teacher and augmentation.
@@ -373,17 +381,39 @@ pub struct DistillArgs {
     /// GPU, else the CPU). Data loading and test-set evaluation run on the CPU either way.
     #[arg(long, value_enum, default_value_t = crate::device::Device::Cpu)]
     pub device: crate::device::Device,
+    /// Per-channel mean of the teacher's input normalisation (comma-separated); overrides the
+    /// teacher's metadata, and is needed for a teacher exported without it.
+    #[arg(long, value_delimiter = ',')]
+    pub mean: Option<Vec<f32>>,
+    /// Per-channel std of the teacher's input normalisation; overrides the teacher's metadata.
+    #[arg(long, value_delimiter = ',')]
+    pub std: Option<Vec<f32>>,
+}
+
+/// Refuses training batches of `batch` images of `size` x `size` on `spec` that cannot fit in
+/// memory, before the network is built; `what` names the model ("the student").
+pub fn check_train_fits(what: &str, spec: &ArchSpec, batch: usize, size: usize) -> Result<()> {
+    let layout = crate::model::Layout::of_arch(spec)?;
+    crate::model::ensure_batch_fits(&format!("training {what} ({}) on batches of {batch} images of {size}x{size}", spec.describe()), layout.train_bytes(batch, size))
 }
 
 impl DistillArgs {
     fn open(&self) -> Result<(TrainModel, crate::model::ResNet, String, Arc<dyn Dataset>, super::distill::AugmentConfig)> {
-        let (tm, m, name) = load_teacher(self.teacher.as_deref())?;
+        let (mut tm, m, name) = load_teacher(self.teacher.as_deref())?;
+        // The normalisation is settled first: it is an option, and a teacher without it fails here,
+        // before any images are read.
+        let (mean, std) = teacher_norm(&m, &name, self.mean.clone(), self.std.clone())?;
+        // The teacher's logits (and its fingerprint in a relabel file) are those of this normalisation.
+        tm.mean = Some(mean.clone());
+        tm.std = Some(std.clone());
         let images = data::open(&self.images, Split::Train, m.in_channels)?;
-        let size = teacher_size(&m, self.image_size, images.as_ref())?;
-        if size == 0 {
-            return Err(Error::Option("--image-size must be at least 1".into()));
+        if let Some(map) = images.class_map() {
+            map.check_teacher(std::path::Path::new(&self.images), m.num_classes, false)?;
         }
-        let (mean, std) = teacher_norm(&m, &name)?;
+        let size = teacher_size(&m, self.image_size, images.as_ref())?;
+        if size < m.min_side() {
+            return Err(Error::Option(format!("--image-size {size}: this teacher's {} stem needs at least {}", m.stem.name(), m.min_side())));
+        }
         if !(self.min_scale > 0.0 && self.min_scale <= 1.0) {
             return Err(Error::Option(format!("--min-scale {}: expected 0 < scale <= 1", self.min_scale)));
         }
@@ -391,6 +421,7 @@ impl DistillArgs {
         if batch_size == 0 {
             return Err(Error::Option("--batch-size must be at least 1".into()));
         }
+        check_train_fits("the teacher and student", &ArchSpec::of(&m), batch_size.saturating_mul(2), size)?;
         let aug = super::distill::AugmentConfig {
             image_size: size,
             min_scale: self.min_scale,
@@ -478,7 +509,7 @@ pub fn relabel(a: &RelabelArgs) -> Result<()> {
     let gpu = gpu_for(c.device)?;
     let s = pool.install(|| super::distill::relabel(&mut teacher, images, &aug, c.epochs, a.topk, c.seed, c.workers.max(1), &a.out, extra, show, train_device(gpu.as_ref())))?;
     eprintln!("wrote {} ({:.1} MB, {} epochs, batch {})", s.out.display(), s.bytes as f64 / 1e6, s.epochs, s.batch_size);
-    println!("{}", serde_json::to_string(&s).expect("summary serialises"));
+    crate::outln!("{}", serde_json::to_string(&s).expect("summary serialises"));
     Ok(())
 }
 
@@ -614,9 +645,10 @@ pub fn validate(a: &ValidateArgs) -> Result<()> {
         Some(s) => ArchSpec::parse(s, m.stem, m.in_channels, m.num_classes)?,
         None => ArchSpec::of(&m),
     };
+    check_train_fits("the student", &spec, aug.batch_size, aug.image_size)?;
     let mut student = TrainModel::init_with(&spec, c.seed, a.student_init)?;
-    student.mean = m.mean.clone();
-    student.std = m.std.clone();
+    student.mean = Some(aug.mean.clone());
+    student.std = Some(aug.std.clone());
     let cfg = super::distill::ValidateConfig {
         epochs: c.epochs,
         lr: a.lr,
@@ -663,7 +695,7 @@ pub fn validate(a: &ValidateArgs) -> Result<()> {
         "seed": c.seed, "seconds": s.seconds, "batch_size": cfg.aug.batch_size,
         "student_init": format!("{:?}", a.student_init).to_lowercase(),
     });
-    println!("{line}");
+    crate::outln!("{line}");
     Ok(())
 }
 

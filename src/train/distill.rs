@@ -240,6 +240,13 @@ fn validate_loop<'t>(
                 (None, Some(t)) => t.forward_eval(&b.x, b.n)?,
                 (None, None) => unreachable!("online validation has a teacher"),
             };
+            // Bad targets are the labels' fault, not the learning rate's: say which.
+            if let Some(v) = targets.iter().find(|v| !v.is_finite()) {
+                return Err(match labels {
+                    Some(l) => Error::Corrupt { path: l.path.clone(), reason: format!("soft label {v} in epoch {} (rows {}..{}); remake the file with relabel", epoch + 1, row, row + b.n) },
+                    None => Error::Numeric(format!("the teacher's logits hold {v} at epoch {}: check the teacher file and --mean/--std", epoch + 1)),
+                });
+            }
             row += b.n;
             let logits = student.forward_train(&b.x, b.n)?;
             let loss = kl_div(b.n, k, &logits, &targets, cfg.temperature, &mut dlogits[..b.n * k]);

@@ -166,6 +166,9 @@ pub fn squeeze(cfg: &SqueezeConfig, spec: &ArchSpec, train: Arc<dyn Dataset>, te
             rec.seconds
         ));
         history.push(rec);
+        // A diverged network is a failure now, not a file nothing can load later: a finite loss
+        // does not prove finite weights (BN running variances overflow first at a huge lr).
+        check_finite(net.model()?, epoch + 1)?;
         // The record so far, so a long squeeze can be followed (and its history survives a crash).
         let partial = summary(cfg, spec, out, parameters, train.len(), &history, start);
         write_atomic(&record, serde_json::to_string_pretty(&partial).expect("summary serialises").as_bytes())?;
@@ -183,10 +186,32 @@ pub fn squeeze(cfg: &SqueezeConfig, spec: &ArchSpec, train: Arc<dyn Dataset>, te
     if let Some(t) = test_top1 {
         extra.push(("test_top1", format!("{t:.2}")));
     }
+    check_finite(&model, cfg.epochs)?;
     model.save(out, &extra)?;
     let summary = summary(cfg, spec, out, parameters, train.len(), &history, start);
     write_atomic(&record, serde_json::to_string_pretty(&summary).expect("summary serialises").as_bytes())?;
     Ok(summary)
+}
+
+/// Every weight and BN statistic of the trained network is finite, or an error naming the first
+/// tensors that are not (and how many values), so that no unloadable teacher is written.
+fn check_finite(model: &TrainModel, epoch: usize) -> Result<()> {
+    let bad: Vec<String> = model
+        .tensors()
+        .iter()
+        .filter_map(|(name, t)| {
+            let n = t.data.iter().filter(|v| !v.is_finite()).count();
+            (n > 0).then(|| format!("`{name}` ({n} of {})", t.data.len()))
+        })
+        .collect();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Numeric(format!(
+        "training diverged by epoch {epoch}: {} tensor(s) hold non-finite values, e.g. {}; no teacher was written (lower --lr)",
+        bad.len(),
+        bad.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+    )))
 }
 
 fn summary(cfg: &SqueezeConfig, spec: &ArchSpec, out: &Path, parameters: usize, images: usize, history: &[EpochRecord], start: Instant) -> SqueezeSummary {

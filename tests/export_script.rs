@@ -1,0 +1,87 @@
+//! weights/export_resnet.py on the checkpoint layouts training scripts write. Runs only where
+//! python3 with torch and safetensors is installed (it prints why it skips otherwise).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python_with_torch() -> bool {
+    Command::new("python3").args(["-c", "import torch, safetensors.torch"]).output().is_ok_and(|o| o.status.success())
+}
+
+/// Writes the shipped teacher's tensors as a checkpoint in several layouts, exports each with the
+/// script, and checks the engine reads the result with the same tensors.
+#[test]
+fn export_finds_weights_under_the_usual_keys() {
+    if !python_with_torch() {
+        println!("skipped: python3 with torch and safetensors is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = root().join("weights/fashion_mnist_resnet18_w16.safetensors");
+    // (file, --key or "", layout) of each checkpoint the script must read.
+    let make = r#"
+import sys, torch
+from safetensors.torch import load_file
+sd = load_file(sys.argv[1])
+d = sys.argv[2]
+ema = {"module." + k: v for k, v in sd.items()}
+torch.save({"epoch": 3, "state_dict_ema": ema, "optimizer": {"lr": 0.1}}, d + "/ema.pth")
+torch.save({"model_ema": {"module." + k: v for k, v in sd.items()}, "args": {"arch": "resnet18"}}, d + "/model_ema.pth")
+split = dict(sd)
+for k in list(sd):
+    if k.startswith("layer1.0.bn1."):
+        split[k.replace("bn1.", "bn1.aux_bn.0.")] = sd[k].clone()
+torch.save({"state_dict": split}, d + "/split_bn.pth")
+torch.save({"state_dict": sd, "state_dict_ema": ema}, d + "/both.pth")
+torch.save({"weird": {"inner": sd}}, d + "/custom.pth")
+torch.save({"epoch": 1, "optimizer": {"x": torch.zeros(2)}}, d + "/empty.pth")
+"#;
+    let out = Command::new("python3").args(["-c", make, teacher.to_str().unwrap(), dir.path().to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want = cda_engine::weights::read_tensor_file(&teacher).unwrap();
+    let script = root().join("weights/export_resnet.py");
+    let cases: [(&str, &[&str], &str); 5] = [
+        ("ema.pth", &[], ""),
+        ("model_ema.pth", &[], ""),
+        ("split_bn.pth", &[], "dropped 4 timm split-BN auxiliary tensors"),
+        ("both.pth", &["--key", "state_dict_ema"], ""),
+        ("custom.pth", &["--key", "weird.inner"], ""),
+    ];
+    for (file, extra, note) in cases {
+        let out_path = dir.path().join(format!("{file}.safetensors"));
+        let out = Command::new("python3")
+            .arg(&script)
+            .arg(dir.path().join(file))
+            .arg(&out_path)
+            .args(["--norm", "fashion-mnist"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{file}: {stderr}");
+        assert!(stderr.contains(note), "{file}: stderr lacks {note:?}: {stderr}");
+        let got = cda_engine::weights::read_tensor_file(&out_path).unwrap();
+        assert_eq!(got.tensors, want.tensors, "{file}: other tensors than the teacher's");
+        cda_engine::model::ResNet::load(&out_path).unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+    // Two candidates and no --key: the first is used and the other is named.
+    let out = Command::new("python3").arg(&script).arg(dir.path().join("both.pth")).arg(dir.path().join("b.safetensors")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("also found under: state_dict_ema"), "{stderr}");
+    // Found under an unusual key too, and said where.
+    let out = Command::new("python3").arg(&script).arg(dir.path().join("custom.pth")).arg(dir.path().join("c.safetensors")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("using the weights under `weird.inner`"), "{stderr}");
+    // No ResNet anywhere: the error lists what is there and points at --key.
+    let out = Command::new("python3").arg(&script).arg(dir.path().join("empty.pth")).arg(dir.path().join("e.safetensors")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("optimizer") && stderr.contains("--key"), "{stderr}");
+    // A --key that is not there names the keys that are.
+    let out = Command::new("python3").arg(&script).arg(dir.path().join("ema.pth")).arg(dir.path().join("d.safetensors")).args(["--key", "model"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("no `model`") && stderr.contains("state_dict_ema"), "{stderr}");
+}
