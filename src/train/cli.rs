@@ -762,6 +762,6 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
         }
     }
     eprintln!("wrote {written} images ({} per class) from {} to {}", a.ipc, ds.describe(), a.out.display());
-    println!("{}", serde_json::json!({"out": a.out, "images": written, "ipc": a.ipc, "seed": a.seed}));
+    crate::outln!("{}", serde_json::json!({"out": a.out, "images": written, "ipc": a.ipc, "seed": a.seed}));
     Ok(())
 }
