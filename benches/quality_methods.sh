@@ -14,6 +14,7 @@
 #   fadrm         cda-engine run --method fadrm                    + FADRM's data residual
 #   delt          cda-engine run --method delt                     CDA from whole selected crops
 #   recommended   cda-engine run --method recommended              half k-means-selected real, half CDA
+#   recommended_edc    the same with the three teachers in turn for the CDA half (--weights TEACHERS)
 #   gentle_f1     cda-engine run --init patches --factor 1 --lr 0.05 --iteration 500
 #   real_gentle   cda-engine run --init real --lr 0.05 --iteration 500 --format png
 #   cda_png       cda-engine run --format png                      CDA from noise, lossless files
@@ -28,7 +29,8 @@
 #
 # Environment: OUT (target/quality_methods), SETS, IPCS (10), SEEDS (0 1 2), LR (student lr, 2e-3), TEACHERS,
 # STUDENT_INIT (torchvision), EPOCHS (300), JOBS (jobs at a time, 1), THREADS (per job, 0 = all
-# cores), EXTRA (more validate flags). Each set is made once (a lock keeps two jobs from making the
+# cores), EXTRA (more validate flags), TAG (names the rows of a recipe changed by EXTRA, e.g.
+# TAG=w8-student EXTRA="--student resnet18-w8"). Each set is made once (a lock keeps two jobs from making the
 # same one); finished students are skipped on rerun. The table: benches/quality_methods.py
 # OUT/results.jsonl.
 set -euo pipefail
@@ -43,6 +45,7 @@ EPOCHS=${EPOCHS:-300}
 JOBS=${JOBS:-1}
 THREADS=${THREADS:-0}
 EXTRA=${EXTRA:-}
+TAG=${TAG:-}
 # The teachers of the edc and cvdd sets (the shipped one first; the others made by `squeeze`, see
 # weights/README.md).
 TEACHERS=${TEACHERS:-weights/fashion_mnist_resnet18_w16.safetensors,weights/fashion_mnist_resnet18_w8_seed1.safetensors,weights/fashion_mnist_resnet18_w8_seed2.safetensors}
@@ -72,6 +75,7 @@ make_set() {
         fadrm) "$BIN" run "${common[@]}" --method fadrm --threads "$THREADS" --quiet ;;
         delt) "$BIN" run "${common[@]}" --method delt --threads "$THREADS" --quiet ;;
         recommended) "$BIN" run "${common[@]}" --method recommended --threads "$THREADS" --quiet ;;
+        recommended_edc) "$BIN" run "${common[@]}" --method recommended --weights "$TEACHERS" --threads "$THREADS" --quiet ;;
         gentle_f1) "$BIN" run "${common[@]}" --init patches --factor 1 --lr 0.05 --iteration 500 --threads "$THREADS" --quiet ;;
         real_gentle) "$BIN" run "${common[@]}" --init real --lr 0.05 --iteration 500 --format png --threads "$THREADS" --quiet ;;
         cda_png) "$BIN" run "${common[@]}" --format png --threads "$THREADS" --quiet ;;
@@ -103,6 +107,7 @@ job() {
     local name=$1 ipc=$2 seed=$3 tag=""
     [ "$STUDENT_INIT" = torchvision ] || tag="+${STUDENT_INIT}-init"
     [ "$LR" = 2e-3 ] || tag="$tag+lr$LR"
+    [ -z "$TAG" ] || tag="$tag+$TAG"
     local row="${name}_ipc${ipc}$tag"
     local run="${row}_seed${seed}"
     if grep -q "\"run\":\"$run\"" "$RESULTS"; then
@@ -127,7 +132,7 @@ for ipc in $IPCS; do
         done
     done
 done
-export BIN OUT RESULTS LR STUDENT_INIT EPOCHS THREADS EXTRA TEACHERS
+export BIN OUT RESULTS LR STUDENT_INIT EPOCHS THREADS EXTRA TEACHERS TAG
 export -f make_set job
 printf '%s\n' "${queue[@]}" | xargs -P "$JOBS" -L 1 bash -c 'job "$@"' _
 python3 benches/quality_methods.py "$RESULTS"

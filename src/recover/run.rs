@@ -596,6 +596,9 @@ mod tests {
             init: InitSpec::default(),
             residual: None,
             method: None,
+            extra_teachers: Vec::new(),
+            teacher_schedule: TeacherSchedule::Rotate,
+            real: None,
         };
         assert!(settings_diff(&s, &s).is_empty());
         let mut t = s.clone();
