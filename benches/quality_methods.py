@@ -1,11 +1,39 @@
 #!/usr/bin/env python3
 """Prints the table of benches/quality_methods.sh's results.jsonl: per row (set, IPC and any student
 recipe change), the student's final test top-1 (%) as mean +- sample standard deviation over seeds,
-and every seed's value."""
+every seed's value, and the difference of the mean from the random real subset's under the same
+recipe. Known sets are named by what made them and listed in a fixed order; others follow."""
 import json
 import statistics
 import sys
 from collections import defaultdict
+
+NAMES = {
+    "real": "random real subset (`sample`)",
+    "rded": "RDED: `select` (2x2 stitched crops)",
+    "rded_f1": "RDED, one whole crop per image (`select --factor 1`)",
+    "cda": "CDA from noise (`run`)",
+    "cda_real": "CDA from random real images (`run --init real`)",
+    "cda_patches": "CDA from RDED patches (`run --init patches`)",
+    "edc": "+ three teachers in turn (EDC), from one selected crop per image",
+    "fadrm": "+ data residual (`--method fadrm`)",
+    "delt": "`--method delt` (CDA from whole selected crops)",
+    "real_gentle": "CDA from real images, lr 0.05, 500 it, PNG",
+    "hybrid": "half random real, half CDA (composed by hand)",
+    "sel_hard_whole": "`select --factor 1 --crops 1 --select-min-scale 1 --select-rank hard`",
+    "sel_diverse_whole": "the same, `--select-rank diverse` (k-center)",
+    "sel_kmeans_whole": "the same, `--select-rank kmeans` (k-means medoids)",
+    "recommended": "**`--method recommended`**: half k-means real, half CDA, PNG",
+    "recommended_edc": "`--method recommended` with the three teachers in turn",
+}
+ORDER = list(NAMES)
+
+
+def split(row):
+    """(set name, ipc, recipe tag) of a row name such as real_ipc10+pytorch-init."""
+    head, _, tag = row.partition("+")
+    name, _, ipc = head.rpartition("_ipc")
+    return name, int(ipc), tag
 
 
 def main(path):
@@ -14,15 +42,24 @@ def main(path):
         if line.strip():
             r = json.loads(line)
             rows[r["set"]].append(r["result"])
-    print("| row | images | student top-1 % (mean +- std) | per seed |")
-    print("|---|---|---|---|")
-    for name in sorted(rows, key=lambda n: (n.split("+")[0].rsplit("_ipc", 1)[-1].zfill(4), n)):
-        rs = sorted(rows[name], key=lambda r: r["seed"])
+    means = {row: statistics.mean(r["top1"] for r in rs) for row, rs in rows.items()}
+    print("| set | IPC | student recipe | top-1 % (mean +- std) | vs real | per seed |")
+    print("|---|---|---|---|---|---|")
+
+    def key(row):
+        name, ipc, tag = split(row)
+        return (ipc, tag, ORDER.index(name) if name in ORDER else len(ORDER), name)
+
+    for row in sorted(rows, key=key):
+        name, ipc, tag = split(row)
+        rs = sorted(rows[row], key=lambda r: r["seed"])
         tops = [r["top1"] for r in rs]
         std = statistics.stdev(tops) if len(tops) > 1 else 0.0
+        real = means.get(f"real_ipc{ipc}" + (f"+{tag}" if tag else ""))
+        vs = f"{means[row] - real:+.2f}" if real is not None and name != "real" else ""
         seeds = " / ".join(f"{t:.2f}" for t in tops)
-        print(f"| {name} | {rs[0]['images']} | {statistics.mean(tops):.2f} +- {std:.2f} | {seeds} "
-              f"(seeds {', '.join(str(r['seed']) for r in rs)}) |")
+        print(f"| {NAMES.get(name, name)} | {ipc} | {tag or 'torchvision-init'} | {means[row]:.2f} +- {std:.2f} | {vs} | "
+              f"{seeds} (seeds {', '.join(str(r['seed']) for r in rs)}) |")
 
 
 if __name__ == "__main__":
