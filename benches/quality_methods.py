@@ -38,9 +38,13 @@ def split(row):
 
 def main(path):
     rows = defaultdict(list)
+    seen = set()
     for line in open(path):
         if line.strip():
             r = json.loads(line)
+            if r["run"] in seen:  # two jobs raced on one student: keep the first
+                continue
+            seen.add(r["run"])
             rows[r["set"]].append(r["result"])
     means = {row: statistics.mean(r["top1"] for r in rs) for row, rs in rows.items()}
     print("| set | IPC | student recipe | top-1 % (mean +- std) | vs real | per seed |")

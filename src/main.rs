@@ -50,6 +50,7 @@ enum Command {
     Run {
         #[command(flatten)]
         args: RunArgs,
+        /// cpu, cuda, or auto (a usable GPU, else the CPU).
         #[arg(long, value_enum, default_value_t = Device::Auto)]
         device: Device,
         /// CPU threads (0 = all cores).
@@ -78,6 +79,7 @@ enum Command {
         /// ImageFolder(s) written by `run`.
         #[arg(required = true)]
         folders: Vec<PathBuf>,
+        /// PNG file to write.
         #[arg(long)]
         out: PathBuf,
         /// IPC rows per folder.
@@ -151,6 +153,7 @@ enum Command {
     Select {
         #[command(flatten)]
         args: cda_engine::recover::cli::SelectArgs,
+        /// cpu, cuda, or auto (a usable GPU, else the CPU) for the teacher's scoring.
         #[arg(long, value_enum, default_value_t = Device::Auto)]
         device: Device,
         /// CPU threads (0 = all cores).
@@ -182,6 +185,13 @@ fn quiet_on_closed_stderr() {
 
 fn main() -> ExitCode {
     quiet_on_closed_stderr();
+    // A file-size limit (`ulimit -f`) would kill the process by SIGXFSZ mid-write; ignored, the write
+    // fails with EFBIG and the writers report it and clean up like any other failed write.
+    // SAFETY: SIG_IGN installs no handler code; called once, before any other thread starts.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let cli = Cli::parse();
     let threads = match &cli.command {
         Command::Forward { threads, .. } | Command::Run { threads, .. } | Command::Evaluate { threads, .. } | Command::Bench { threads, .. } | Command::Select { threads, .. } => *threads,
@@ -375,7 +385,11 @@ fn run(args: &RunArgs, device: Device, threads: usize, quiet: bool) -> Result<()
                 self.out.display()
             );
             if self.models.len() > 1 {
-                eprintln!("{} teachers, {:?}", self.models.len(), s.teacher_schedule);
+                let schedule = match s.teacher_schedule {
+                    cda_engine::recover::TeacherSchedule::Rotate => "in turn (EDC)".to_string(),
+                    cda_engine::recover::TeacherSchedule::Committee { per_step } => format!("{per_step} per iteration (CV-DD)"),
+                };
+                eprintln!("{} teachers, {schedule}", self.models.len());
             }
             cda_engine::recover::run::run_with_teachers(backend, &self.models, s, self.out, self.show, self.log_every)
         }

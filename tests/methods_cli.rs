@@ -125,3 +125,31 @@ fn run_with_two_teachers() {
     assert_eq!(rec["settings"]["teacher_schedule"]["kind"], "committee");
     refused(&["run", "--out", dir.path().join("u").to_str().unwrap(), "--weights", &both, "--teachers-per-step", "3"], "exceeds the 2 teachers");
 }
+
+/// `--method recommended`: the first half of each class's images are selected real images written
+/// as they are (recorded with their sources), the rest recovered; a rerun resumes instead of
+/// refusing its own folder, and a --real-ipc above the IPC or selection flags that nothing uses are
+/// refused before any work.
+#[test]
+fn hybrid_sets_write_real_then_recovered_images_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("h");
+    let args = ["run", "--out", out.to_str().unwrap(), "--method", "recommended", "--iteration", "2", "--ipc-end", "4", "--classes", "2", "--candidates", "6", "--quiet"];
+    ok(&args);
+    let rec = json(&out.join("recover_record.json"));
+    let real = rec["real_images"].as_array().unwrap();
+    assert_eq!(real.len(), 4, "IPC 0 and 1 of 2 classes are real");
+    assert!(real.iter().all(|e| e[1].as_u64().unwrap() < 2));
+    assert_eq!(rec["batches"][0]["ipc"], serde_json::json!([2, 3]), "recover makes IPC 2 and 3");
+    assert!(out.join("new001/class001_id003.png").is_file(), "PNG files");
+    let train = data::open("fashion-mnist", Split::Train, 1).unwrap();
+    for e in real {
+        assert_eq!(train.label(source_index(e[2][0].as_str().unwrap())), e[0].as_u64().unwrap() as usize);
+    }
+    // A run killed after its record but before its batches resumes (the record is written first).
+    std::fs::remove_file(out.join("new000/class000_id002.png")).unwrap();
+    let log = ok(&args);
+    assert!(log.contains("resuming"), "{log}");
+    refused(&["run", "--out", dir.path().join("x").to_str().unwrap(), "--real-ipc", "5", "--ipc-end", "2"], "--real-ipc 5 exceeds --ipc-end 2");
+    refused(&["run", "--out", dir.path().join("y").to_str().unwrap(), "--factor", "3"], "need --init patches, --real-ipc");
+}

@@ -29,8 +29,12 @@ pub struct RunArgs {
     /// Output folder (ImageFolder layout: new{cls}/class{cls}_id{ipc}.jpg). Default: syn-data/<preset>.
     #[arg(long, alias = "syn-data-path")]
     pub out: Option<PathBuf>,
+    /// Adam learning rate of the images, cosine-decayed over the iterations (official: 0.25 for
+    /// ImageNet-1K, 0.4 for Tiny-ImageNet; the preset's).
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Weight of the BN-statistics loss against the cross-entropy (official: 0.01 ImageNet-1K, 0.05
+    /// Tiny-ImageNet; the preset's).
     #[arg(long = "r-bn")]
     pub r_bn: Option<f64>,
     /// Iterations per batch.
@@ -39,6 +43,7 @@ pub struct RunArgs {
     /// Roll offsets are uniform on 0..=jitter.
     #[arg(long)]
     pub jitter: Option<usize>,
+    /// Extra weight of the first BN layer's statistics loss (official: 10).
     #[arg(long)]
     pub first_bn_multiplier: Option<f64>,
     #[arg(long, value_enum)]
@@ -70,6 +75,7 @@ pub struct RunArgs {
     /// Turn RandomResizedCrop off (roll only, as SRe2L's CIFAR script).
     #[arg(long)]
     pub no_crop: bool,
+    /// Turn the random horizontal flip off.
     #[arg(long)]
     pub no_flip: bool,
     /// Sample the augmentation per image instead of once per batch.
@@ -84,8 +90,11 @@ pub struct RunArgs {
     /// Per-channel mean of the teacher's input normalisation (comma-separated); overrides metadata.
     #[arg(long, value_delimiter = ',')]
     pub mean: Option<Vec<f32>>,
+    /// Per-channel std of the teacher's input normalisation (comma-separated); overrides metadata.
     #[arg(long, value_delimiter = ',')]
     pub std: Option<Vec<f32>>,
+    /// Seeds the noise, the augmentation and the real-image draws (each batch's stream depends only
+    /// on the seed and the batch).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Image files: jpg (the official JPEG, quality 75) or png (lossless). Default: jpg; png for
@@ -99,8 +108,8 @@ pub struct RunArgs {
     /// cda (default: the preset as it is), sre2l (--milestone 0), rded (teacher-selected real
     /// patches, no optimisation: as `cda-engine select`), delt (CDA from teacher-selected whole real
     /// crops, --factor 1), fadrm (CDA from RDED patches with the data residual every quarter of the
-    /// iterations, alpha 0.5), recommended (the best measured on Fashion-MNIST, README "Recover
-    /// methods": half of each class's images k-means-selected whole real images, the other half CDA
+    /// iterations, alpha 0.5), recommended (the best measured on Fashion-MNIST, README section
+    /// "Recover methods, and sets against a random real subset": half of each class's images k-means-selected whole real images, the other half CDA
     /// from noise, PNG files).
     #[arg(long, value_enum, default_value_t = Method::Cda)]
     pub method: Method,
@@ -259,6 +268,16 @@ pub fn settings(args: &RunArgs, model: &ResNet, teacher: &str) -> Result<(RunSet
             })
         })
         .transpose()?;
+    // Flags that only choose real images must not be silently ignored.
+    let selects = args.factor.is_some() || args.crops.is_some() || args.select_min_scale.is_some() || args.select_rank.is_some();
+    if selects && init_kind != InitKind::Patches && real.is_none() {
+        return Err(Error::Option(
+            "--factor, --crops, --select-min-scale and --select-rank choose real crops: they need --init patches, --real-ipc, or a --method that selects (rded, delt, fadrm, recommended)".into(),
+        ));
+    }
+    if m == Method::Rded && args.weights.len() > 1 {
+        return Err(Error::Option("--method rded scores crops with one teacher; give one --weights".into()));
+    }
     let residual = match (args.residual_every, m) {
         (Some(0), _) => None,
         (Some(every), _) => Some(Residual { every, alpha: args.residual_alpha }),
@@ -411,8 +430,8 @@ pub struct SelectArgs {
     /// Smallest area fraction of a candidate crop (RandomResizedCrop scale lower bound; 1 = whole images).
     #[arg(long, default_value_t = 0.08)]
     pub select_min_scale: f64,
-    /// Order of the selected views: easy (RDED: lowest teacher loss first), hard (highest first) or
-    /// diverse (k-center greedy over the teacher's logits, starting from the easiest).
+    /// Order of the selected views: easy (RDED: lowest teacher loss first), hard (highest first),
+    /// diverse (k-center greedy over the teacher's logits) or kmeans (k-means medoids over them).
     #[arg(long, value_enum, default_value_t = Rank::Easy)]
     pub select_rank: Rank,
     /// Per-channel mean of the teacher's input normalisation (comma-separated); overrides metadata.

@@ -159,8 +159,8 @@ pub fn validate(s: &RunSettings, model: &ResNet) -> Result<()> {
     s.init.validate(s.res)?;
     if let Some(real) = &s.real {
         real.select.validate(s.res)?;
-        if real.ipc > s.ipc_end.max(1000) {
-            return bad(format!("--real-ipc {} exceeds the IPC", real.ipc));
+        if real.ipc > s.ipc_end {
+            return bad(format!("--real-ipc {} exceeds --ipc-end {} (the images per class)", real.ipc, s.ipc_end));
         }
     }
     if let Some(r) = s.residual {
@@ -275,9 +275,13 @@ pub fn run_with_teachers<B: Backend>(backend: &B, models: &[&ResNet], settings: 
     }
 
     if let Some(real) = &settings.real {
+        // The record first, so a run killed among the real images is still this run's folder.
+        if !record_written {
+            write_record(&record_path, &record)?;
+            record_written = true;
+        }
         written += write_real_part(backend, model, settings, real, out, &mut record)?;
         write_record(&record_path, &record)?;
-        record_written = true;
     }
     let starts = starting_images(backend, model, settings, &pending)?;
 
@@ -351,7 +355,10 @@ pub fn run_with_teachers<B: Backend>(backend: &B, models: &[&ResNet], settings: 
         } else {
             eprintln!("{line}");
         }
-        record.batches.retain(|b| !(b.ipc == plan.ipc && b.class_start == plan.class_start));
+        // Entries of another batch layout over the same images (a continuation that changed how IPC
+        // indices group) are replaced, so the record never counts an image twice.
+        let overlaps = |b: &BatchRecord| b.ipc.iter().any(|i| plan.ipc.contains(i)) && b.class_start < plan.class_end && plan.class_start < b.class_end;
+        record.batches.retain(|b| !overlaps(b));
         record.batches.push(BatchRecord {
             ipc: plan.ipc.clone(),
             class_start: plan.class_start,
@@ -409,7 +416,11 @@ fn starting_images<B: Backend>(backend: &B, model: &ResNet, s: &RunSettings, pen
             per_class[cls] = class_images(backend, model, ds.as_ref(), spec, cls, s.ipc_end, s.res, s.seed, &mean, &std)?;
         }
     }
-    eprintln!("starting images ({:?} from {}) chosen in {:.1}s", spec.kind, ds.describe(), t0.elapsed().as_secs_f64());
+    let kind = match spec.kind {
+        InitKind::Real => "random real images",
+        _ => "teacher-selected real crops",
+    };
+    eprintln!("starting images ({kind} from {}) chosen in {:.1}s", ds.describe(), t0.elapsed().as_secs_f64());
     Ok(Some(per_class))
 }
 
@@ -498,7 +509,13 @@ fn unfinished<'a>(batches: &'a [BatchPlan], record: &RunRecord, out: &Path, mode
         let paths: Vec<PathBuf> = b.images().iter().map(|&(cls, ipc)| image_path(out, cls, ipc, model.num_classes, s.format)).collect();
         if !recorded(b) {
             if paths.iter().any(|p| p.exists()) {
-                notes.push(format!("batch ipc {:?}, classes {}..{}: images present but not in the record (the run stopped before recording it); it runs again", b.ipc, b.class_start, b.class_end));
+                let regrouped = record.batches.iter().any(|r| r.ipc.iter().any(|i| b.ipc.contains(i)) && r.class_start < b.class_end && b.class_start < r.class_end);
+                let why = if regrouped {
+                    "its images were recorded in batches of another layout (the IPC range or --ipc-per-batch changed), and a batch's images are made together"
+                } else {
+                    "images present but not in the record (the run stopped before recording it)"
+                };
+                notes.push(format!("batch ipc {:?}, classes {}..{}: {why}; it runs again", b.ipc, b.class_start, b.class_end));
             }
             pending.push(b);
             continue;

@@ -708,8 +708,10 @@ pub struct SampleArgs {
     /// Images per class.
     #[arg(long)]
     pub ipc: usize,
+    /// Output folder (must be new or empty), in `run`'s ImageFolder layout.
     #[arg(long)]
     pub out: PathBuf,
+    /// Seeds which images are drawn.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Channels for ImageFolder data.
