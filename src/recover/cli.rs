@@ -117,29 +117,9 @@ pub struct RunArgs {
     /// patches (RDED's teacher-selected crops, --factor x --factor stitched). Default: the method's.
     #[arg(long, value_enum)]
     pub init: Option<InitKind>,
-    /// Real images for --init real|patches: a dataset name (fashion-mnist) or an ImageFolder.
-    /// Default: the dataset in the teacher's metadata.
-    #[arg(long)]
-    pub init_data: Option<String>,
-    /// Patches per side of a stitched starting image (RDED's factor; 1 = one whole selected crop).
-    #[arg(long)]
-    pub factor: Option<usize>,
-    /// Real images per class scored for --init patches (RDED's mipc).
-    #[arg(long, default_value_t = 300)]
-    pub candidates: usize,
-    /// Random crops scored per candidate image (RDED's num_crop; default 5, 1 for the real part of
-    /// --method recommended).
-    #[arg(long)]
-    pub crops: Option<usize>,
-    /// Smallest area fraction of a candidate crop (RandomResizedCrop scale lower bound; 1 = whole
-    /// images). Default 0.08; 1 for the real part of --method recommended.
-    #[arg(long)]
-    pub select_min_scale: Option<f64>,
-    /// Order of the selected views: easy (RDED: lowest teacher loss first), hard (highest first),
-    /// diverse (k-center greedy over the teacher's logits) or kmeans (k-means medoids over them).
-    /// Default easy; kmeans for the real part of --method recommended.
-    #[arg(long, value_enum)]
-    pub select_rank: Option<Rank>,
+    /// Where real images come from and how they are selected.
+    #[command(flatten)]
+    pub selection: SelectionArgs,
     /// Hybrid sets: IPC indices 0..N of every class are selected real images written as they are
     /// (the selection flags above choose them, one whole crop each unless --factor says otherwise);
     /// recover makes the rest. Default 0; half the IPC for --method recommended.
@@ -151,6 +131,61 @@ pub struct RunArgs {
     /// Weight of the current image in the residual mix; the start gets 1 - alpha (FADRM: 0.5).
     #[arg(long, default_value_t = 0.5)]
     pub residual_alpha: f64,
+}
+
+/// The real-image selection flags shared by `run` (--init real|patches, --real-ipc, the methods that
+/// select) and `select`: one definition, the defaults applied where they are used.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SelectionArgs {
+    /// Real training images: a dataset name (fashion-mnist) or an ImageFolder. Default: the dataset
+    /// in the teacher's metadata.
+    #[arg(long)]
+    pub init_data: Option<String>,
+    /// Crops per side of an image (RDED's factor: 2 stitches four half-size crops, 1 keeps one).
+    /// Default 2 for RDED's patches, 1 for delt and for real parts.
+    #[arg(long)]
+    pub factor: Option<usize>,
+    /// Real images per class scored (RDED's mipc).
+    #[arg(long, default_value_t = 300)]
+    pub candidates: usize,
+    /// Random crops scored per candidate image (RDED's num_crop). Default 5; 1 for the real part of
+    /// --method recommended.
+    #[arg(long)]
+    pub crops: Option<usize>,
+    /// Smallest area fraction of a candidate crop (RandomResizedCrop scale lower bound; 1 = whole
+    /// images). Default 0.08; 1 for the real part of --method recommended.
+    #[arg(long)]
+    pub select_min_scale: Option<f64>,
+    /// Order of the selected views: easy (RDED: lowest teacher loss first), hard (highest first),
+    /// diverse (k-center greedy over the teacher's logits) or kmeans (k-means medoids over them).
+    /// Default easy; kmeans for the real part of --method recommended.
+    #[arg(long, value_enum)]
+    pub select_rank: Option<Rank>,
+}
+
+impl SelectionArgs {
+    /// The dataset named by --init-data, else the teacher's.
+    fn data(&self, model: &ResNet) -> Result<String> {
+        self.init_data.clone().or_else(|| model.metadata.get("dataset").cloned()).ok_or_else(|| Error::Option("--init-data is needed: the teacher's metadata names no dataset".into()))
+    }
+
+    /// A `patches` selection with these flags over `defaults` (factor, crops, min scale, rank).
+    fn spec(&self, model: &ResNet, defaults: (usize, usize, f64, Rank)) -> Result<InitSpec> {
+        Ok(InitSpec {
+            kind: InitKind::Patches,
+            data: Some(self.data(model)?),
+            factor: self.factor.unwrap_or(defaults.0),
+            candidates: self.candidates,
+            crops: self.crops.unwrap_or(defaults.1),
+            min_scale: self.select_min_scale.unwrap_or(defaults.2),
+            rank: self.select_rank.unwrap_or(defaults.3),
+        })
+    }
+
+    /// Whether any flag that only matters to a selection was given.
+    fn given(&self) -> bool {
+        self.factor.is_some() || self.crops.is_some() || self.select_min_scale.is_some() || self.select_rank.is_some()
+    }
 }
 
 /// Recover methods of the SRe2L family, by their papers' names.
@@ -233,44 +268,23 @@ pub fn settings(args: &RunArgs, model: &ResNet, teacher: &str) -> Result<(RunSet
     let iterations = args.iteration.or(m_iterations).unwrap_or(p.iterations);
     let init_kind = args.init.unwrap_or(m_init);
     // A noise start ignores the selection numbers, so they do not enter the record.
-    let init = if init_kind == InitKind::Noise { InitSpec::default() } else { InitSpec {
-        kind: init_kind,
-        data: match init_kind {
-            InitKind::Noise => None,
-            _ => Some(args.init_data.clone().or_else(|| model.metadata.get("dataset").cloned()).ok_or_else(|| {
-                Error::Option("--init-data is needed: the teacher's metadata names no dataset".into())
-            })?),
-        },
-        factor: args.factor.unwrap_or(m_factor),
-        candidates: args.candidates,
-        crops: args.crops.unwrap_or(5),
-        min_scale: args.select_min_scale.unwrap_or(0.08),
-        rank: args.select_rank.unwrap_or(Rank::Easy),
-    } };
+    let sel = &args.selection;
+    let init = match init_kind {
+        InitKind::Noise => InitSpec::default(),
+        kind => InitSpec { kind, ..sel.spec(model, (m_factor, 5, 0.08, Rank::Easy))? },
+    };
     let ipc_end = args.ipc_end.unwrap_or(p.ipc);
     let real_ipc = args.real_ipc.unwrap_or(if m == Method::Recommended { ipc_end / 2 } else { 0 });
     let recommended = m == Method::Recommended;
-    let real = (real_ipc > 0)
-        .then(|| -> Result<RealPart> {
-            Ok(RealPart {
-                ipc: real_ipc,
-                select: InitSpec {
-                    kind: InitKind::Patches,
-                    data: Some(args.init_data.clone().or_else(|| model.metadata.get("dataset").cloned()).ok_or_else(|| {
-                        Error::Option("--init-data is needed: the teacher's metadata names no dataset".into())
-                    })?),
-                    factor: args.factor.unwrap_or(1),
-                    candidates: args.candidates,
-                    crops: args.crops.unwrap_or(if recommended { 1 } else { 5 }),
-                    min_scale: args.select_min_scale.unwrap_or(if recommended { 1.0 } else { 0.08 }),
-                    rank: args.select_rank.unwrap_or(if recommended { Rank::Kmeans } else { Rank::Easy }),
-                },
-            })
-        })
-        .transpose()?;
+    let real = match real_ipc {
+        0 => None,
+        ipc => Some(RealPart {
+            ipc,
+            select: sel.spec(model, if recommended { (1, 1, 1.0, Rank::Kmeans) } else { (1, 5, 0.08, Rank::Easy) })?,
+        }),
+    };
     // Flags that only choose real images must not be silently ignored.
-    let selects = args.factor.is_some() || args.crops.is_some() || args.select_min_scale.is_some() || args.select_rank.is_some();
-    if selects && init_kind != InitKind::Patches && real.is_none() {
+    if sel.given() && init_kind != InitKind::Patches && real.is_none() {
         return Err(Error::Option(
             "--factor, --crops, --select-min-scale and --select-rank choose real crops: they need --init patches, --real-ipc, or a --method that selects (rded, delt, fadrm, recommended)".into(),
         ));
@@ -396,10 +410,10 @@ pub struct SelectArgs {
     /// Teacher ResNet (safetensors) that scores the crops. Default: the shipped Fashion-MNIST teacher.
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// Real training images: a dataset name (fashion-mnist) or an ImageFolder. Default: the dataset
-    /// in the teacher's metadata.
-    #[arg(long)]
-    pub init_data: Option<String>,
+    /// Where real images come from and how they are selected (here: --factor 2, --crops 5,
+    /// --select-min-scale 0.08 and --select-rank easy unless given).
+    #[command(flatten)]
+    pub selection: SelectionArgs,
     /// Output folder (must be new or empty), in `run`'s ImageFolder layout.
     #[arg(long)]
     pub out: PathBuf,
@@ -418,22 +432,6 @@ pub struct SelectArgs {
     /// Official settings the defaults come from (default: inferred from the teacher).
     #[arg(long, value_enum)]
     pub preset: Option<PresetName>,
-    /// Crops per side of an output image (RDED's factor: 2 stitches four half-size crops; 1 keeps one).
-    #[arg(long, default_value_t = 2)]
-    pub factor: usize,
-    /// Real images per class scored (RDED's mipc).
-    #[arg(long, default_value_t = 300)]
-    pub candidates: usize,
-    /// Random crops scored per candidate image (RDED's num_crop).
-    #[arg(long, default_value_t = 5)]
-    pub crops: usize,
-    /// Smallest area fraction of a candidate crop (RandomResizedCrop scale lower bound; 1 = whole images).
-    #[arg(long, default_value_t = 0.08)]
-    pub select_min_scale: f64,
-    /// Order of the selected views: easy (RDED: lowest teacher loss first), hard (highest first),
-    /// diverse (k-center greedy over the teacher's logits) or kmeans (k-means medoids over them).
-    #[arg(long, value_enum, default_value_t = Rank::Easy)]
-    pub select_rank: Rank,
     /// Per-channel mean of the teacher's input normalisation (comma-separated); overrides metadata.
     #[arg(long, value_delimiter = ',')]
     pub mean: Option<Vec<f32>>,
@@ -461,10 +459,9 @@ pub fn select_settings(a: &SelectArgs, model: &ResNet, teacher: &str) -> Result<
     // A size no batch could hold (a teacher's image_size of 99999999) is refused before any image is read.
     crate::bench::check_recover_fits(model, 1, res, res)?;
     let (mean, std) = super::run::norm_of(&clip, model.in_channels);
-    let data = a.init_data.clone().or_else(|| model.metadata.get("dataset").cloned()).ok_or_else(|| Error::Option("--init-data is needed: the teacher's metadata names no dataset".into()))?;
     Ok(super::select::SelectSettings {
         teacher: teacher.to_string(),
-        init: InitSpec { kind: InitKind::Patches, data: Some(data), factor: a.factor, candidates: a.candidates, crops: a.crops, min_scale: a.select_min_scale, rank: a.select_rank },
+        init: a.selection.spec(model, (2, 5, 0.08, Rank::Easy))?,
         classes: a.classes.unwrap_or(model.num_classes),
         ipc_start: a.ipc_start,
         ipc_end: a.ipc_end.or(p.as_ref().map(|p| p.ipc)).ok_or_else(|| Error::Option("pass --ipc-end".into()))?,
