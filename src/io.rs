@@ -220,6 +220,20 @@ pub fn lock_folder(dir: &Path) -> Result<FolderLock> {
     }
 }
 
+/// Empties `dir` after a failed write of a whole set (`sample`, `select`): the caller holds its lock
+/// and found it empty, so everything in it but the lock file is this process's partial output. A
+/// set is then either whole (with its record) or absent, never a part that looks finished.
+pub fn clear_partial_set(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        if e.file_name() == LOCK_FILE {
+            continue;
+        }
+        let p = e.path();
+        let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+    }
+}
+
 /// The names in `dir` other than its [`LOCK_FILE`] (none when `dir` cannot be read): what decides
 /// whether a locked output folder is empty.
 pub fn folder_entries(dir: &Path) -> impl Iterator<Item = String> {

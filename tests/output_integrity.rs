@@ -113,6 +113,8 @@ fn sample_on_a_full_disk_fails_and_leaves_only_whole_images() {
     assert!(all.contains("cannot write") && all.contains(".png"), "{all}");
     assert!(!all.contains("wrote 50 images"), "{all}");
     assert_all_whole(&out);
+    // The set is whole or absent: the images written before the failure are removed again.
+    assert!(walk(&out).iter().all(|p| p.extension().is_none_or(|e| e != "png")), "a partial set was left: {:?}", walk(&out));
     assert!(walk(&out).iter().all(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.')), "temporary files left: {:?}", walk(&out));
 }
 
@@ -126,6 +128,7 @@ fn select_on_a_full_disk_fails_and_leaves_only_whole_images() {
     assert!(!o.status.success(), "select reported success on a full disk: {all}");
     assert!(all.contains("cannot write"), "{all}");
     assert_all_whole(&out);
+    assert!(walk(&out).iter().all(|p| p.extension().is_none_or(|e| e != "png")), "a partial set was left: {:?}", walk(&out));
 }
 
 #[cfg(unix)]

@@ -97,6 +97,15 @@ pub fn select<B: Backend>(backend: &B, model: &ResNet, s: &SelectSettings, out: 
     if let Some(name) = folder_entries(out).next() {
         return Err(Error::output(out, format!("the folder is not empty (it holds {name}); give a new --out")));
     }
+    let written = write_selection(backend, model, s, out);
+    if written.is_err() {
+        crate::io::clear_partial_set(out);
+    }
+    written
+}
+
+/// `select`'s work once the folder is owned and empty: the images, then the record.
+fn write_selection<B: Backend>(backend: &B, model: &ResNet, s: &SelectSettings, out: &Path) -> Result<SelectRecord> {
     let data = s.init.data.as_deref().ok_or_else(|| Error::Option("select needs --init-data".into()))?;
     let ds = crate::data::open(data, crate::data::Split::Train, model.in_channels)?;
     let t0 = Instant::now();

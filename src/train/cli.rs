@@ -749,19 +749,27 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     let mut written = 0;
-    for (cls, ids) in by_class.iter_mut().enumerate() {
-        if ids.len() < a.ipc {
-            return Err(Error::input(ds.describe(), format!("class {cls} has {} images; --ipc {} asks for more", ids.len(), a.ipc)));
+    let mut write_all = || -> Result<()> {
+        for (cls, ids) in by_class.iter_mut().enumerate() {
+            if ids.len() < a.ipc {
+                return Err(Error::input(ds.describe(), format!("class {cls} has {} images; --ipc {} asks for more", ids.len(), a.ipc)));
+            }
+            for i in 0..a.ipc {
+                let j = rng.random_range(i..ids.len());
+                ids.swap(i, j);
+                let img = ds.image(ids[i])?;
+                let px: Vec<u8> = img.data.iter().map(|&u| (u * 255.0).round().clamp(0.0, 255.0) as u8).collect();
+                let path = crate::recover::output::image_path(&a.out, cls, i, classes, a.format);
+                crate::recover::output::save_image(&path, &px, img.c, img.h, img.w, a.format)?;
+                written += 1;
+            }
         }
-        for i in 0..a.ipc {
-            let j = rng.random_range(i..ids.len());
-            ids.swap(i, j);
-            let img = ds.image(ids[i])?;
-            let px: Vec<u8> = img.data.iter().map(|&u| (u * 255.0).round().clamp(0.0, 255.0) as u8).collect();
-            let path = crate::recover::output::image_path(&a.out, cls, i, classes, a.format);
-            crate::recover::output::save_image(&path, &px, img.c, img.h, img.w, a.format)?;
-            written += 1;
-        }
+        Ok(())
+    };
+    // A set is whole or absent: a failure removes what this call wrote into the (empty) folder.
+    if let Err(e) = write_all() {
+        crate::io::clear_partial_set(&a.out);
+        return Err(e);
     }
     eprintln!("wrote {written} images ({} per class) from {} to {}", a.ipc, ds.describe(), a.out.display());
     crate::outln!("{}", serde_json::json!({"out": a.out, "images": written, "ipc": a.ipc, "seed": a.seed}));
