@@ -17,7 +17,7 @@ NAMES = {
     "cda_patches": "CDA from RDED patches (`run --init patches`)",
     "edc": "+ three teachers in turn (EDC), from one selected crop per image",
     "fadrm": "+ data residual (`--method fadrm`)",
-    "delt": "`--method delt` (CDA from whole selected crops)",
+    "delt": "`--method delt` (CDA from one selected crop per image)",
     "real_gentle": "CDA from real images, lr 0.05, 500 it, PNG",
     "hybrid": "half random real, half CDA (composed by hand)",
     "sel_hard_whole": "`select --factor 1 --crops 1 --select-min-scale 1 --select-rank hard`",
