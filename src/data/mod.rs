@@ -50,6 +50,15 @@ pub enum Split {
     Test,
 }
 
+/// Every item's index, grouped by class (index order within a class): one pass over the labels.
+pub fn indices_by_class(ds: &dyn Dataset) -> Vec<Vec<usize>> {
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); ds.num_classes()];
+    for i in 0..ds.len() {
+        by_class[ds.label(i)].push(i);
+    }
+    by_class
+}
+
 /// Known dataset names and their normalisation (mean, std per channel).
 pub fn dataset_norm(name: &str) -> Option<(Vec<f32>, Vec<f32>)> {
     match name {

@@ -119,18 +119,34 @@ fn class_rng(seed: u64, class: usize) -> StdRng {
     super::batch_rng(seed ^ 0x5EED_1A17_0000_0000, usize::MAX, class)
 }
 
-/// `count` distinct indices of class `class`, in a seeded random order (partial Fisher-Yates).
-fn draw_class(ds: &dyn Dataset, class: usize, count: usize, rng: &mut StdRng) -> Result<Vec<usize>> {
-    let mut ids: Vec<usize> = (0..ds.len()).filter(|&i| ds.label(i) == class).collect();
-    if ids.len() < count {
-        return Err(Error::input(ds.describe(), format!("class {class} has {} images; {count} are needed", ids.len())));
+/// The real images that starts and selections draw from: a training set and its items by class,
+/// indexed once (a per-class scan would read every label once per class).
+pub struct RealData {
+    pub ds: std::sync::Arc<dyn Dataset>,
+    by_class: Vec<Vec<usize>>,
+}
+
+impl RealData {
+    /// The training split of `data` (a dataset name or an ImageFolder) with `channels` channels.
+    pub fn open(data: &str, channels: usize) -> Result<RealData> {
+        let ds = crate::data::open(data, crate::data::Split::Train, channels)?;
+        let by_class = crate::data::indices_by_class(ds.as_ref());
+        Ok(RealData { ds, by_class })
     }
-    for i in 0..count {
-        let j = rng.random_range(i..ids.len());
-        ids.swap(i, j);
+
+    /// `count` distinct indices of class `class`, in a seeded random order (partial Fisher-Yates).
+    fn draw_class(&self, class: usize, count: usize, rng: &mut StdRng) -> Result<Vec<usize>> {
+        let mut ids = self.by_class.get(class).cloned().unwrap_or_default();
+        if ids.len() < count {
+            return Err(Error::input(self.ds.describe(), format!("class {class} has {} images; {count} are needed", ids.len())));
+        }
+        for i in 0..count {
+            let j = rng.random_range(i..ids.len());
+            ids.swap(i, j);
+        }
+        ids.truncate(count);
+        Ok(ids)
     }
-    ids.truncate(count);
-    Ok(ids)
 }
 
 /// Checks that a real dataset can start a teacher's images.
@@ -222,14 +238,15 @@ fn score_views<B: Backend>(backend: &B, model: &ResNet, views: &[Vec<f32>], clas
 /// teacher). Errors: a class with fewer images than needed, images of another channel count, and
 /// any backend error of the scoring forward.
 #[allow(clippy::too_many_arguments)]
-pub fn class_images<B: Backend>(backend: &B, model: &ResNet, ds: &dyn Dataset, spec: &InitSpec, class: usize, count: usize, res: usize, seed: u64, mean: &[f32], std: &[f32]) -> Result<Vec<InitImage>> {
+pub fn class_images<B: Backend>(backend: &B, model: &ResNet, real: &RealData, spec: &InitSpec, class: usize, count: usize, res: usize, seed: u64, mean: &[f32], std: &[f32]) -> Result<Vec<InitImage>> {
+    let ds = real.ds.as_ref();
     check_data(ds, model, class + 1)?;
     let c = model.in_channels;
     let mut rng = class_rng(seed, class);
     match spec.kind {
         InitKind::Noise => Err(Error::Option("noise needs no starting images".into())),
         InitKind::Real => {
-            let ids = draw_class(ds, class, count, &mut rng)?;
+            let ids = real.draw_class(class, count, &mut rng)?;
             ids.iter()
                 .map(|&i| {
                     let img = ds.image(i)?;
@@ -249,7 +266,7 @@ pub fn class_images<B: Backend>(backend: &B, model: &ResNet, ds: &dyn Dataset, s
                     spec.candidates
                 )));
             }
-            let ids = draw_class(ds, class, spec.candidates, &mut rng)?;
+            let ids = real.draw_class(class, spec.candidates, &mut rng)?;
             // Every candidate's views, drawn in candidate order from the class generator.
             let mut views = Vec::with_capacity(ids.len() * spec.crops);
             let mut boxes = Vec::with_capacity(ids.len() * spec.crops);

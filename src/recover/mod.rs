@@ -198,8 +198,9 @@ pub enum TeacherSchedule {
     /// iteration, in turn (iteration t uses teacher t mod T).
     #[default]
     Rotate,
-    /// CV-DD ("Dataset Distillation via Committee Voting"): `per_step` distinct teachers drawn at random each iteration (from the
-    /// batch's generator, after the augmentation); the loss is the mean of theirs.
+    /// CV-DD ("Dataset Distillation via Committee Voting"): `per_step` distinct teachers drawn at
+    /// random each iteration (from the batch's generator, after the augmentation); the loss is the
+    /// mean of theirs.
     Committee { per_step: usize },
 }
 
@@ -219,11 +220,14 @@ pub struct Recoverer<'a, B: Backend> {
     /// Record and replay iterations as graphs where the backend can (default on; CDA_NO_GRAPH=1 turns it off).
     pub use_graphs: bool,
     pub log_every: usize,
-    /// FADRM's data residual ("FADRM: Fast and Accurate Data Residual Matching for Dataset Distillation"): after every `every`-th iteration but the last,
-    /// x <- alpha * x + (1 - alpha) * x0 with x0 the batch's starting images. None: off.
+    /// FADRM's data residual ("FADRM: Fast and Accurate Data Residual Matching for Dataset
+    /// Distillation"): after every `every`-th iteration but the last, x <- alpha * x + (1 - alpha) *
+    /// x0 with x0 the batch's starting images. None: off.
     pub residual: Option<Residual>,
     /// How several teachers share the iterations (unused with one teacher).
     pub schedule: TeacherSchedule,
+    /// A committee's summed input gradient and one teacher's, on the host (empty until needed).
+    committee_scratch: (Vec<f32>, Vec<f32>),
 }
 
 /// FADRM's data residual: how often and how much of the starting image is mixed back in.
@@ -307,6 +311,7 @@ impl<'a, B: Backend> Recoverer<'a, B> {
             log_every: 50,
             residual: None,
             schedule: TeacherSchedule::Rotate,
+            committee_scratch: (Vec::new(), Vec::new()),
         })
     }
 
@@ -390,8 +395,13 @@ impl<'a, B: Backend> Recoverer<'a, B> {
             let s = &mut self.bufs;
             let p = s.problem;
             let len = self.n * self.c * self.h * self.w;
-            let mut sum = vec![0.0f32; if chosen.len() > 1 { len } else { 0 }];
-            let mut part = vec![0.0f32; sum.len()];
+            // Host scratch for a committee's gradients, sized once per Recoverer.
+            let (sum, part) = &mut self.committee_scratch;
+            if chosen.len() > 1 && sum.len() != len {
+                *sum = vec![0.0; len];
+                *part = vec![0.0; len];
+            }
+            sum.fill(0.0);
             let mut prior = 0.0;
             b.crop_resize_fwd(&p, &s.params, &s.x, &mut s.x_aug)?;
             for &k in chosen {
@@ -404,15 +414,15 @@ impl<'a, B: Backend> Recoverer<'a, B> {
                 }
                 b.crop_resize_bwd(&p, &s.params, &s.g_aug, &mut s.g_x)?;
                 if chosen.len() > 1 {
-                    b.download(&s.g_x, &mut part)?;
-                    sum.iter_mut().zip(&part).for_each(|(a, &g)| *a += g);
+                    b.download(&s.g_x, part)?;
+                    sum.iter_mut().zip(part.iter()).for_each(|(a, &g)| *a += g);
                 }
             }
             if chosen.len() > 1 {
                 // The mean of the teachers' losses: each one's gradient (with the priors') / count.
                 let inv = 1.0 / chosen.len() as f32;
                 sum.iter_mut().for_each(|v| *v *= inv);
-                b.upload(&sum, &mut s.g_x)?;
+                b.upload(sum, &mut s.g_x)?;
             }
             b.adam_clip(self.n, self.c, self.h * self.w, &s.scalars, &mut s.x, &s.g_x, &mut s.m, &mut s.v, &s.lo, &s.hi)?;
             prior

@@ -34,6 +34,13 @@ pub fn quantize(unit: f32) -> u8 {
     (unit * 255.0) as u8
 }
 
+/// A real image's pixel in [0, 1] to 8 bits, rounded (real pixels are k / 255 and come back as k;
+/// the truncating `quantize` is only for recovered images, as the official code saves them).
+#[inline]
+pub fn round_to_u8(unit: f32) -> u8 {
+    (unit * 255.0).round().clamp(0.0, 255.0) as u8
+}
+
 /// `{out}/new{cls:03}/class{cls:03}_id{ipc:03}.{ext}`; five class digits when there are more than 1000
 /// classes (ImageNet-21K).
 pub fn image_path(out: &Path, class: usize, ipc: usize, num_classes: usize, format: ImageFormat) -> PathBuf {

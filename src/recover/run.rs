@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::output::{check_image, image_path, quantize, save_image, ImageFormat};
-use super::init::{class_images, InitKind, InitSpec};
+use super::init::{class_images, InitKind, InitSpec, RealData};
 use super::{batch_rng, LossPoint, RecoverConfig, Recoverer, Residual, TeacherSchedule};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -120,6 +120,11 @@ impl BatchPlan {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Whether a recorded batch holds any image of this one (some IPC index and class in common).
+    pub fn overlaps(&self, r: &BatchRecord) -> bool {
+        r.ipc.iter().any(|i| self.ipc.contains(i)) && r.class_start < self.class_end && self.class_start < r.class_end
+    }
+
     /// (class, ipc) of every image in batch order.
     pub fn images(&self) -> Vec<(usize, usize)> {
         self.ipc.iter().flat_map(|&i| (self.class_start..self.class_end).map(move |c| (c, i))).collect()
@@ -357,8 +362,7 @@ pub fn run_with_teachers<B: Backend>(backend: &B, models: &[&ResNet], settings: 
         }
         // Entries of another batch layout over the same images (a continuation that changed how IPC
         // indices group) are replaced, so the record never counts an image twice.
-        let overlaps = |b: &BatchRecord| b.ipc.iter().any(|i| plan.ipc.contains(i)) && b.class_start < plan.class_end && plan.class_start < b.class_end;
-        record.batches.retain(|b| !overlaps(b));
+        record.batches.retain(|b| !plan.overlaps(b));
         record.batches.push(BatchRecord {
             ipc: plan.ipc.clone(),
             class_start: plan.class_start,
@@ -407,20 +411,20 @@ fn starting_images<B: Backend>(backend: &B, model: &ResNet, s: &RunSettings, pen
     }
     let spec = &s.init;
     let data = spec.data.as_deref().expect("validated: real starts name their data");
-    let ds = crate::data::open(data, crate::data::Split::Train, model.in_channels)?;
+    let real = RealData::open(data, model.in_channels)?;
     let (mean, std) = norm_of(&s.recover.clip, model.in_channels);
     let mut per_class = vec![Vec::new(); s.classes];
     let t0 = Instant::now();
     for cls in 0..s.classes {
         if pending.iter().any(|b| (b.class_start..b.class_end).contains(&cls)) {
-            per_class[cls] = class_images(backend, model, ds.as_ref(), spec, cls, s.ipc_end, s.res, s.seed, &mean, &std)?;
+            per_class[cls] = class_images(backend, model, &real, spec, cls, s.ipc_end, s.res, s.seed, &mean, &std)?;
         }
     }
     let kind = match spec.kind {
         InitKind::Real => "random real images",
         _ => "teacher-selected real crops",
     };
-    eprintln!("starting images ({kind} from {}) chosen in {:.1}s", ds.describe(), t0.elapsed().as_secs_f64());
+    eprintln!("starting images ({kind} from {}) chosen in {:.1}s", real.ds.describe(), t0.elapsed().as_secs_f64());
     Ok(Some(per_class))
 }
 
@@ -434,7 +438,7 @@ fn write_real_part<B: Backend>(backend: &B, model: &ResNet, s: &RunSettings, rea
         return Ok(0);
     }
     let data = real.select.data.as_deref().ok_or_else(|| Error::Option("the real part needs --init-data".into()))?;
-    let ds = crate::data::open(data, crate::data::Split::Train, model.in_channels)?;
+    let pool = RealData::open(data, model.in_channels)?;
     let (mean, std) = norm_of(&s.recover.clip, model.in_channels);
     let (c, res) = (model.in_channels, s.res);
     let mut written = 0;
@@ -445,10 +449,10 @@ fn write_real_part<B: Backend>(backend: &B, model: &ResNet, s: &RunSettings, rea
         if whole && recorded {
             continue;
         }
-        let chosen = class_images(backend, model, ds.as_ref(), &real.select, cls, real.ipc, res, s.seed, &mean, &std)?;
+        let chosen = class_images(backend, model, &pool, &real.select, cls, real.ipc, res, s.seed, &mean, &std)?;
         for ipc in ipcs.clone() {
             let img = &chosen[ipc];
-            let px: Vec<u8> = img.pixels.iter().map(|&u| (u * 255.0).round().clamp(0.0, 255.0) as u8).collect();
+            let px: Vec<u8> = img.pixels.iter().map(|&u| super::output::round_to_u8(u)).collect();
             save_image(&path(ipc), &px, c, res, res, s.format)?;
             written += 1;
             record.real_images.retain(|e| !(e.0 == cls && e.1 == ipc));
@@ -471,8 +475,8 @@ pub fn norm_of(clip: &super::ClipMode, channels: usize) -> (Vec<f32>, Vec<f32>) 
 /// widens it to the union), else left as asked.
 fn write_record(path: &Path, record: &RunRecord) -> Result<()> {
     let mut r = record.clone();
-    let present = r.batches.iter().flat_map(|b| b.ipc.iter().copied()).chain(r.real_images.iter().map(|e| e.1));
-    if let (Some(lo), Some(hi)) = (present.clone().min(), present.max()) {
+    let present = recorded_ipcs(&r);
+    if let (Some(&lo), Some(&hi)) = (present.first(), present.last()) {
         r.settings.ipc_start = lo;
         r.settings.ipc_end = hi + 1;
     }
@@ -480,10 +484,15 @@ fn write_record(path: &Path, record: &RunRecord) -> Result<()> {
     write_atomic(path, &json)
 }
 
+/// The IPC indices the record holds images of: its batches' and its real part's.
+fn recorded_ipcs(record: &RunRecord) -> std::collections::BTreeSet<usize> {
+    record.batches.iter().flat_map(|b| b.ipc.iter().copied()).chain(record.real_images.iter().map(|e| e.1)).collect()
+}
+
 /// "lacks IPC [..] of a..b" when the recorded batches leave holes in their span (a continuation
 /// that started past the end of the earlier run), for a note; None when the span is whole.
 fn missing_ipc(record: &RunRecord) -> Option<String> {
-    let present: std::collections::BTreeSet<usize> = record.batches.iter().flat_map(|b| b.ipc.iter().copied()).chain(record.real_images.iter().map(|e| e.1)).collect();
+    let present = recorded_ipcs(record);
     let (lo, hi) = (*present.first()?, *present.last()?);
     let missing: Vec<usize> = (lo..=hi).filter(|i| !present.contains(i)).collect();
     (!missing.is_empty()).then(|| format!("lacks IPC {missing:?} of {lo}..{}: run with --ipc-start/--ipc-end covering them to fill the set", hi + 1))
@@ -509,7 +518,7 @@ fn unfinished<'a>(batches: &'a [BatchPlan], record: &RunRecord, out: &Path, mode
         let paths: Vec<PathBuf> = b.images().iter().map(|&(cls, ipc)| image_path(out, cls, ipc, model.num_classes, s.format)).collect();
         if !recorded(b) {
             if paths.iter().any(|p| p.exists()) {
-                let regrouped = record.batches.iter().any(|r| r.ipc.iter().any(|i| b.ipc.contains(i)) && r.class_start < b.class_end && b.class_start < r.class_end);
+                let regrouped = record.batches.iter().any(|r| b.overlaps(r));
                 let why = if regrouped {
                     "its images were recorded in batches of another layout (the IPC range or --ipc-per-batch changed), and a batch's images are made together"
                 } else {

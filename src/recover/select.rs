@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::init::{class_images, InitKind, InitSpec};
+use super::init::{class_images, InitKind, InitSpec, RealData};
 use super::output::{image_path, save_image, ImageFormat};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -107,14 +107,14 @@ pub fn select<B: Backend>(backend: &B, model: &ResNet, s: &SelectSettings, out: 
 /// `select`'s work once the folder is owned and empty: the images, then the record.
 fn write_selection<B: Backend>(backend: &B, model: &ResNet, s: &SelectSettings, out: &Path) -> Result<SelectRecord> {
     let data = s.init.data.as_deref().ok_or_else(|| Error::Option("select needs --init-data".into()))?;
-    let ds = crate::data::open(data, crate::data::Split::Train, model.in_channels)?;
+    let real = RealData::open(data, model.in_channels)?;
     let t0 = Instant::now();
     let c = model.in_channels;
     let mut images = Vec::new();
     for cls in 0..s.classes {
-        let chosen = class_images(backend, model, ds.as_ref(), &s.init, cls, s.ipc_end, s.res, s.seed, &s.mean, &s.std)?;
+        let chosen = class_images(backend, model, &real, &s.init, cls, s.ipc_end, s.res, s.seed, &s.mean, &s.std)?;
         for (ipc, img) in chosen.into_iter().enumerate().skip(s.ipc_start) {
-            let px: Vec<u8> = img.pixels.iter().map(|&u| (u * 255.0).round().clamp(0.0, 255.0) as u8).collect();
+            let px: Vec<u8> = img.pixels.iter().map(|&u| super::output::round_to_u8(u)).collect();
             save_image(&image_path(out, cls, ipc, model.num_classes, s.format), &px, c, s.res, s.res, s.format)?;
             images.push((cls, ipc, img.sources));
         }
@@ -133,6 +133,6 @@ fn write_selection<B: Backend>(backend: &B, model: &ResNet, s: &SelectSettings, 
         seconds: t0.elapsed().as_secs_f64(),
     };
     write_atomic(&out.join(SELECT_RECORD_FILE), &serde_json::to_vec_pretty(&record).expect("record serialises"))?;
-    eprintln!("selected {} images from {} into {} in {:.1}s", record.images.len(), ds.describe(), out.display(), record.seconds);
+    eprintln!("selected {} images from {} into {} in {:.1}s", record.images.len(), real.ds.describe(), out.display(), record.seconds);
     Ok(record)
 }

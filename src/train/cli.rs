@@ -743,10 +743,7 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
         return Err(Error::output(&a.out, format!("the folder is not empty (it holds {name}); give a new --out")));
     }
     let classes = ds.num_classes();
-    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
-    for i in 0..ds.len() {
-        by_class[ds.label(i)].push(i);
-    }
+    let mut by_class = data::indices_by_class(ds.as_ref());
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     let mut written = 0;
     let mut write_all = || -> Result<()> {
@@ -758,7 +755,7 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
                 let j = rng.random_range(i..ids.len());
                 ids.swap(i, j);
                 let img = ds.image(ids[i])?;
-                let px: Vec<u8> = img.data.iter().map(|&u| (u * 255.0).round().clamp(0.0, 255.0) as u8).collect();
+                let px: Vec<u8> = img.data.iter().map(|&u| crate::recover::output::round_to_u8(u)).collect();
                 let path = crate::recover::output::image_path(&a.out, cls, i, classes, a.format);
                 crate::recover::output::save_image(&path, &px, img.c, img.h, img.w, a.format)?;
                 written += 1;
