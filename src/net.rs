@@ -34,9 +34,13 @@ struct ConvParams<B: Backend> {
     relu: bool,
     w: B::Buf,
     bn_mean: B::Buf,
-    bn_var: B::Buf,
     bn_scale: B::Buf,
     bn_beta: B::Buf,
+    /// What the BN-matching loss pulls the batch's input statistics toward: the running mean and
+    /// variance (the official loss) unless [`Net::set_bn_targets`] replaced them (class-wise
+    /// statistics, `recover::class_stats`).
+    target_mean: B::Buf,
+    target_var: B::Buf,
 }
 
 struct BlockIds {
@@ -101,9 +105,10 @@ fn push_conv<B: Backend>(backend: &B, convs: &mut Vec<ConvParams<B>>, c: &crate:
         relu,
         w: upload(backend, &c.weight)?,
         bn_mean: upload(backend, &c.bn.running_mean)?,
-        bn_var: upload(backend, &c.bn.running_var)?,
         bn_scale: upload(backend, &c.bn.scale)?,
         bn_beta: upload(backend, &c.bn.beta)?,
+        target_mean: upload(backend, &c.bn.running_mean)?,
+        target_var: upload(backend, &c.bn.running_var)?,
     });
     Ok((convs.len() - 1, problem.p as usize, problem.q as usize))
 }
@@ -232,6 +237,19 @@ impl<B: Backend> Net<B> {
         &self.stats[l]
     }
 
+    /// Replaces what BN layer l's matching loss aims at (K means and K biased variances; initially
+    /// the running statistics). The normalisation itself keeps the running statistics.
+    /// Errors: `Error::Input` when a length is not the layer's channel count.
+    pub fn set_bn_targets(&mut self, backend: &B, l: usize, mean: &[f32], var: &[f32]) -> Result<()> {
+        let k = self.bn_channels(l);
+        if mean.len() != k || var.len() != k {
+            return Err(Error::input("BN targets", format!("{}/{} values for BN layer {l} of {k} channels", mean.len(), var.len())));
+        }
+        let c = &mut self.convs[l];
+        backend.upload(mean, &mut c.target_mean)?;
+        backend.upload(var, &mut c.target_var)
+    }
+
     pub fn set_targets(&mut self, backend: &B, targets: &[i32]) -> Result<()> {
         if targets.len() != self.n {
             return Err(Error::input("targets", format!("{} targets for a batch of {}", targets.len(), self.n)));
@@ -289,7 +307,7 @@ impl<B: Backend> Net<B> {
         backend.softmax_ce(self.n, self.classes, &self.logits, &self.targets, &mut self.g_logits, &mut self.losses, 0)?;
         for (l, c) in self.convs.iter().enumerate() {
             let count = self.bn_count(l);
-            backend.bn_match(&self.stats[l], &c.bn_mean, &c.bn_var, count, bn_weights[l], &mut self.coef[l], &mut self.losses, 1 + l)?;
+            backend.bn_match(&self.stats[l], &c.target_mean, &c.target_var, count, bn_weights[l], &mut self.coef[l], &mut self.losses, 1 + l)?;
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ use super::presets::{Preset, PresetName};
 use super::run::{RealPart, RunSettings};
 use super::schedule::Curriculum;
 use super::init::{InitKind, InitSpec, Rank};
+use super::class_stats::BnTarget;
 use super::{ClipMode, RecoverConfig, Residual, TeacherSchedule};
 use crate::error::{Error, Result};
 use crate::model::{ResNet, Stem};
@@ -131,6 +132,23 @@ pub struct RunArgs {
     /// Weight of the current image in the residual mix; the start gets 1 - alpha (FADRM: 0.5).
     #[arg(long, default_value_t = 0.5)]
     pub residual_alpha: f64,
+    /// What the BN-matching loss aims at: running (the teacher's running statistics: SRe2L, CDA) or
+    /// class (each class's statistics, measured by the teacher on the real images of --init-data:
+    /// LPLD, EDC; then one class per batch unless --batch-size is given).
+    #[arg(long, value_enum, default_value_t = BnStats::Running)]
+    pub bn_stats: BnStats,
+    /// Real images per class measured for --bn-stats class (all of a class that has fewer).
+    #[arg(long, default_value_t = 1000)]
+    pub class_stats_images: usize,
+}
+
+/// The `--bn-stats` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BnStats {
+    /// The teacher's running statistics (the official loss).
+    Running,
+    /// Class-wise statistics of real images, measured by the teacher.
+    Class,
 }
 
 /// The real-image selection flags shared by `run` (--init real|patches, --real-ipc, the methods that
@@ -317,6 +335,12 @@ pub fn settings(args: &RunArgs, model: &ResNet, teacher: &str) -> Result<(RunSet
         adam_eps: 1e-8,
     };
     let ipc_start = args.ipc_start.unwrap_or(0);
+    let bn_target = match args.bn_stats {
+        BnStats::Running => BnTarget::Running,
+        BnStats::Class => BnTarget::Class { data: sel.data(model)?, images: args.class_stats_images },
+    };
+    // Class-wise targets pay off when a batch holds one class: that is their default batching.
+    let default_batch = if bn_target.is_running() { p.batch_size } else { 1 };
     let settings = RunSettings {
         teacher: teacher.to_string(),
         teacher_arch: model.arch_name(),
@@ -324,7 +348,7 @@ pub fn settings(args: &RunArgs, model: &ResNet, teacher: &str) -> Result<(RunSet
         recover,
         res,
         classes: args.classes.unwrap_or(model.num_classes),
-        batch_size: args.batch_size.unwrap_or(p.batch_size),
+        batch_size: args.batch_size.unwrap_or(default_batch),
         ipc_per_batch: args.ipc_per_batch.unwrap_or(p.ipc_per_batch),
         ipc_start,
         ipc_end,
@@ -343,6 +367,7 @@ pub fn settings(args: &RunArgs, model: &ResNet, teacher: &str) -> Result<(RunSet
             }
             k => TeacherSchedule::Committee { per_step: k },
         },
+        bn_target,
     };
     let preset_slug = match preset_name {
         PresetName::Imagenet1k => "imagenet-1k",
@@ -391,6 +416,9 @@ pub fn check_run(s: &RunSettings, model: &ResNet) -> Result<()> {
     crate::bench::check_recover_fits(model, batch_images(s).max(1), s.res, s.res)?;
     super::run::validate(s, model)?;
     if let Some(data) = &s.init.data {
+        crate::data::check_source(data, crate::data::Split::Train)?;
+    }
+    if let BnTarget::Class { data, .. } = &s.bn_target {
         crate::data::check_source(data, crate::data::Split::Train)?;
     }
     if s.recover.jitter >= s.res {

@@ -134,8 +134,13 @@ impl RealData {
         Ok(RealData { ds, by_class })
     }
 
+    /// Training images of class `class`.
+    pub fn class_len(&self, class: usize) -> usize {
+        self.by_class.get(class).map_or(0, Vec::len)
+    }
+
     /// `count` distinct indices of class `class`, in a seeded random order (partial Fisher-Yates).
-    fn draw_class(&self, class: usize, count: usize, rng: &mut StdRng) -> Result<Vec<usize>> {
+    pub(crate) fn draw_class(&self, class: usize, count: usize, rng: &mut StdRng) -> Result<Vec<usize>> {
         let mut ids = self.by_class.get(class).cloned().unwrap_or_default();
         if ids.len() < count {
             return Err(Error::input(self.ds.describe(), format!("class {class} has {} images; {count} are needed", ids.len())));

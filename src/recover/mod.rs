@@ -6,6 +6,7 @@
 //! CE + r_bn * sum_l w_l (||rv - var|| + ||rm - mean||), backward to x, Adam step, clip.
 
 pub mod augment;
+pub mod class_stats;
 pub mod output;
 pub mod cli;
 pub mod gallery;
@@ -322,6 +323,22 @@ impl<'a, B: Backend> Recoverer<'a, B> {
     /// Number of teachers.
     pub fn teacher_count(&self) -> usize {
         self.teachers.len()
+    }
+
+    /// Sets what teacher `teacher`'s BN-matching loss aims at, per BN layer (module order): K means
+    /// and K biased variances each (class-wise statistics, `class_stats`). Kept across batches until
+    /// set again; initially the teacher's running statistics. Errors: a teacher or layer count or a
+    /// length that does not fit (`Error::Input`).
+    pub fn set_bn_targets(&mut self, teacher: usize, targets: &[(Vec<f32>, Vec<f32>)]) -> Result<()> {
+        let b = self.backend;
+        let net = &mut self.teachers.get_mut(teacher).ok_or_else(|| Error::input("BN targets", format!("no teacher {teacher}")))?.net;
+        if targets.len() != net.num_bn_layers() {
+            return Err(Error::input("BN targets", format!("{} layers of targets for a teacher of {} BN layers", targets.len(), net.num_bn_layers())));
+        }
+        for (l, (mean, var)) in targets.iter().enumerate() {
+            net.set_bn_targets(b, l, mean, var)?;
+        }
+        Ok(())
     }
 
     /// Starts a batch: images from `init` (N C H W, normalised), zero Adam moments, the targets.

@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::output::{check_image, image_path, quantize, save_image, ImageFormat};
+use super::class_stats::{BnTarget, ClassBnStats};
 use super::init::{class_images, InitKind, InitSpec, RealData};
 use super::{batch_rng, LossPoint, RecoverConfig, Recoverer, Residual, TeacherSchedule};
 use crate::backend::Backend;
@@ -51,6 +52,10 @@ pub struct RunSettings {
     /// optimisation); recover fills the rest. None: every image is recovered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub real: Option<RealPart>,
+    /// What the BN-matching loss aims at: the teachers' running statistics (official), or class-wise
+    /// statistics measured on real images (`class_stats`).
+    #[serde(default, skip_serializing_if = "BnTarget::is_running")]
+    pub bn_target: BnTarget,
 }
 
 /// The real part of a hybrid set: which selection fills the first IPC indices of each class.
@@ -167,6 +172,9 @@ pub fn validate(s: &RunSettings, model: &ResNet) -> Result<()> {
         if real.ipc > s.ipc_end {
             return bad(format!("--real-ipc {} exceeds --ipc-end {} (the images per class)", real.ipc, s.ipc_end));
         }
+    }
+    if let BnTarget::Class { images: 0, .. } = s.bn_target {
+        return bad("--class-stats-images must be at least 1".into());
     }
     if let Some(r) = s.residual {
         if r.every == 0 || !(0.0..=1.0).contains(&r.alpha) {
@@ -289,6 +297,7 @@ pub fn run_with_teachers<B: Backend>(backend: &B, models: &[&ResNet], settings: 
         write_record(&record_path, &record)?;
     }
     let starts = starting_images(backend, model, settings, &pending)?;
+    let class_stats = class_statistics(backend, models, settings, &pending)?;
 
     let iters = settings.recover.iterations;
     let bar = ProgressBar::with_draw_target(Some((pending.len() * iters) as u64), if show_progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
@@ -312,6 +321,10 @@ pub fn run_with_teachers<B: Backend>(backend: &B, models: &[&ResNet], settings: 
         let rec = &mut recoverers.iter_mut().find(|(len, _)| *len == n).unwrap().1;
         let images = plan.images();
         let targets: Vec<i32> = images.iter().map(|&(cls, _)| cls as i32).collect();
+        for (k, stats) in class_stats.iter().enumerate() {
+            let classes: Vec<usize> = images.iter().map(|&(cls, _)| cls).collect();
+            rec.set_bn_targets(k, &stats.mixture(&classes)?)?;
+        }
         let mut rng = batch_rng(settings.seed, plan.ipc[0], plan.class_start);
         let t0 = Instant::now();
         let label = format!("batch {}/{} (ipc {:?}, classes {}..{})", bi + 1, pending.len(), plan.ipc, plan.class_start, plan.class_end);
@@ -426,6 +439,28 @@ fn starting_images<B: Backend>(backend: &B, model: &ResNet, s: &RunSettings, pen
     };
     eprintln!("starting images ({kind} from {}) chosen in {:.1}s", real.ds.describe(), t0.elapsed().as_secs_f64());
     Ok(Some(per_class))
+}
+
+/// Each teacher's class-wise BN statistics of the classes the pending batches hold, when the
+/// settings aim the BN loss at them; empty otherwise (the running statistics stay the targets).
+fn class_statistics<B: Backend>(backend: &B, models: &[&ResNet], s: &RunSettings, pending: &[&BatchPlan]) -> Result<Vec<ClassBnStats>> {
+    let BnTarget::Class { data, images } = &s.bn_target else {
+        return Ok(Vec::new());
+    };
+    if pending.is_empty() {
+        return Ok(Vec::new());
+    }
+    let model = models[0];
+    let real = RealData::open(data, model.in_channels)?;
+    let (mean, std) = norm_of(&s.recover.clip, model.in_channels);
+    let wanted = |cls: usize| pending.iter().any(|b| (b.class_start..b.class_end).contains(&cls));
+    let t0 = Instant::now();
+    let stats = models
+        .iter()
+        .map(|m| ClassBnStats::measure(backend, m, &real, s.classes, wanted, *images, s.res, s.seed, &mean, &std))
+        .collect::<Result<Vec<_>>>()?;
+    eprintln!("class-wise BN statistics of up to {images} images per class from {} measured in {:.1}s", real.ds.describe(), t0.elapsed().as_secs_f64());
+    Ok(stats)
 }
 
 /// Writes the real part's images of IPC ipc_start..min(real.ipc, ipc_end) that are not already
@@ -625,6 +660,7 @@ mod tests {
             extra_teachers: Vec::new(),
             teacher_schedule: TeacherSchedule::Rotate,
             real: None,
+            bn_target: BnTarget::Running,
         };
         assert!(settings_diff(&s, &s).is_empty());
         let mut t = s.clone();
