@@ -190,35 +190,52 @@ fn evaluate_checks_mean_and_std_as_run_does() {
     let images = dir.path().join("set");
     folder(&images, &TEN, 1);
     let i = images.to_str().unwrap();
-    fails(&["evaluate", "--images", i, "--mean", "0.286", "--std", "0"], &["--std values must be positive"]);
-    fails(&["evaluate", "--images", i, "--mean", "0.286", "--std=-0.3"], &["--std values must be positive"]);
-    fails(&["evaluate", "--images", i, "--mean", "0.286", "--std", "NaN"], &["--std values must be positive"]);
-    fails(&["evaluate", "--images", i, "--mean", "NaN", "--std", "0.35"], &["--mean values must be finite"]);
+    fails(&["evaluate", "--images", i, "--mean", "0.286", "--std", "0"], &["--mean/--std: std values must be positive"]);
+    fails(&["evaluate", "--images", i, "--mean", "0.286", "--std=-0.3"], &["--mean/--std: std values must be positive"]);
+    fails(&["evaluate", "--images", i, "--mean", "0.286", "--std", "NaN"], &["--mean/--std: std values must be positive"]);
+    fails(&["evaluate", "--images", i, "--mean", "NaN", "--std", "0.35"], &["--mean/--std: mean values must be finite"]);
     fails(&["evaluate", "--images", i, "--mean", "0.3,0.3", "--std", "0.3,0.3"], &["need 1 values"]);
     fails(&["evaluate", "--images", i, "--mean", "0.3"], &["give both --mean and --std"]);
     // The same words from run: one function checks both.
-    fails(&["run", "--out", dir.path().join("o").to_str().unwrap(), "--mean", "0.286", "--std", "0"], &["--std values must be positive"]);
+    fails(&["run", "--out", dir.path().join("o").to_str().unwrap(), "--mean", "0.286", "--std", "0"], &["--mean/--std: std values must be positive"]);
 }
 
+/// A teacher without normalisation metadata is treated alike by every command that runs one: the
+/// preset it belongs to decides (the official scripts' normalisation), with a note saying so, and
+/// --mean/--std override it; one flag alone is refused everywhere.
 #[test]
-fn relabel_and_validate_take_mean_and_std_for_a_teacher_without_them() {
+fn every_command_resolves_a_teacher_without_mean_and_std_alike() {
     let dir = tempfile::tempdir().unwrap();
     let images = dir.path().join("set");
     folder(&images, &TEN, 1);
     let bare = teacher_with(dir.path(), "bare.safetensors", &[("mean", None), ("std", None)]);
     let (b, i) = (bare.to_str().unwrap(), images.to_str().unwrap());
     let labels = dir.path().join("labels.safetensors");
-    fails(&["relabel", "--teacher", b, "--images", i, "--epochs", "1", "--out", labels.to_str().unwrap()], &["no mean/std", "--mean and --std"]);
-    succeeds(&["relabel", "--teacher", b, "--images", i, "--epochs", "1", "--threads", "1", "--out", labels.to_str().unwrap(), "--mean", "0.286", "--std", "0.353"]);
-    assert!(labels.exists());
-    // validate parses the flags and checks them with the shared rule (before any training).
-    fails(&["validate", "--teacher", b, "--images", i, "--test-data", i, "--epochs", "1", "--mean", "0.286", "--std", "0"], &["--std values must be positive"]);
+    let note = "metadata has no mean/std: using the FashionMnist preset's";
+    let out = succeeds(&["relabel", "--teacher", b, "--images", i, "--epochs", "1", "--threads", "1", "--out", labels.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(note), "relabel: {}", String::from_utf8_lossy(&out.stderr));
+    let out = succeeds(&["evaluate", "--weights", b, "--images", i, "--threads", "1"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(note), "evaluate");
+    let out = succeeds(&["run", "--weights", b, "--iteration", "1", "--ipc-end", "1", "--classes", "2", "--threads", "1", "--out", dir.path().join("r").to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(note), "run");
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("r/recover_record.json")).unwrap()).unwrap();
+    assert_eq!(rec["settings"]["recover"]["clip"]["normalized"]["std"][0].as_f64().unwrap() as f32, 0.353);
+    let out = succeeds(&["select", "--weights", b, "--ipc-end", "1", "--classes", "2", "--candidates", "4", "--crops", "1", "--threads", "1", "--out", dir.path().join("s").to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(note), "select");
+    // The flags win, checked by the shared rule (before any training), and never one alone.
+    succeeds(&["relabel", "--teacher", b, "--images", i, "--epochs", "1", "--threads", "1", "--out", dir.path().join("l2").to_str().unwrap(), "--mean", "0.286", "--std", "0.353"]);
+    fails(&["validate", "--teacher", b, "--images", i, "--test-data", i, "--epochs", "1", "--mean", "0.286", "--std", "0"], &["--mean/--std: std values must be positive"]);
+    for cmd in [&["run", "--std", "0.353", "--out", dir.path().join("x").to_str().unwrap()][..], &["evaluate", "--images", i, "--std", "0.353"], &["validate", "--images", i, "--std", "0.353"], &["select", "--std", "0.353", "--out", dir.path().join("y").to_str().unwrap()]] {
+        fails(cmd, &["give both --mean and --std"]);
+    }
+    assert!(!dir.path().join("x").exists() && !dir.path().join("y").exists(), "refused before the output folder");
 }
 
 #[test]
 fn bench_accepts_the_architecture_spellings_squeeze_accepts() {
     let out = succeeds(&["bench", "--arch", "resnet18-w8", "--stem", "cifar", "--res", "16", "--batch", "1", "--iters", "1", "--classes", "10", "--threads", "1"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"arch\":\"resnet18\""));
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(line.contains("\"arch\":\"resnet18\"") && line.contains("\"width\":8"), "{line}");
     fails(&["bench", "--arch", "resnet18-wx", "--res", "32", "--iters", "1"], &["width after -w must be a number"]);
 }
 
@@ -257,6 +274,15 @@ fn numbered_class_folders_keep_their_class_when_others_are_missing() {
     let far = dir.path().join("far");
     folder(&far, &["new000", "new012"], 1);
     fails(&["evaluate", "--images", far.to_str().unwrap()], &["class 12", "10 classes"]);
+    // Nine new{class} folders and one other: by position `extra` would take class 0 and shift the
+    // rest (0% instead of 100%), so the mix is refused by every reader of folders.
+    let mixed = dir.path().join("mixed");
+    folder(&mixed, &TEN[..9], 1);
+    folder(&mixed, &["extra"], 1);
+    let (m, l) = (mixed.to_str().unwrap(), dir.path().join("l.labels"));
+    for args in [vec!["evaluate", "--images", m], vec!["validate", "--images", m, "--epochs", "1"], vec!["relabel", "--images", m, "--epochs", "1", "--out", l.to_str().unwrap()]] {
+        fails(&args, &["9 of 10 class folders are named new{class} but 1 is not (extra)"]);
+    }
 }
 
 #[test]
@@ -284,7 +310,7 @@ fn numbers_sorted_as_text_and_images_in_sub_folders_are_reported() {
 #[test]
 fn squeeze_fails_and_writes_no_teacher_when_training_diverges() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("d");
+    let data = dir.path().join("Data"); // upper case: the recipe must keep it
     for c in 0..2 {
         for i in 0..16 {
             png(&data.join(format!("c{c}/{i:02}.png")), 16, 1, (c * 50 + i) as u32);
@@ -294,6 +320,17 @@ fn squeeze_fails_and_writes_no_teacher_when_training_diverges() {
     let args = ["squeeze", "--data", data.to_str().unwrap(), "--channels", "1", "--arch", "resnet18-w4", "--epochs", "1", "--batch-size", "8", "--lr", "1e6", "--threads", "1", "--workers", "1", "--quiet", "--out", out.to_str().unwrap()];
     refused(&run_limited(&args, 0, 120, &[], None), "squeeze --lr 1e6", &["non-finite", "no teacher was written"]);
     assert!(!out.exists(), "a diverged squeeze wrote {}", out.display());
+    // At lr 1e2 the weights grow to ~1e12 but stay finite and the training loss (batch statistics)
+    // too; in eval mode the BN-input variances overflow, so `run` could never use the teacher.
+    let mut args = args;
+    args[12] = "1e2";
+    refused(&run_limited(&args, 0, 120, &[], None), "squeeze --lr 1e2", &["in eval mode", "overflow", "no teacher was written"]);
+    assert!(!out.exists(), "a diverged squeeze wrote {}", out.display());
+    // The recorded recipe keeps the data path as given (it was lowercased).
+    args[12] = "0.1";
+    assert!(run_limited(&args, 0, 120, &[], None).status.success());
+    let meta = cda_engine::model::ResNet::load(&out).unwrap().metadata;
+    assert!(meta["recipe"].contains(&format!("--data {}", data.display())), "{}", meta["recipe"]);
 }
 
 // ---- 10. messages ----
@@ -407,4 +444,62 @@ fn a_closed_stderr_is_not_a_panic() {
     let mut child = Command::new(BIN).args(["inspect", dir.path().join("absent").to_str().unwrap()]).stderr(Stdio::piped()).spawn().unwrap();
     drop(child.stderr.take());
     assert_eq!(child.wait().unwrap().code(), Some(1));
+}
+
+/// Checks that need the options only come before the banner and the output folder, in every
+/// command that selects real images; a command refused after taking its folder removes the folder
+/// it created.
+#[test]
+fn refused_selections_print_no_banner_and_leave_no_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let cases: [(Vec<String>, &str); 5] = [
+        (["run", "--init", "patches", "--candidates", "5", "--iteration", "3", "--ipc-end", "3", "--out", &out("a")].map(String::from).to_vec(), "--candidates 5 is below the 12 selected views"),
+        (["run", "--method", "rded", "--candidates", "5", "--ipc-end", "3", "--out", &out("b")].map(String::from).to_vec(), "--candidates 5 is below the 12 selected views"),
+        (["select", "--candidates", "5", "--crops", "1", "--ipc-end", "3", "--out", &out("c")].map(String::from).to_vec(), "--candidates 5 is below the 12 selected views"),
+        (["select", "--init-data", "/nonexistent/data", "--ipc-end", "1", "--out", &out("d")].map(String::from).to_vec(), "not a dataset name"),
+        (["sample", "--data", "fashion-mnist", "--ipc", "7000", "--out", &out("e")].map(String::from).to_vec(), "asks for more"),
+    ];
+    for (args, says) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let e = fails(&args, &[says]);
+        assert!(!e.contains("teacher ") || !e.contains(" iterations each"), "{args:?} printed its banner: {e}");
+        assert!(!Path::new(args.last().unwrap()).exists(), "{args:?} left its --out behind");
+    }
+}
+
+/// Metadata the commands take defaults from is checked when the teacher loads: a value nothing can
+/// use names the file and the key instead of passing as an option error later or being ignored.
+#[test]
+fn unusable_teacher_metadata_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for (key, value, says) in [
+        ("image_size", "abc", "metadata image_size=\"abc\" is not a positive whole number"),
+        ("image_size", "0", "metadata image_size=\"0\" is not a positive whole number"),
+        ("image_size", "-5", "metadata image_size=\"-5\""),
+        ("in_channels", "3", "metadata in_channels=3 but conv1.weight takes 1 input channels"),
+    ] {
+        let t = teacher_with(dir.path(), &format!("{key}{value}.safetensors"), &[(key, Some(value))]);
+        let e = fails(&["inspect", t.to_str().unwrap()], &[says]);
+        assert!(!e.contains("--res"), "{e}");
+        fails(&["run", "--weights", t.to_str().unwrap(), "--out", dir.path().join("o").to_str().unwrap()], &[says]);
+    }
+    assert!(!dir.path().join("o").exists());
+}
+
+/// Files a folder reader skips are named once, whichever command reads the folder.
+#[test]
+fn skipped_files_are_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("set");
+    folder(&set, &TEN, 1);
+    std::fs::write(set.join("new003/notes.txt"), b"x").unwrap();
+    std::fs::write(set.join("new004/scan.bmp"), b"BM").unwrap();
+    png(&set.join("stray.png"), 28, 1, 3);
+    std::fs::write(set.join("recover_record.json"), b"{}").unwrap();
+    let labels = dir.path().join("l.labels");
+    let out = succeeds(&["relabel", "--images", set.to_str().unwrap(), "--epochs", "1", "--threads", "1", "--out", labels.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("3 file(s) not read").count(), 1, "{stderr}");
+    assert!(!stderr.contains("recover_record.json"), "records at the top level are expected: {stderr}");
 }

@@ -42,6 +42,10 @@ pub trait Dataset: Send + Sync {
     fn class_map(&self) -> Option<&folder::ClassMap> {
         None
     }
+    /// The image files in item order, for datasets read from folders.
+    fn files(&self) -> Option<Vec<std::path::PathBuf>> {
+        None
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,41 +71,19 @@ pub fn dataset_norm(name: &str) -> Option<(Vec<f32>, Vec<f32>)> {
     }
 }
 
-/// The one check of a per-channel normalisation (`--mean`/`--std` of every command, and the
-/// metadata of a teacher): one value per input channel, every mean finite, every std positive and
-/// finite. A zero, negative or NaN std would divide the images into garbage that scores near chance
-/// without any other sign.
-///
-/// Errors: [`Error::Option`] naming the flag and the values given.
-pub fn check_norm(mean: &[f32], std: &[f32], channels: usize) -> Result<()> {
+/// Checks a normalisation (`from` names where it came from, e.g. "--mean/--std" or "the teacher's
+/// metadata mean/std"): one mean and one std per channel, stds positive and finite, means finite.
+pub fn check_norm(mean: &[f32], std: &[f32], channels: usize, from: &str) -> Result<()> {
     if mean.len() != channels || std.len() != channels {
-        return Err(Error::Option(format!(
-            "--mean/--std need {channels} values (the teacher's input channels); got {} and {}",
-            mean.len(),
-            std.len()
-        )));
+        return Err(Error::Option(format!("{from}: need {channels} values each (one per input channel); got {} and {}", mean.len(), std.len())));
     }
     if std.iter().any(|s| !(*s > 0.0 && s.is_finite())) {
-        return Err(Error::Option(format!("--std values must be positive and finite, got {std:?}")));
+        return Err(Error::Option(format!("{from}: std values must be positive and finite, got {std:?}")));
     }
     if mean.iter().any(|m| !m.is_finite()) {
-        return Err(Error::Option(format!("--mean values must be finite, got {mean:?}")));
+        return Err(Error::Option(format!("{from}: mean values must be finite, got {mean:?}")));
     }
     Ok(())
-}
-
-/// The normalisation to use: `--mean`/`--std` when given (both or neither), else the teacher's
-/// metadata; None when neither says. Whatever is returned has passed [`check_norm`].
-pub fn resolve_norm(mean: Option<Vec<f32>>, std: Option<Vec<f32>>, model: &crate::model::ResNet) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
-    let pair = match (mean, std) {
-        (Some(m), Some(s)) => Some((m, s)),
-        (None, None) => model.mean.clone().zip(model.std.clone()),
-        _ => return Err(Error::Option("give both --mean and --std, or neither".into())),
-    };
-    if let Some((m, s)) = &pair {
-        check_norm(m, s, model.in_channels)?;
-    }
-    Ok(pair)
 }
 
 /// Where Fashion-MNIST's files are: `$FASHION_MNIST_DIR`, else the Debian package's folder. An

@@ -22,8 +22,9 @@ pub struct RunArgs {
     pub weights: Vec<PathBuf>,
     /// With several teachers: 1 = EDC's rotation (iteration t uses teacher t mod T); k > 1 = CV-DD's
     /// committee (k distinct teachers drawn at random each iteration, the mean of their losses).
-    #[arg(long, default_value_t = 1)]
-    pub teachers_per_step: usize,
+    /// Default 1; 2 for --method cvdd.
+    #[arg(long)]
+    pub teachers_per_step: Option<usize>,
     /// Official settings to start from (default: from the teacher's metadata or class count).
     #[arg(long, value_enum)]
     pub preset: Option<PresetName>,
@@ -55,6 +56,10 @@ pub struct RunArgs {
     /// Hard-to-easy ablation: the crop bound rises from 0.08 to 1.0 instead.
     #[arg(long)]
     pub reverse_curriculum: bool,
+    /// Where the crop-scale bound ends (RandomResizedCrop's scale lower bound after the curriculum:
+    /// 0.08 officially; EDC 0.5).
+    #[arg(long)]
+    pub crop_min_scale: Option<f64>,
     /// First IPC index to distil.
     #[arg(long)]
     pub ipc_start: Option<usize>,
@@ -109,7 +114,9 @@ pub struct RunArgs {
     /// cda (default: the preset as it is), sre2l (--milestone 0), rded (teacher-selected real
     /// patches, no optimisation: as `cda-engine select`), delt (CDA from teacher-selected whole real
     /// crops, --factor 1), fadrm (CDA from RDED patches with the data residual every quarter of the
-    /// iterations, alpha 0.5), recommended (the best measured on Fashion-MNIST, README section
+    /// iterations, alpha 0.5), edc (from RDED patches, --bn-stats class, --crop-min-scale 0.5
+    /// --milestone 0, --lr 0.05, --iteration 1000), cvdd (from RDED patches, --teachers-per-step 2),
+    /// recommended (the best measured on Fashion-MNIST, README section
     /// "Recover methods, and sets against a random real subset": half of each class's images k-means-selected whole real images, the other half CDA
     /// from noise, PNG files).
     #[arg(long, value_enum, default_value_t = Method::Cda)]
@@ -135,8 +142,8 @@ pub struct RunArgs {
     /// What the BN-matching loss aims at: running (the teacher's running statistics: SRe2L, CDA) or
     /// class (each class's statistics, measured by the teacher on the real images of --init-data:
     /// LPLD, EDC; then one class per batch unless --batch-size is given).
-    #[arg(long, value_enum, default_value_t = BnStats::Running)]
-    pub bn_stats: BnStats,
+    #[arg(long, value_enum)]
+    pub bn_stats: Option<BnStats>,
     /// Real images per class measured for --bn-stats class (all of a class that has fewer).
     #[arg(long, default_value_t = 1000)]
     pub class_stats_images: usize,
@@ -219,6 +226,11 @@ pub enum Method {
     Delt,
     /// FADRM (Fast and Accurate Data Residual Matching), closest here: CDA from RDED patches with the data residual.
     Fadrm,
+    /// EDC (NeurIPS 2024), closest here: from RDED patches, class-wise BN statistics, crop scale
+    /// 0.5..1 throughout, lr 0.05; several --weights in turn.
+    Edc,
+    /// CV-DD (committee voting), closest here: from RDED patches, two of the --weights per iteration.
+    Cvdd,
     /// The best combination measured on Fashion-MNIST: half k-means-selected whole real images, half
     /// CDA images from noise, PNG files.
     Recommended,
@@ -232,6 +244,8 @@ impl Method {
             Method::Rded => "rded",
             Method::Delt => "delt",
             Method::Fadrm => "fadrm",
+            Method::Edc => "edc",
+            Method::Cvdd => "cvdd",
             Method::Recommended => "recommended",
         }
     }
@@ -273,16 +287,22 @@ pub fn settings(args: &RunArgs, model: &ResNet, teacher: &str) -> Result<(RunSet
     let p = Preset::get(preset_name);
     let meta_res = model.metadata.get("image_size").and_then(|s| s.parse::<usize>().ok());
     let res = args.res.or(meta_res).unwrap_or(p.res);
-    let clip = clip_mode(args.mean.clone(), args.std.clone(), model, &p)?;
+    let clip = teacher_norm(args.mean.clone(), args.std.clone(), model, Some(preset_name))?;
     // A method's settings sit between the preset and the explicit flags.
     let m = args.method;
     let (m_init, m_factor, m_lr, m_iterations, m_milestone) = match m {
         Method::Cda => (InitKind::Noise, 2, None, None, None),
         Method::Sre2l => (InitKind::Noise, 2, None, None, Some(0.0)),
-        Method::Rded | Method::Fadrm => (InitKind::Patches, 2, None, None, None),
+        Method::Rded | Method::Fadrm | Method::Cvdd => (InitKind::Patches, 2, None, None, None),
         Method::Delt => (InitKind::Patches, 1, None, None, None),
         Method::Recommended => (InitKind::Noise, 1, None, None, None),
+        // EDC: 1000 iterations at lr 0.05 with RandomResizedCrop(0.5, 1) throughout.
+        Method::Edc => (InitKind::Patches, 2, Some(0.05), Some(1000), Some(0.0)),
     };
+    let m_crop_min_scale = if m == Method::Edc { 0.5 } else { super::schedule::MIN_SCALE };
+    let m_bn_stats = if m == Method::Edc { BnStats::Class } else { BnStats::Running };
+    // CV-DD: two of the teachers per iteration (all of them when fewer are given).
+    let m_per_step = if m == Method::Cvdd { 2.min(args.weights.len().max(1)) } else { 1 };
     let iterations = args.iteration.or(m_iterations).unwrap_or(p.iterations);
     let init_kind = args.init.unwrap_or(m_init);
     // A noise start ignores the selection numbers, so they do not enter the record.
@@ -327,6 +347,7 @@ pub fn settings(args: &RunArgs, model: &ResNet, teacher: &str) -> Result<(RunSet
         easy2hard_mode: args.easy2hard_mode.unwrap_or(p.easy2hard_mode),
         milestone: args.milestone.or(m_milestone).unwrap_or(p.milestone),
         reverse_curriculum: args.reverse_curriculum,
+        crop_min_scale: args.crop_min_scale.unwrap_or(m_crop_min_scale),
         per_image_augment: args.per_image_augment,
         tv_l2: args.tv_l2,
         l2_scale: args.l2_scale,
@@ -335,7 +356,7 @@ pub fn settings(args: &RunArgs, model: &ResNet, teacher: &str) -> Result<(RunSet
         adam_eps: 1e-8,
     };
     let ipc_start = args.ipc_start.unwrap_or(0);
-    let bn_target = match args.bn_stats {
+    let bn_target = match args.bn_stats.unwrap_or(m_bn_stats) {
         BnStats::Running => BnTarget::Running,
         BnStats::Class => BnTarget::Class { data: sel.data(model)?, images: args.class_stats_images },
     };
@@ -359,7 +380,7 @@ pub fn settings(args: &RunArgs, model: &ResNet, teacher: &str) -> Result<(RunSet
         method: Some(m.name().to_string()),
         real,
         extra_teachers: args.weights.iter().skip(1).map(|p| p.display().to_string()).collect(),
-        teacher_schedule: match args.teachers_per_step {
+        teacher_schedule: match args.teachers_per_step.unwrap_or(m_per_step) {
             0 => return Err(Error::Option("--teachers-per-step must be at least 1".into())),
             1 => TeacherSchedule::Rotate,
             k if k > args.weights.len().max(1) => {
@@ -380,23 +401,46 @@ pub fn settings(args: &RunArgs, model: &ResNet, teacher: &str) -> Result<(RunSet
     Ok((settings, out))
 }
 
-/// The teacher's input normalisation: --mean/--std, else the teacher's metadata, else the preset's.
-fn clip_mode(mean: Option<Vec<f32>>, std: Option<Vec<f32>>, model: &ResNet, p: &Preset) -> Result<ClipMode> {
-    let mean = mean.or_else(|| model.mean.clone());
-    let std = std.or_else(|| model.std.clone());
-    let clip = match (mean, std) {
-        (Some(mean), Some(std)) => ClipMode::Normalized { mean, std },
-        (None, None) => match &p.mean_std {
-            Some((m, s)) if m.len() == model.in_channels => ClipMode::Normalized { mean: m.clone(), std: s.clone() },
-            Some(_) => return Err(Error::Option(format!("the teacher takes {} channels: pass --mean and --std", model.in_channels))),
-            None => ClipMode::Unit,
-        },
-        _ => return Err(Error::Option("give both --mean and --std, or neither".into())),
+/// The teacher's input normalisation, by one rule for every command that runs a teacher (`run`,
+/// `select`, `evaluate`, `relabel`, `validate`): `--mean` and `--std` together (one alone is an
+/// error), else the teacher's metadata, else the normalisation of `preset` or, when None, of the
+/// preset the teacher belongs to ([`infer_preset`]; ImageNet-21K's is none: unit range). Values are
+/// checked ([`crate::data::check_norm`]) and the message names where they came from.
+///
+/// Errors (`Error::Option`): one flag without the other, bad values, a preset whose normalisation
+/// has another channel count, and a teacher with no metadata that no preset fits.
+pub fn teacher_norm(mean: Option<Vec<f32>>, std: Option<Vec<f32>>, model: &ResNet, preset: Option<PresetName>) -> Result<ClipMode> {
+    let c = model.in_channels;
+    let checked = |mean: Vec<f32>, std: Vec<f32>, from: &str| -> Result<ClipMode> {
+        crate::data::check_norm(&mean, &std, c, from)?;
+        Ok(ClipMode::Normalized { mean, std })
     };
-    if let ClipMode::Normalized { mean, std } = &clip {
-        crate::data::check_norm(mean, std, model.in_channels)?;
+    match (mean, std) {
+        (Some(m), Some(s)) => return checked(m, s, "--mean/--std"),
+        (None, None) => {}
+        _ => return Err(Error::Option("give both --mean and --std, or neither (then the teacher's metadata or its preset decides)".into())),
     }
-    Ok(clip)
+    match (model.mean.clone(), model.std.clone()) {
+        (Some(m), Some(s)) => return checked(m, s, "the teacher's metadata mean/std"),
+        (None, None) => {}
+        _ => return Err(Error::Option("the teacher's metadata has only one of mean and std: pass both --mean and --std".into())),
+    }
+    let Some(name) = preset.or_else(|| infer_preset(model)) else {
+        return Err(Error::Option(
+            "the teacher's metadata has no mean/std and no preset fits it: pass the normalisation it was trained with as --mean and --std (--mean 0 --std 1 for inputs in [0, 1])".into(),
+        ));
+    };
+    let chosen = Preset::get(name).mean_std;
+    if let Some((m, s)) = chosen.as_ref().filter(|(m, _)| m.len() == c) {
+        eprintln!("note: the teacher's metadata has no mean/std: using the {name:?} preset's ({m:?} / {s:?}), as the official scripts do; pass --mean and --std if it was trained with another");
+    } else if chosen.is_none() {
+        eprintln!("note: the teacher's metadata has no mean/std: the {name:?} preset feeds it unnormalised [0, 1] pixels; pass --mean and --std if it was trained otherwise");
+    }
+    match chosen {
+        Some((m, s)) if m.len() == c => checked(m, s, &format!("the {name:?} preset's mean/std")),
+        Some(_) => Err(Error::Option(format!("the teacher takes {c} channels, unlike the {name:?} preset's normalisation: pass --mean and --std"))),
+        None => Ok(ClipMode::Unit),
+    }
 }
 
 /// Every check a recover run makes before it starts, so that a refused run prints no banner and
@@ -480,10 +524,7 @@ pub fn select_settings(a: &SelectArgs, model: &ResNet, teacher: &str) -> Result<
     let p = preset_name.map(Preset::get);
     let meta_res = model.metadata.get("image_size").and_then(|s| s.parse::<usize>().ok());
     let res = a.res.or(meta_res).or(p.as_ref().map(|p| p.res)).ok_or_else(|| Error::Option("pass --res: the teacher's metadata gives no image size".into()))?;
-    let clip = match &p {
-        Some(p) => clip_mode(a.mean.clone(), a.std.clone(), model, p)?,
-        None => clip_mode(a.mean.clone(), a.std.clone(), model, &Preset { mean_std: None, ..Preset::get(PresetName::Imagenet1k) })?,
-    };
+    let clip = teacher_norm(a.mean.clone(), a.std.clone(), model, preset_name)?;
     // A size no batch could hold (a teacher's image_size of 99999999) is refused before any image is read.
     crate::bench::check_recover_fits(model, 1, res, res)?;
     let (mean, std) = super::run::norm_of(&clip, model.in_channels);
@@ -499,4 +540,33 @@ pub fn select_settings(a: &SelectArgs, model: &ResNet, teacher: &str) -> Result<
         mean,
         std,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> ResNet {
+        ResNet::load(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/fashion_mnist_resnet18_w16.safetensors")).unwrap()
+    }
+
+    /// One rule: flags, else metadata, else the teacher's preset, else an error naming the flags.
+    #[test]
+    fn teacher_norm_falls_back_in_one_order() {
+        let mut m = shipped();
+        let meta = ClipMode::Normalized { mean: vec![0.2860], std: vec![0.3530] };
+        assert_eq!(teacher_norm(None, None, &m, None).unwrap(), meta);
+        assert_eq!(teacher_norm(Some(vec![0.5]), Some(vec![0.25]), &m, None).unwrap(), ClipMode::Normalized { mean: vec![0.5], std: vec![0.25] });
+        m.mean = None;
+        assert!(teacher_norm(None, None, &m, None).unwrap_err().to_string().contains("only one of mean and std"));
+        m.std = None;
+        assert_eq!(teacher_norm(None, None, &m, None).unwrap(), meta, "the Fashion-MNIST preset's");
+        assert_eq!(teacher_norm(None, None, &m, Some(PresetName::Imagenet21k)).unwrap(), ClipMode::Unit, "a unit-range preset");
+        assert!(teacher_norm(None, None, &m, Some(PresetName::Imagenet1k)).unwrap_err().to_string().contains("takes 1 channels"));
+        m.metadata.remove("dataset");
+        m.num_classes = 7; // no preset has 7 classes
+        let e = teacher_norm(None, None, &m, None).unwrap_err().to_string();
+        assert!(e.contains("no preset fits it") && e.contains("--mean and --std"), "{e}");
+        assert!(teacher_norm(None, Some(vec![0.3]), &m, None).unwrap_err().to_string().contains("give both"));
+    }
 }

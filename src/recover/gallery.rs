@@ -39,14 +39,11 @@ pub struct EvalReport {
 /// Teacher top-1 on the image files under `root`. Classes: the number of `new{class}` folders, else
 /// the sorted folder position, which must then cover all of the teacher's classes.
 ///
-/// `mean`/`std` override the teacher's normalisation metadata and are checked as `run` checks them
-/// ([`crate::data::check_norm`]); with neither, pixels go in as [0, 1] values.
+/// `mean`/`std` override the teacher's normalisation, resolved by the rule every command shares
+/// ([`super::cli::teacher_norm`]: the flags, the metadata, the teacher's preset, else an error).
 pub fn evaluate<B: Backend>(backend: &B, model: &ResNet, root: &Path, mean: Option<Vec<f32>>, std: Option<Vec<f32>>) -> Result<EvalReport> {
-    let norm = crate::data::resolve_norm(mean, std, model)?;
-    if norm.is_none() {
-        eprintln!("warning: the teacher's file has no mean/std and none were given: images go in as [0, 1] pixels (pass --mean and --std if it was trained normalised)");
-    }
-    let (mean, std) = (norm.as_ref().map(|n| n.0.clone()), norm.as_ref().map(|n| n.1.clone()));
+    let clip = super::cli::teacher_norm(mean, std, model, None)?;
+    let (mean, std) = super::run::norm_of(&clip, model.in_channels);
     let (folder, map) = image_folder(root)?;
     map.check_teacher(root, model.num_classes, true)?;
     // Scores are kept per folder: a numbered set may skip classes.
@@ -75,7 +72,7 @@ pub fn evaluate<B: Backend>(backend: &B, model: &ResNet, root: &Path, mean: Opti
                 return Err(Error::input(path.display().to_string(), "images of different sizes in one folder"));
             }
             for ch in 0..c {
-                let (m, s) = (mean.as_ref().map_or(0.0, |m| m[ch]), std.as_ref().map_or(1.0, |s| s[ch]));
+                let (m, s) = (mean[ch], std[ch]);
                 data.extend(img[ch * h * w..(ch + 1) * h * w].iter().map(|&u| (u - m) / s));
             }
         }
@@ -93,6 +90,9 @@ pub fn evaluate<B: Backend>(backend: &B, model: &ResNet, root: &Path, mean: Opti
         net.forward(backend, xb)?;
         let mut logits = vec![0.0; n * model.num_classes];
         backend.download(&net.logits, &mut logits)?;
+        if let Some(v) = logits.iter().find(|v| !v.is_finite()) {
+            return Err(Error::Numeric(format!("the teacher's logits hold {v} on these images: its weights or BN statistics are not usable (a diverged training?)")));
+        }
         for ((cls, _), row) in chunk.iter().zip(logits.chunks(model.num_classes)) {
             count[slot(*cls)] += 1;
             correct[slot(*cls)] += (argmax(row) == *cls) as usize;

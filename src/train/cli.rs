@@ -237,13 +237,17 @@ pub fn squeeze(a: &SqueezeArgs) -> Result<()> {
     };
     let spec = ArchSpec::parse(&a.arch, stem, channels, train.num_classes())?;
     check_train_fits("the network", &spec, a.batch_size, size)?;
+    // The test set is scored every epoch; one it cannot score is refused now, not after an epoch.
+    if let Some(t) = test.as_ref().filter(|t| t.num_classes() > spec.num_classes) {
+        return Err(Error::input(t.describe(), format!("{} classes, but the training data (and so the teacher) has {}", t.num_classes(), spec.num_classes)));
+    }
     let (mean, std) = match (&a.mean, &a.std, data::dataset_norm(&a.data)) {
         (Some(m), Some(s), _) => (m.clone(), s.clone()),
         (None, None, Some(n)) => n,
         (None, None, None) => estimate_norm(train.as_ref())?,
         _ => return Err(Error::Option("give both --mean and --std, or neither".into())),
     };
-    data::check_norm(&mean, &std, channels)?;
+    data::check_norm(&mean, &std, channels, "the normalisation (--mean/--std, or the dataset's)")?;
     let cfg = super::squeeze::SqueezeConfig {
         data: a.data.clone(),
         test_data: a.test_data.clone().or_else(|| test.as_ref().map(|_| format!("{} (test split)", a.data))),
@@ -265,7 +269,7 @@ pub fn squeeze(a: &SqueezeArgs) -> Result<()> {
         workers: a.workers.max(1),
     };
     let recipe = format!(
-        "cda-engine {} squeeze --data {} --arch {} --epochs {} --batch-size {} --lr {} --momentum {}{} --weight-decay {} --warmup-epochs {} --seed {} --crop {:?} --padding {} --min-scale {}{} --mix {:?}",
+        "cda-engine {} squeeze --data {} --arch {} --epochs {} --batch-size {} --lr {} --momentum {}{} --weight-decay {} --warmup-epochs {} --seed {} --crop {} --padding {} --min-scale {}{} --mix {}",
         env!("CARGO_PKG_VERSION"),
         a.data,
         a.arch,
@@ -277,13 +281,12 @@ pub fn squeeze(a: &SqueezeArgs) -> Result<()> {
         a.weight_decay,
         a.warmup_epochs,
         a.seed,
-        a.crop,
+        format!("{:?}", a.crop).to_lowercase(),
         a.padding,
         a.min_scale,
         if a.no_flip { " --no-flip" } else { "" },
-        a.mix
-    )
-    .to_lowercase();
+        format!("{:?}", a.mix).to_lowercase()
+    );
     let pool = thread_pool(a.threads)?;
     let gpu = gpu_for(a.device)?;
     let show = !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -334,11 +337,11 @@ fn teacher_size(m: &crate::model::ResNet, flag: Option<usize>, images: &dyn Data
     }
 }
 
-/// --mean/--std, else the teacher's metadata (one definition: [`data::resolve_norm`]).
-fn teacher_norm(m: &crate::model::ResNet, teacher: &str, mean: Option<Vec<f32>>, std: Option<Vec<f32>>) -> Result<(Vec<f32>, Vec<f32>)> {
-    data::resolve_norm(mean, std, m)?.ok_or_else(|| {
-        Error::weights(teacher, "metadata has no mean/std: pass the normalisation the teacher was trained with as --mean and --std")
-    })
+/// The teacher's normalisation by the rule every command shares ([`crate::recover::cli::teacher_norm`]),
+/// as per-channel (mean, std); a unit-range teacher is mean 0, std 1.
+fn teacher_norm(m: &crate::model::ResNet, mean: Option<Vec<f32>>, std: Option<Vec<f32>>) -> Result<(Vec<f32>, Vec<f32>)> {
+    let clip = crate::recover::cli::teacher_norm(mean, std, m, None)?;
+    Ok(crate::recover::run::norm_of(&clip, m.in_channels))
 }
 
 /// Flags shared by relabel and validate: the distilled set, teacher and augmentation.
@@ -402,7 +405,7 @@ impl DistillArgs {
         let (mut tm, m, name) = load_teacher(self.teacher.as_deref())?;
         // The normalisation is settled first: it is an option, and a teacher without it fails here,
         // before any images are read.
-        let (mean, std) = teacher_norm(&m, &name, self.mean.clone(), self.std.clone())?;
+        let (mean, std) = teacher_norm(&m, self.mean.clone(), self.std.clone())?;
         // The teacher's logits (and its fingerprint in a relabel file) are those of this normalisation.
         tm.mean = Some(mean.clone());
         tm.std = Some(std.clone());
@@ -526,11 +529,8 @@ struct ImagesId {
 /// Errors: `Error::Io` for a file that cannot be read.
 fn images_hash(ds: &dyn Dataset, spec: &str) -> Result<Option<ImagesId>> {
     let root = std::path::Path::new(spec);
-    if !root.is_dir() {
-        return Ok(None);
-    }
-    let Ok(folder) = data::folder::ImageFolder::open(root, ds.channels()) else { return Ok(None) };
-    let files: Vec<PathBuf> = folder.items.iter().map(|(p, _)| p.clone()).collect();
+    // The dataset's own listing: listing the folder again would repeat its warnings.
+    let Some(files) = ds.files().filter(|_| root.is_dir()) else { return Ok(None) };
     Ok(Some(ImagesId { names: super::labels::folder_hash(root, &files), content: super::labels::folder_content_hash(root, &files)? }))
 }
 
@@ -549,7 +549,7 @@ fn check_labels_images(f: &super::labels::LabelFile, ds: &dyn Dataset, spec: &st
     }
     match content {
         Some(h) if *h != id.content => refuse(format!(
-            "labels were made for other images than those in {spec}: the file names match but the pixels differ ({made_for} held other images when relabel read it)"
+            "labels were made for other images than those in {spec}: the file names match but the pixels differ: at least one file holds other content than relabel read (the labels describe {made_for})"
         )),
         Some(_) => Ok(()),
         None => {
@@ -736,6 +736,11 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
         return Err(Error::Option("--ipc must be at least 1".into()));
     }
     let ds = data::open(&a.data, Split::Train, channels)?;
+    let mut by_class = data::indices_by_class(ds.as_ref());
+    // Checked before the folder is taken: a refused sample creates nothing.
+    if let Some((cls, ids)) = by_class.iter().enumerate().find(|(_, ids)| ids.len() < a.ipc) {
+        return Err(Error::input(ds.describe(), format!("class {cls} has {} images; --ipc {} asks for more", ids.len(), a.ipc)));
+    }
     // Owned while it is written, and empty once owned: images left from an earlier sample, or
     // written by another process at the same time, would silently join the set.
     let _lock = crate::io::lock_folder(&a.out)?;
@@ -743,14 +748,10 @@ pub fn sample(a: &SampleArgs) -> Result<()> {
         return Err(Error::output(&a.out, format!("the folder is not empty (it holds {name}); give a new --out")));
     }
     let classes = ds.num_classes();
-    let mut by_class = data::indices_by_class(ds.as_ref());
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     let mut written = 0;
     let mut write_all = || -> Result<()> {
         for (cls, ids) in by_class.iter_mut().enumerate() {
-            if ids.len() < a.ipc {
-                return Err(Error::input(ds.describe(), format!("class {cls} has {} images; --ipc {} asks for more", ids.len(), a.ipc)));
-            }
             for i in 0..a.ipc {
                 let j = rng.random_range(i..ids.len());
                 ids.swap(i, j);
