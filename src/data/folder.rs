@@ -72,8 +72,26 @@ impl ClassMap {
     /// plain numbers whose text order is not their numeric order (`1, 10, 2`: torchvision's pitfall,
     /// class 1 would be folder `10`).
     ///
-    /// Errors: two `new{number}` folders naming the same class (`new1` and `new001`).
+    /// Errors: two `new{number}` folders naming the same class (`new1` and `new001`), and folders
+    /// that mix the `new{number}` layout with other names (matching the others by position would
+    /// shift every class after them, silently).
     pub fn of(root: &Path, names: &[String]) -> Result<ClassMap> {
+        let odd: Vec<&str> = names.iter().filter(|n| official_number(n).is_none()).map(String::as_str).collect();
+        if !odd.is_empty() && odd.len() < names.len() {
+            let shown: Vec<&str> = odd.iter().take(3).copied().collect();
+            return Err(Error::input(
+                root.display().to_string(),
+                format!(
+                    "{} of {} class folders are named new{{class}} but {} {} not ({}{}); move the others away or name every folder new{{class}}",
+                    names.len() - odd.len(),
+                    names.len(),
+                    odd.len(),
+                    if odd.len() == 1 { "is" } else { "are" },
+                    shown.join(", "),
+                    if odd.len() > 3 { ", ..." } else { "" }
+                ),
+            ));
+        }
         let numbers: Option<Vec<usize>> = names.iter().map(|n| official_number(n)).collect();
         if let Some(classes) = numbers.filter(|v| !v.is_empty()) {
             let mut seen = std::collections::BTreeMap::new();
@@ -143,9 +161,17 @@ pub fn list_classes(root: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
         .collect();
     dirs.sort();
     let mut out = Vec::new();
+    // Files that are not read, for a warning: other formats in class folders, and images at the top
+    // level (records and notes there are expected).
+    let mut skipped: Vec<PathBuf> = std::fs::read_dir(root)
+        .map_err(|e| Error::io(root, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && is_image(p))
+        .collect();
     for dir in dirs {
         let entries: Vec<PathBuf> = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
         let mut files: Vec<PathBuf> = entries.iter().filter(|p| p.is_file() && is_image(p)).cloned().collect();
+        skipped.extend(entries.iter().filter(|p| p.is_file() && !is_image(p) && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))).cloned());
         let subdirs: Vec<&PathBuf> = entries.iter().filter(|p| p.is_dir() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))).collect();
         // An empty class folder would still take a class index and shift every later class, as
         // torchvision's ImageFolder refuses it too.
@@ -167,6 +193,15 @@ pub fn list_classes(root: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
         }
         files.sort();
         out.push((dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), files));
+    }
+    if !skipped.is_empty() {
+        skipped.sort();
+        eprintln!(
+            "warning: {}: {} file(s) not read (such as {}): only .png/.jpg/.jpeg files directly in a class folder belong to the set",
+            root.display(),
+            skipped.len(),
+            skipped[0].display()
+        );
     }
     Ok(out)
 }
@@ -224,6 +259,9 @@ impl Dataset for ImageFolder {
     }
     fn class_map(&self) -> Option<&ClassMap> {
         Some(&self.map)
+    }
+    fn files(&self) -> Option<Vec<PathBuf>> {
+        Some(self.items.iter().map(|(p, _)| p.clone()).collect())
     }
     fn channels(&self) -> usize {
         self.channels
