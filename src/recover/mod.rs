@@ -85,6 +85,9 @@ pub struct RecoverConfig {
     pub milestone: f64,
     /// Hard-to-easy ablation (the crop bound rises instead of falling).
     pub reverse_curriculum: bool,
+    /// Where the crop-scale bound ends (RandomResizedCrop's default 0.08; EDC: 0.5).
+    #[serde(default = "default_crop_min_scale", skip_serializing_if = "is_default_crop_min_scale")]
+    pub crop_min_scale: f64,
     /// One augmentation per image instead of one per batch.
     pub per_image_augment: bool,
     /// SRe2L's optional image priors on the augmented batch: total variation (L2) and image L2 norm.
@@ -95,9 +98,20 @@ pub struct RecoverConfig {
     pub adam_eps: f64,
 }
 
+fn default_crop_min_scale() -> f64 {
+    schedule::MIN_SCALE
+}
+
+fn is_default_crop_min_scale(v: &f64) -> bool {
+    *v == schedule::MIN_SCALE
+}
+
 impl RecoverConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Option(m));
+        if !(self.crop_min_scale > 0.0 && self.crop_min_scale <= 1.0) {
+            return bad(format!("--crop-min-scale must be in (0, 1], got {}", self.crop_min_scale));
+        }
         if self.iterations == 0 {
             return bad("--iteration must be at least 1".into());
         }
@@ -478,6 +492,13 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         let (ce, bn) = (ce_sum / count, bn_sum / count);
         let total = ce + cfg.r_bn * bn + prior;
         if !total.is_finite() {
+            // At the first iteration no step has been taken yet: the starting images are finite, so
+            // the teacher is what gives non-finite outputs.
+            if t == 0 {
+                return Err(Error::Numeric(format!(
+                    "the loss is {total} at the first iteration, before any step (ce {ce}, bn {bn}): the teacher's outputs on the starting images are not finite, so its weights or BN statistics are not usable (a diverged training?)"
+                )));
+            }
             return Err(Error::Numeric(format!(
                 "the loss became {total} at iteration {t} (ce {ce}, bn {bn}); the images diverged: try a smaller --lr"
             )));
@@ -539,7 +560,7 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         let mut trace = Vec::new();
         let mut first_layers = Vec::new();
         for t in 0..cfg.iterations {
-            let min_crop = schedule::min_crop_scale(cfg.easy2hard_mode, cfg.milestone, t, cfg.iterations, cfg.reverse_curriculum);
+            let min_crop = schedule::min_crop_scale_to(cfg.crop_min_scale, cfg.easy2hard_mode, cfg.milestone, t, cfg.iterations, cfg.reverse_curriculum);
             let aug = augment::sample_batch(rng, &spec, self.n, self.h, self.w, min_crop, cfg.per_image_augment);
             // Drawn after the augmentation, and only with several teachers: one teacher's stream is
             // the official one.

@@ -39,6 +39,7 @@ pub fn evaluate(model: &mut TrainModel, ds: Arc<dyn Dataset>, size: usize, mean:
         return Err(Error::input(ds.describe(), format!("{}-channel images for a {}-channel model", ds.channels(), model.in_channels)));
     }
     let batch = batch.min(ds.len()).max(1);
+    let ds_name = ds.describe();
     let spec = SampleSpec { size, crop: Crop::Eval, flip: false, mean: mean.to_vec(), std: std.to_vec() };
     let plans = plan_epoch(&epoch_order(ds.len(), 0, 0, false), batch, false, 0, 0);
     let mut net = TrainNet::new(model, batch, size, size)?;
@@ -47,6 +48,9 @@ pub fn evaluate(model: &mut TrainModel, ds: Arc<dyn Dataset>, size: usize, mean:
     for b in EpochLoader::new(ds, spec, MixKind::None, plans, workers, 2) {
         let b = b?;
         net.forward(model, &b.x, b.n, Mode::Eval)?;
+        if let Some(v) = net.logits(k).iter().find(|v| !v.is_finite()) {
+            return Err(Error::Numeric(format!("the model's logits hold {v} on {} (eval mode): its weights or running statistics have diverged", ds_name)));
+        }
         for (row, &label) in net.logits(k).chunks(k).zip(&b.labels) {
             correct += (argmax(row) == label) as usize;
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;

@@ -107,6 +107,8 @@ pub fn squeeze(cfg: &SqueezeConfig, spec: &ArchSpec, train: Arc<dyn Dataset>, te
         let plans = plan_epoch(&epoch_order(train.len(), cfg.seed, epoch, true), cfg.batch_size, true, cfg.seed, epoch);
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
         let mut lr = 0.0;
+        // The epoch's last batch, for the eval-mode check below.
+        let mut last_batch: (Vec<f32>, usize) = (Vec::new(), 0);
         for b in EpochLoader::new(train.clone(), sample.clone(), cfg.mix, plans, cfg.workers, 2) {
             let b = b?;
             if let Some(&bad) = b.labels.iter().find(|&&l| l >= k) {
@@ -139,6 +141,7 @@ pub fn squeeze(cfg: &SqueezeConfig, spec: &ArchSpec, train: Arc<dyn Dataset>, te
             }
             lr = sched.lr(step);
             net.backward_step(&b.x, &dlogits[..b.n * k], lr)?;
+            last_batch = (b.x, b.n);
             loss_sum += loss as f64 * b.n as f64;
             seen += b.n;
             step += 1;
@@ -169,6 +172,7 @@ pub fn squeeze(cfg: &SqueezeConfig, spec: &ArchSpec, train: Arc<dyn Dataset>, te
         // A diverged network is a failure now, not a file nothing can load later: a finite loss
         // does not prove finite weights (BN running variances overflow first at a huge lr).
         check_finite(net.model()?, epoch + 1)?;
+        check_usable_teacher(net.model()?, &last_batch.0, last_batch.1, cfg.image_size, epoch + 1)?;
         // The record so far, so a long squeeze can be followed (and its history survives a crash).
         let partial = summary(cfg, spec, out, parameters, train.len(), &history, start);
         write_atomic(&record, serde_json::to_string_pretty(&partial).expect("summary serialises").as_bytes())?;
@@ -211,6 +215,48 @@ fn check_finite(model: &TrainModel, epoch: usize) -> Result<()> {
         "training diverged by epoch {epoch}: {} tensor(s) hold non-finite values, e.g. {}; no teacher was written (lower --lr)",
         bad.len(),
         bad.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+    )))
+}
+
+/// The network as `run` will use it as a teacher: one eval-mode forward of (up to 16 images of) the
+/// batch `x` of `n` images through the recover executor. Train mode normalises with batch
+/// statistics, so weights that grew huge but stayed finite still give a finite training loss; in
+/// eval mode (running statistics) they overflow the BN-input variances (sums of squares) or the
+/// logits, and `run` could never start from such a teacher. Errors: `Error::Numeric` naming what
+/// overflowed.
+fn check_usable_teacher(model: &TrainModel, x: &[f32], n: usize, size: usize, epoch: usize) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let n = n.min(16);
+    let teacher = model.to_resnet()?;
+    use crate::backend::Backend;
+    let backend = crate::backend::cpu::CpuBackend::new(1)?;
+    let mut net = crate::net::Net::new(&backend, &teacher, n, size, size)?;
+    let len = net.input_len();
+    let mut xb = backend.alloc(len)?;
+    backend.upload(&x[..len], &mut xb)?;
+    net.forward(&backend, &xb)?;
+    let mut logits = vec![0.0f32; n * teacher.num_classes];
+    backend.download(&net.logits, &mut logits)?;
+    let mut bad = Vec::new();
+    if logits.iter().any(|v| !v.is_finite()) {
+        bad.push("the logits".to_string());
+    }
+    for l in 0..net.num_bn_layers() {
+        let mut stats = vec![0.0f32; 2 * net.bn_channels(l)];
+        backend.download(net.bn_stats(l), &mut stats)?;
+        if stats.iter().any(|v| !v.is_finite()) {
+            bad.push(format!("the input statistics of BN layer {l}"));
+            break;
+        }
+    }
+    if bad.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Numeric(format!(
+        "training diverged by epoch {epoch}: in eval mode (with its running statistics) {} overflow, so no recover run could use it as a teacher; no teacher was written (lower --lr)",
+        bad.join(" and ")
     )))
 }
 
