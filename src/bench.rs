@@ -89,7 +89,10 @@ pub fn random_resnet(arch: &str, stem: Stem, in_channels: usize, classes: usize,
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchResult {
     pub device: String,
+    /// torchvision's name (`resnet18`), as the PyTorch peers name their models.
     pub arch: String,
+    /// The first stage's width (torchvision's 64; `--arch resnet18-w8` gives 8).
+    pub width: usize,
     pub stem: String,
     pub res: usize,
     pub batch: usize,
@@ -177,6 +180,7 @@ pub fn bench_with<B: Backend>(backend: &B, model: &ResNet, res: usize, batch: us
         easy2hard_mode: Curriculum::Cosine,
         milestone: 1.0,
         reverse_curriculum: false,
+        crop_min_scale: 0.08,
         per_image_augment: false,
         tv_l2: 0.0,
         l2_scale: 0.0,
@@ -211,6 +215,7 @@ pub fn bench_with<B: Backend>(backend: &B, model: &ResNet, res: usize, batch: us
     Ok(BenchResult {
         device: backend.describe(),
         arch: model.arch_name(),
+        width: crate::train::model::ArchSpec::of(model).widths[0],
         stem: model.stem.name().into(),
         res,
         batch,

@@ -164,11 +164,14 @@ pub const LOCK_FILE: &str = ".cda-engine.lock";
 /// Exclusive ownership of an output folder: while this value lives, no other [`lock_folder`] on the
 /// same folder succeeds, in this or any other process. The lock is the operating system's advisory
 /// lock on [`LOCK_FILE`], so it ends with the process however that ends (kill -9 included); the file
-/// is removed when the value is dropped.
+/// is removed when the value is dropped, and so is the folder when [`lock_folder`] created it and
+/// nothing was written into it (a command refused after taking its folder leaves no empty `--out`).
 #[derive(Debug)]
 pub struct FolderLock {
     file: Option<File>,
     path: PathBuf,
+    /// Whether `lock_folder` created the folder.
+    created: bool,
 }
 
 impl FolderLock {
@@ -185,6 +188,12 @@ impl Drop for FolderLock {
         if self.file.is_some() {
             let _ = std::fs::remove_file(&self.path);
         }
+        if self.created {
+            // Fails, as it should, when the folder holds anything.
+            if let Some(dir) = self.path.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
     }
 }
 
@@ -194,6 +203,7 @@ impl Drop for FolderLock {
 /// is writing into this folder"), or when the folder or its lock file cannot be created. On a
 /// filesystem without advisory locks a warning is printed and the folder is used unlocked.
 pub fn lock_folder(dir: &Path) -> Result<FolderLock> {
+    let created = !dir.exists();
     std::fs::create_dir_all(dir).map_err(|e| Error::output(dir, e))?;
     let path = dir.join(LOCK_FILE);
     loop {
@@ -207,7 +217,7 @@ pub fn lock_folder(dir: &Path) -> Result<FolderLock> {
             }
             Err(std::fs::TryLockError::Error(e)) => {
                 eprintln!("warning: cannot lock {} ({e}); make sure no other process writes into it", dir.display());
-                return Ok(FolderLock { file: None, path });
+                return Ok(FolderLock { file: None, path, created });
             }
         }
         // The holder before us may have removed the name between our open and our lock: then we
@@ -215,7 +225,7 @@ pub fn lock_folder(dir: &Path) -> Result<FolderLock> {
         if same_file(&file, &path) {
             // The holder's process id, for the message a refused process prints.
             let _ = file.set_len(0).and_then(|()| (&file).write_all(format!("{}\n", std::process::id()).as_bytes()));
-            return Ok(FolderLock { file: Some(file), path });
+            return Ok(FolderLock { file: Some(file), path, created });
         }
     }
 }

@@ -58,7 +58,7 @@ pub fn ensure_fits(what: &str, bytes: Option<u64>) -> Result<()> {
     }
     match available_bytes() {
         Some(avail) if bytes > avail => Err(Error::Option(format!(
-            "{what} needs about {} of memory; {} are available (MemAvailable in /proc/meminfo); use a smaller size or batch",
+            "{what} needs about {} of memory; {} are available (MemAvailable in /proc/meminfo, or the address-space limit of ulimit -v when lower); use a smaller size",
             gib(bytes),
             gib(avail)
         ))),

@@ -328,6 +328,18 @@ impl ResNet {
                 return Err(Error::weights(&file.path, format!("metadata num_classes={c} but fc.weight has {num_classes} rows")));
             }
         }
+        // Metadata the commands take defaults from is checked here, once: a value nothing can use
+        // is an error naming the file, not an option error later or a silent fallback.
+        if let Some(c) = file.metadata.get("in_channels") {
+            if c.parse::<usize>().ok() != Some(in_channels) {
+                return Err(Error::weights(&file.path, format!("metadata in_channels={c} but conv1.weight takes {in_channels} input channels")));
+            }
+        }
+        if let Some(s) = file.metadata.get("image_size") {
+            if !s.parse::<usize>().is_ok_and(|v| v > 0) {
+                return Err(Error::weights(&file.path, format!("metadata image_size={s:?} is not a positive whole number of pixels")));
+            }
+        }
         Ok(ResNet {
             stem,
             block,

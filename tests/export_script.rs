@@ -31,6 +31,8 @@ d = sys.argv[2]
 ema = {"module." + k: v for k, v in sd.items()}
 torch.save({"epoch": 3, "state_dict_ema": ema, "optimizer": {"lr": 0.1}}, d + "/ema.pth")
 torch.save({"model_ema": {"module." + k: v for k, v in sd.items()}, "args": {"arch": "resnet18"}}, d + "/model_ema.pth")
+# torchvision's reference scripts: model_ema is an AveragedModel state dict, its n_averaged beside module.*
+torch.save({"model": sd, "model_ema": {"n_averaged": torch.tensor(7), **{"module." + k: v for k, v in sd.items()}}}, d + "/averaged.pth")
 split = dict(sd)
 for k in list(sd):
     if k.startswith("layer1.0.bn1."):
@@ -44,9 +46,10 @@ torch.save({"epoch": 1, "optimizer": {"x": torch.zeros(2)}}, d + "/empty.pth")
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let want = cda_engine::weights::read_tensor_file(&teacher).unwrap();
     let script = root().join("weights/export_resnet.py");
-    let cases: [(&str, &[&str], &str); 5] = [
+    let cases: [(&str, &[&str], &str); 6] = [
         ("ema.pth", &[], ""),
         ("model_ema.pth", &[], ""),
+        ("averaged.pth", &["--key", "model_ema"], ""),
         ("split_bn.pth", &[], "dropped 4 timm split-BN auxiliary tensors"),
         ("both.pth", &["--key", "state_dict_ema"], ""),
         ("custom.pth", &["--key", "weird.inner"], ""),

@@ -29,6 +29,9 @@ PRESET_NORMS = {
     "fashion-mnist": ([0.2860], [0.3530]),
 }
 WRAPPERS = ("module.", "state_dict.", "model.", "_orig_mod.")
+# Entries beside the weights that are not the model's: torch.optim.swa_utils.AveragedModel (what
+# torchvision's reference scripts save as `model_ema`) keeps its update count next to `module.*`.
+BOOKKEEPING = ("n_averaged",)
 # Where training scripts keep the weights, in the order they are tried.
 NESTED_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema", "ema",
                "module", "net", "network", "ema_state_dict", "teacher")
@@ -42,7 +45,7 @@ def tensors_of(obj):
         obj = obj.module.state_dict()
     if not isinstance(obj, dict):
         return None
-    sd = {k: v for k, v in obj.items() if isinstance(k, str) and torch.is_tensor(v)}
+    sd = {k: v for k, v in obj.items() if isinstance(k, str) and torch.is_tensor(v) and k not in BOOKKEEPING}
     while sd and any(all(k.startswith(p) for k in sd) for p in WRAPPERS):
         p = next(p for p in WRAPPERS if all(k.startswith(p) for k in sd))
         sd = {k[len(p):]: v for k, v in sd.items()}

@@ -87,8 +87,9 @@ impl Default for InitSpec {
 }
 
 impl InitSpec {
-    /// Checks the numbers against the image size; `Error::Option` names the flag.
-    pub fn validate(&self, res: usize) -> Result<()> {
+    /// Checks the numbers against the image size and the `count` images per class that will be
+    /// made from this start; `Error::Option` names the flag.
+    pub fn validate(&self, res: usize, count: usize) -> Result<()> {
         let bad = |m: String| Err(Error::Option(m));
         if self.kind != InitKind::Noise && self.data.is_none() {
             return bad("--init real and --init patches need --init-data (a dataset name or an ImageFolder)".into());
@@ -101,6 +102,11 @@ impl InitSpec {
         }
         if !(self.min_scale > 0.0 && self.min_scale <= 1.0) {
             return bad(format!("--select-min-scale must be in (0, 1], got {}", self.min_scale));
+        }
+        let need = count.saturating_mul(self.factor * self.factor);
+        if self.kind == InitKind::Patches && self.candidates < need {
+            let f = self.factor;
+            return bad(format!("--candidates {} is below the {need} selected views that {count} images of {f}x{f} patches need", self.candidates));
         }
         Ok(())
     }

@@ -166,9 +166,9 @@ pub fn validate(s: &RunSettings, model: &ResNet) -> Result<()> {
     if s.ipc_end > 1000 {
         return bad(format!("--ipc-end {} exceeds the three-digit file names (at most 1000)", s.ipc_end));
     }
-    s.init.validate(s.res)?;
+    s.init.validate(s.res, s.ipc_end)?;
     if let Some(real) = &s.real {
-        real.select.validate(s.res)?;
+        real.select.validate(s.res, real.ipc)?;
         if real.ipc > s.ipc_end {
             return bad(format!("--real-ipc {} exceeds --ipc-end {} (the images per class)", real.ipc, s.ipc_end));
         }
@@ -634,6 +634,7 @@ mod tests {
             easy2hard_mode: super::super::Curriculum::Cosine,
             milestone: 1.0,
             reverse_curriculum: false,
+            crop_min_scale: 0.08,
             per_image_augment: false,
             tv_l2: 0.0,
             l2_scale: 0.0,

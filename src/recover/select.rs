@@ -82,7 +82,10 @@ pub fn select<B: Backend>(backend: &B, model: &ResNet, s: &SelectSettings, out: 
     if s.init.kind != InitKind::Patches {
         return Err(Error::Option("select writes RDED's patches (--init patches)".into()));
     }
-    s.init.validate(s.res)?;
+    s.init.validate(s.res, s.ipc_end)?;
+    if let Some(data) = &s.init.data {
+        crate::data::check_source(data, crate::data::Split::Train)?;
+    }
     if s.classes == 0 || s.classes > model.num_classes {
         return Err(Error::Option(format!("--classes {} must be in 1..={} (the teacher's classes)", s.classes, model.num_classes)));
     }
