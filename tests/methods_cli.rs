@@ -153,3 +153,32 @@ fn hybrid_sets_write_real_then_recovered_images_and_resume() {
     refused(&["run", "--out", dir.path().join("x").to_str().unwrap(), "--real-ipc", "5", "--ipc-end", "2"], "--real-ipc 5 exceeds --ipc-end 2");
     refused(&["run", "--out", dir.path().join("y").to_str().unwrap(), "--factor", "3"], "need --init patches, --real-ipc");
 }
+
+/// `--method edc` and `--method cvdd` record their papers' settings (EDC: RDED start, class-wise BN
+/// statistics with one class per batch, crop scale 0.5..1 throughout, lr 0.05; CV-DD: two teachers
+/// per iteration), explicit flags still win, and --bn-stats class refuses a measurement of no images.
+#[test]
+fn edc_and_cvdd_record_their_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let two = format!("{TEACHER},{TEACHER}");
+    let edc = dir.path().join("edc");
+    let log = ok(&["run", "--out", edc.to_str().unwrap(), "--method", "edc", "--weights", &two, "--iteration", "2", "--ipc-end", "1", "--classes", "2", "--candidates", "8", "--crops", "1", "--class-stats-images", "20", "--quiet"]);
+    assert!(log.contains("class-wise BN statistics"), "{log}");
+    let s = &json(&edc.join("recover_record.json"))["settings"];
+    assert_eq!(s["init"]["kind"], "patches");
+    assert_eq!(s["bn_target"], serde_json::json!({"kind": "class", "data": "fashion-mnist", "images": 20}));
+    assert_eq!(s["batch_size"], 1, "one class per batch");
+    assert_eq!(s["recover"]["crop_min_scale"], 0.5);
+    assert_eq!(s["recover"]["milestone"], 0.0);
+    assert_eq!(s["recover"]["lr"], 0.05);
+    assert_eq!(s["teacher_schedule"]["kind"], "rotate");
+    assert_eq!(json(&edc.join("recover_record.json"))["batches"].as_array().unwrap().len(), 2, "a batch per class");
+    let cvdd = dir.path().join("cvdd");
+    ok(&["run", "--out", cvdd.to_str().unwrap(), "--method", "cvdd", "--weights", &two, "--iteration", "2", "--ipc-end", "1", "--classes", "2", "--candidates", "8", "--crops", "1", "--lr", "0.1", "--quiet"]);
+    let s = &json(&cvdd.join("recover_record.json"))["settings"];
+    assert_eq!(s["teacher_schedule"], serde_json::json!({"kind": "committee", "per_step": 2}));
+    assert_eq!(s["recover"]["lr"], 0.1, "an explicit flag wins over the method's");
+    assert!(s.get("bn_target").is_none(), "the running statistics are the default and not written");
+    refused(&["run", "--out", dir.path().join("z").to_str().unwrap(), "--bn-stats", "class", "--class-stats-images", "0"], "--class-stats-images must be at least 1");
+    refused(&["run", "--out", dir.path().join("z").to_str().unwrap(), "--crop-min-scale", "0"], "--crop-min-scale must be in (0, 1]");
+}

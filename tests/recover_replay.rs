@@ -62,6 +62,7 @@ fn case(name: &str) -> Case {
         easy2hard_mode: Curriculum::Cosine,
         milestone: meta_f64(&traj, "milestone"),
         reverse_curriculum: false,
+        crop_min_scale: 0.08,
         per_image_augment: false,
         tv_l2: 0.0,
         l2_scale: 0.0,
