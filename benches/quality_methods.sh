@@ -34,7 +34,7 @@
 #
 #   SETS="real rded cda" IPCS=10 SEEDS="0 1 2" JOBS=2 THREADS=1 benches/quality_methods.sh
 #
-# Environment: OUT (target/quality_methods), SETS, IPCS (10), SEEDS (0 1 2), LR (student lr, 2e-3), TEACHERS,
+# Environment: OUT (target/quality_methods), ENGINE (a cda-engine binary to use instead of building one), SETS, IPCS (10), SEEDS (0 1 2), LR (student lr, 2e-3), TEACHERS,
 # STUDENT_INIT (torchvision), EPOCHS (300), JOBS (jobs at a time, 1), THREADS (per job, 0 = all
 # cores), EXTRA (more validate flags), TAG (names the rows of a recipe changed by EXTRA, e.g.
 # TAG=w8-student EXTRA="--student resnet18-w8"). Each set is made once (a lock keeps two jobs from making the
@@ -57,11 +57,16 @@ TAG=${TAG:-}
 # weights/README.md).
 TEACHERS=${TEACHERS:-weights/fashion_mnist_resnet18_w16.safetensors,weights/fashion_mnist_resnet18_w8_seed1.safetensors,weights/fashion_mnist_resnet18_w8_seed2.safetensors}
 
-cargo build --release --quiet
 mkdir -p "$OUT/records"
-# A copy, so a rebuild while the jobs run does not change the binary under them.
-BIN="$OUT/cda-engine"
-cp "${CARGO_TARGET_DIR:-target}/release/cda-engine" "$BIN.new" && mv "$BIN.new" "$BIN"
+if [ -n "${ENGINE:-}" ]; then
+    # A given binary (ENGINE=path), e.g. to measure one build while the tree changes.
+    BIN=$(realpath "$ENGINE")
+else
+    cargo build --release --quiet
+    # A copy, so a rebuild while the jobs run does not change the binary under them.
+    BIN="$OUT/cda-engine"
+    cp "${CARGO_TARGET_DIR:-target}/release/cda-engine" "$BIN.new" && mv "$BIN.new" "$BIN"
+fi
 RESULTS="$OUT/results.jsonl"
 touch "$RESULTS"
 
