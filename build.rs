@@ -31,14 +31,7 @@ struct Nvrtc {
     _lib: libloading::Library,
     path: PathBuf,
     version: unsafe extern "C" fn(*mut c_int, *mut c_int) -> c_int,
-    create: unsafe extern "C" fn(
-        *mut NvrtcProgram,
-        *const c_char,
-        *const c_char,
-        c_int,
-        *const *const c_char,
-        *const *const c_char,
-    ) -> c_int,
+    create: unsafe extern "C" fn(*mut NvrtcProgram, *const c_char, *const c_char, c_int, *const *const c_char, *const *const c_char) -> c_int,
     compile: unsafe extern "C" fn(NvrtcProgram, c_int, *const *const c_char) -> c_int,
     log_size: unsafe extern "C" fn(NvrtcProgram, *mut usize) -> c_int,
     log: unsafe extern "C" fn(NvrtcProgram, *mut c_char) -> c_int,
@@ -120,10 +113,7 @@ fn nvrtc_candidates() -> Vec<PathBuf> {
     if let Ok(p) = env::var("CDA_NVRTC_LIB") {
         out.push(PathBuf::from(p));
     }
-    let mut roots: Vec<PathBuf> = ["CUDA_PATH", "CUDA_HOME", "CUDA_ROOT"]
-        .iter()
-        .filter_map(|v| env::var_os(v).map(PathBuf::from))
-        .collect();
+    let mut roots: Vec<PathBuf> = ["CUDA_PATH", "CUDA_HOME", "CUDA_ROOT"].iter().filter_map(|v| env::var_os(v).map(PathBuf::from)).collect();
     roots.push(PathBuf::from("/usr/local/cuda"));
     let names = ["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12"];
     for root in roots {
@@ -135,9 +125,8 @@ fn nvrtc_candidates() -> Vec<PathBuf> {
     }
     // The PyPI wheel nvidia-cuda-nvrtc-cu12 installs into site-packages/nvidia/cuda_nvrtc/lib.
     let python = env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    if let Ok(o) = Command::new(python)
-        .args(["-c", "import site,sys; print('\\n'.join(site.getsitepackages() + [site.getusersitepackages()] + sys.path))"])
-        .output()
+    if let Ok(o) =
+        Command::new(python).args(["-c", "import site,sys; print('\\n'.join(site.getsitepackages() + [site.getusersitepackages()] + sys.path))"]).output()
     {
         for dir in String::from_utf8_lossy(&o.stdout).lines() {
             out.push(Path::new(dir).join("nvidia/cuda_nvrtc/lib/libnvrtc.so.12"));
@@ -155,17 +144,9 @@ fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
     let kernel_dir = manifest.join("kernels");
-    for v in [
-        "CDA_NVRTC_LIB",
-        "CUDA_PATH",
-        "CUDA_HOME",
-        "CUDA_ROOT",
-        "CDA_REQUIRE_NVRTC",
-        "PYTHON",
-        "LD_LIBRARY_PATH",
-        "CDA_REQUIRE_EMULATION",
-        "CDA_NO_EMULATION",
-    ] {
+    for v in
+        ["CDA_NVRTC_LIB", "CUDA_PATH", "CUDA_HOME", "CUDA_ROOT", "CDA_REQUIRE_NVRTC", "PYTHON", "LD_LIBRARY_PATH", "CDA_REQUIRE_EMULATION", "CDA_NO_EMULATION"]
+    {
         println!("cargo:rerun-if-env-changed={v}");
     }
     println!("cargo:rerun-if-changed=kernels");

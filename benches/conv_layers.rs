@@ -14,8 +14,8 @@ use std::time::Instant;
 use cda_engine::backend::cpu::CpuBackend;
 use cda_engine::backend::Backend;
 use cda_engine::bench::process_cpu_secs;
-use cda_engine::ops::conv_train::cpu as conv_v1;
 use cda_engine::ops::conv2d::{cpu::algorithm, BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
+use cda_engine::ops::conv_train::cpu as conv_v1;
 
 struct Layer {
     case: &'static str,
@@ -89,9 +89,21 @@ fn main() {
     let filter = args.get(1).cloned().unwrap_or_default();
     let be = CpuBackend::new(threads).unwrap();
     let ceil = cda_engine::bench::ceiling(&be, 0.5);
-    println!("{} | microkernel {} {}: {:.1} GFLOP/s ({:.1} on one thread), FMA peak {:.1} ({:.1})", be.describe(), ceil.isa, ceil.kernel, ceil.kernel_gflops, ceil.kernel_gflops_1t, ceil.fma_gflops, ceil.fma_gflops_1t);
+    println!(
+        "{} | microkernel {} {}: {:.1} GFLOP/s ({:.1} on one thread), FMA peak {:.1} ({:.1})",
+        be.describe(),
+        ceil.isa,
+        ceil.kernel,
+        ceil.kernel_gflops,
+        ceil.kernel_gflops_1t,
+        ceil.fma_gflops,
+        ceil.fma_gflops_1t
+    );
     println!("wall ms (median of 3), GFLOP/s from wall time; cpu ms = CPU time of all threads (robust to other load)");
-    println!("{:<4} {:<28} {:<14} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8}", "case", "layer", "algorithm", "fprop ms", "cpu ms", "GFLOP/s", "dgrad ms", "cpu ms", "GFLOP/s", "v1 fp ms", "v1 dg ms");
+    println!(
+        "{:<4} {:<28} {:<14} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8}",
+        "case", "layer", "algorithm", "fprop ms", "cpu ms", "GFLOP/s", "dgrad ms", "cpu ms", "GFLOP/s", "v1 fp ms", "v1 dg ms"
+    );
     for l in LAYERS.iter() {
         let name = format!("{}x{}/{} {}->{} N{} {}x{}", l.r, l.r, l.stride, l.c, l.k, l.n, l.h, l.h);
         if !(filter.is_empty() || l.case == filter || name.contains(&filter)) {
@@ -119,7 +131,13 @@ fn main() {
         let mut stats = be.alloc(2 * l.k).unwrap();
         let mut dx = be.alloc(p.input_len()).unwrap();
         let (tf, cf) = median3(|| {
-            let epi = FpropEpilogue { bn: BnAffine { mean: &mean, scale: &scale, beta: &beta }, residual: None, relu: true, y: Some(&mut y), stats: Some(&mut stats) };
+            let epi = FpropEpilogue {
+                bn: BnAffine { mean: &mean, scale: &scale, beta: &beta },
+                residual: None,
+                relu: true,
+                y: Some(&mut y),
+                stats: Some(&mut stats),
+            };
             be.conv_fprop(&p, &x, &w, epi, &mut out).unwrap();
         });
         let (td, cd) = median3(|| {

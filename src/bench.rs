@@ -41,7 +41,12 @@ pub fn random_resnet(arch: &str, stem: Stem, in_channels: usize, classes: usize,
     let mut t: BTreeMap<String, Tensor> = BTreeMap::new();
     let conv = |t: &mut BTreeMap<String, Tensor>, rng: &mut StdRng, name: &str, k: usize, c: usize, r: usize| {
         let std = (2.0 / (k * r * r) as f32).sqrt();
-        let data = (0..k * c * r * r).map(|_| { let z: f32 = StandardNormal.sample(&mut *rng); std * z }).collect();
+        let data = (0..k * c * r * r)
+            .map(|_| {
+                let z: f32 = StandardNormal.sample(&mut *rng);
+                std * z
+            })
+            .collect();
         t.insert(format!("{name}.weight"), Tensor::new(vec![k, c, r, r], data));
     };
     let bn = |t: &mut BTreeMap<String, Tensor>, rng: &mut StdRng, name: &str, k: usize| {
@@ -79,7 +84,18 @@ pub fn random_resnet(arch: &str, stem: Stem, in_channels: usize, classes: usize,
         }
     }
     let fc_std = (1.0 / inplanes as f32).sqrt();
-    t.insert("fc.weight".into(), Tensor::new(vec![classes, inplanes], (0..classes * inplanes).map(|_| { let z: f32 = StandardNormal.sample(&mut rng); fc_std * z }).collect()));
+    t.insert(
+        "fc.weight".into(),
+        Tensor::new(
+            vec![classes, inplanes],
+            (0..classes * inplanes)
+                .map(|_| {
+                    let z: f32 = StandardNormal.sample(&mut rng);
+                    fc_std * z
+                })
+                .collect(),
+        ),
+    );
     t.insert("fc.bias".into(), Tensor::zeros(vec![classes]));
     let mut metadata = HashMap::new();
     metadata.insert("stem".to_string(), stem.name().to_string());
@@ -158,7 +174,15 @@ pub fn bench<B: Backend>(backend: &B, model: &ResNet, res: usize, batch: usize, 
 }
 
 /// [`bench`] on the CPU backend; with `profile`, also a per-op table of the timed iterations.
-pub fn bench_cpu(backend: &CpuBackend, model: &ResNet, res: usize, batch: usize, iters: usize, warmup: usize, profile: bool) -> Result<(BenchResult, Option<String>)> {
+pub fn bench_cpu(
+    backend: &CpuBackend,
+    model: &ResNet,
+    res: usize,
+    batch: usize,
+    iters: usize,
+    warmup: usize,
+    profile: bool,
+) -> Result<(BenchResult, Option<String>)> {
     let r = bench_with(backend, model, res, batch, iters, warmup, backend.threads(), &mut || backend.set_profiling(profile))?;
     let table = backend.profile().map(|p| p.table(iters));
     backend.set_profiling(false);
@@ -167,14 +191,23 @@ pub fn bench_cpu(backend: &CpuBackend, model: &ResNet, res: usize, batch: usize,
 
 /// [`bench`], calling `on_warm` when the warm-up iterations are done.
 #[allow(clippy::too_many_arguments)]
-pub fn bench_with<B: Backend>(backend: &B, model: &ResNet, res: usize, batch: usize, iters: usize, warmup: usize, threads: usize, on_warm: &mut dyn FnMut()) -> Result<BenchResult> {
+pub fn bench_with<B: Backend>(
+    backend: &B,
+    model: &ResNet,
+    res: usize,
+    batch: usize,
+    iters: usize,
+    warmup: usize,
+    threads: usize,
+    on_warm: &mut dyn FnMut(),
+) -> Result<BenchResult> {
     let c = model.in_channels;
     let cfg = RecoverConfig {
         iterations: warmup + iters,
         lr: 0.25,
         r_bn: 0.01,
         first_bn_multiplier: 10.0,
-        jitter: (res / 8).max(1).min(32),
+        jitter: (res / 8).clamp(1, 32),
         crop: true,
         flip: true,
         easy2hard_mode: Curriculum::Cosine,

@@ -26,10 +26,7 @@ pub fn gpu_usable() -> std::result::Result<(), String> {
     let info = cuda_probe::probe()?;
     let gpu = info.gpus.first().ok_or("the driver reports no GPU (check CUDA_VISIBLE_DEVICES)")?;
     if gpu.compute_capability.0 < 8 {
-        return Err(format!(
-            "{} is sm_{}{}; the kernels need sm_80 (Ampere) or newer",
-            gpu.name, gpu.compute_capability.0, gpu.compute_capability.1
-        ));
+        return Err(format!("{} is sm_{}{}; the kernels need sm_80 (Ampere) or newer", gpu.name, gpu.compute_capability.0, gpu.compute_capability.1));
     }
     if !kernels::all_embedded() {
         return Err(kernels::HOW_TO_GET_PTX.to_string());

@@ -207,13 +207,21 @@ pub fn lock_folder(dir: &Path) -> Result<FolderLock> {
     std::fs::create_dir_all(dir).map_err(|e| Error::output(dir, e))?;
     let path = dir.join(LOCK_FILE);
     loop {
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::output(dir, format!("cannot create its lock file {}: {e}", path.display())))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::output(dir, format!("cannot create its lock file {}: {e}", path.display())))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 let pid = std::fs::read_to_string(&path).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
                 let who = pid.map_or_else(|| "another cda-engine process".to_string(), |p| format!("another cda-engine process (pid {p})"));
-                return Err(Error::output(dir, format!("{who} is writing into this folder (it holds {}); wait for it to finish or give another --out", path.display())));
+                return Err(Error::output(
+                    dir,
+                    format!("{who} is writing into this folder (it holds {}); wait for it to finish or give another --out", path.display()),
+                ));
             }
             Err(std::fs::TryLockError::Error(e)) => {
                 eprintln!("warning: cannot lock {} ({e}); make sure no other process writes into it", dir.display());
@@ -298,7 +306,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("new000")).unwrap();
         let stale = [dir.path().join(".recover_record.json.tmp4242"), dir.path().join("new000/.class000_id000.jpg.tmp4242")];
-        let kept = [dir.path().join("recover_record.json"), dir.path().join("new000/class000_id000.jpg"), dir.path().join("new000/.hidden"), dir.path().join(".x.tmpabc")];
+        let kept = [
+            dir.path().join("recover_record.json"),
+            dir.path().join("new000/class000_id000.jpg"),
+            dir.path().join("new000/.hidden"),
+            dir.path().join(".x.tmpabc"),
+        ];
         for p in stale.iter().chain(&kept) {
             std::fs::write(p, b"x").unwrap();
         }

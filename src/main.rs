@@ -8,12 +8,12 @@ use clap::{Parser, Subcommand};
 use cda_engine::backend::cpu::{cpu_features, CpuBackend};
 use cda_engine::backend::{cuda_probe, Backend};
 use cda_engine::error::{Error, Result};
+use cda_engine::kernels;
 use cda_engine::model::{BlockKind, ResNet};
 use cda_engine::net::Net;
-use cda_engine::weights::{read_tensor_file, write_tensor_file, Tensor};
-use cda_engine::kernels;
-use cda_engine::recover::cli::RunArgs;
 use cda_engine::outln;
+use cda_engine::recover::cli::RunArgs;
+use cda_engine::weights::{read_tensor_file, write_tensor_file, Tensor};
 
 #[derive(Parser)]
 #[command(name = "cda-engine", version, about = "Dataset distillation with CDA on CPU and CUDA")]
@@ -27,9 +27,7 @@ use cda_engine::device::{with_backend, BackendTask, Device};
 #[derive(Subcommand)]
 enum Command {
     /// Describe a ResNet safetensors file: stem, blocks, widths, classes, parameters, BN layers.
-    Inspect {
-        weights: PathBuf,
-    },
+    Inspect { weights: PathBuf },
     /// Eval-mode forward: logits and every BN layer's input mean and biased variance.
     Forward {
         #[arg(long)]
@@ -194,7 +192,11 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let threads = match &cli.command {
-        Command::Forward { threads, .. } | Command::Run { threads, .. } | Command::Evaluate { threads, .. } | Command::Bench { threads, .. } | Command::Select { threads, .. } => *threads,
+        Command::Forward { threads, .. }
+        | Command::Run { threads, .. }
+        | Command::Evaluate { threads, .. }
+        | Command::Bench { threads, .. }
+        | Command::Select { threads, .. } => *threads,
         _ => 0,
     };
     if let Err(e) = cda_engine::train::cli::check_threads(threads) {
@@ -232,13 +234,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn inspect(path: &PathBuf) -> Result<()> {
+fn inspect(path: &std::path::Path) -> Result<()> {
     let m = ResNet::load(path)?;
     outln!("file        {}", path.display());
     outln!("arch        {} ({} blocks, {} stem)", m.arch_name(), if m.block == BlockKind::Basic { "BasicBlock" } else { "Bottleneck" }, m.stem.name());
     outln!("input       {} channels", m.in_channels);
     outln!("classes     {}", m.num_classes);
-    outln!("stem        conv {}x{} stride {} -> {} channels{}", m.stem_conv.geom.r, m.stem_conv.geom.s, m.stem_conv.geom.stride, m.stem_conv.geom.k, if m.stem == cda_engine::model::Stem::ImageNet { ", max pool 3x3/2" } else { "" });
+    outln!(
+        "stem        conv {}x{} stride {} -> {} channels{}",
+        m.stem_conv.geom.r,
+        m.stem_conv.geom.s,
+        m.stem_conv.geom.stride,
+        m.stem_conv.geom.k,
+        if m.stem == cda_engine::model::Stem::ImageNet { ", max pool 3x3/2" } else { "" }
+    );
     outln!("stages      blocks {:?}, widths {:?}", m.stage_blocks, m.stage_widths);
     outln!("features    {}", m.feat_dim);
     outln!("parameters  {}", m.parameter_count());
@@ -247,7 +256,18 @@ fn inspect(path: &PathBuf) -> Result<()> {
     outln!("mean        {}", fmt(&m.mean));
     outln!("std         {}", fmt(&m.std));
     for c in m.conv_bns() {
-        outln!("  bn {:>3}  {:<24} {:>5} channels  (conv {}: {}x{}x{}x{}, stride {})", c.bn.index, c.bn.name, c.bn.channels(), c.name, c.geom.k, c.geom.c, c.geom.r, c.geom.s, c.geom.stride);
+        outln!(
+            "  bn {:>3}  {:<24} {:>5} channels  (conv {}: {}x{}x{}x{}, stride {})",
+            c.bn.index,
+            c.bn.name,
+            c.bn.channels(),
+            c.name,
+            c.geom.k,
+            c.geom.c,
+            c.geom.r,
+            c.geom.s,
+            c.geom.stride
+        );
     }
     let mut keys: Vec<_> = m.metadata.iter().collect();
     keys.sort();
@@ -257,7 +277,7 @@ fn inspect(path: &PathBuf) -> Result<()> {
     Ok(())
 }
 
-fn forward(weights: &PathBuf, input: &PathBuf, output: &PathBuf, device: Device, threads: usize) -> Result<()> {
+fn forward(weights: &std::path::Path, input: &std::path::Path, output: &std::path::Path, device: Device, threads: usize) -> Result<()> {
     let model = ResNet::load(weights)?;
     // The input is data, not weights: its errors name it as the --input file.
     let file = read_tensor_file(input).map_err(|e| match e {
@@ -267,10 +287,7 @@ fn forward(weights: &PathBuf, input: &PathBuf, output: &PathBuf, device: Device,
     })?;
     let x = file.tensors.get("input").ok_or_else(|| Error::input(input.display().to_string(), "no tensor named `input`"))?;
     if x.shape.len() != 4 || x.shape[1] != model.in_channels {
-        return Err(Error::input(
-            input.display().to_string(),
-            format!("tensor `input` has shape {:?}; expected [N, {}, H, W]", x.shape, model.in_channels),
-        ));
+        return Err(Error::input(input.display().to_string(), format!("tensor `input` has shape {:?}; expected [N, {}, H, W]", x.shape, model.in_channels)));
     }
     struct Forward<'a> {
         model: &'a ResNet,
@@ -412,7 +429,19 @@ fn evaluate(weights: Option<&std::path::Path>, images: &std::path::Path, mean: O
 }
 
 #[allow(clippy::too_many_arguments)]
-fn bench(weights: Option<&std::path::Path>, arch: &str, stem: &str, in_channels: usize, classes: usize, res: usize, batch: usize, iters: usize, threads: usize, device: Device, profile: bool) -> Result<()> {
+fn bench(
+    weights: Option<&std::path::Path>,
+    arch: &str,
+    stem: &str,
+    in_channels: usize,
+    classes: usize,
+    res: usize,
+    batch: usize,
+    iters: usize,
+    threads: usize,
+    device: Device,
+    profile: bool,
+) -> Result<()> {
     let stem = cda_engine::model::Stem::parse(stem).ok_or_else(|| Error::Option(format!("--stem {stem}: expected imagenet or cifar")))?;
     if iters == 0 || batch == 0 || res == 0 {
         return Err(Error::Option("--iters, --batch and --res must be at least 1".into()));

@@ -23,14 +23,8 @@ pub fn available_bytes() -> Option<u64> {
     let limit = std::fs::read_to_string("/proc/self/limits").ok().and_then(|text| {
         let line = text.lines().find(|l| l.starts_with("Max address space"))?;
         let soft: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
-        let used_kib: u64 = std::fs::read_to_string("/proc/self/status")
-            .ok()?
-            .lines()
-            .find(|l| l.starts_with("VmSize:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
+        let used_kib: u64 =
+            std::fs::read_to_string("/proc/self/status").ok()?.lines().find(|l| l.starts_with("VmSize:"))?.split_whitespace().nth(1)?.parse().ok()?;
         Some(soft.saturating_sub(used_kib.saturating_mul(1024)))
     });
     match (meminfo, limit) {

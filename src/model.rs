@@ -192,9 +192,7 @@ impl ResNet {
     }
 
     pub fn parameter_count(&self) -> usize {
-        self.conv_bns().iter().map(|c| c.weight.len() + 2 * c.bn.channels()).sum::<usize>()
-            + self.fc_weight.len()
-            + self.fc_bias.len()
+        self.conv_bns().iter().map(|c| c.weight.len() + 2 * c.bn.channels()).sum::<usize>() + self.fc_weight.len() + self.fc_bias.len()
     }
 
     /// Multiply-accumulates of one forward pass for one image of size h x w.
@@ -267,15 +265,35 @@ impl ResNet {
                 let mut convs = Vec::new();
                 let out_channels;
                 if bottleneck {
-                    convs.push(ld.conv_bn(&format!("{prefix}.conv1"), &format!("{prefix}.bn1"), ConvGeom { c: channels, k: planes, r: 1, s: 1, stride: 1, pad: 0 })?);
-                    convs.push(ld.conv_bn(&format!("{prefix}.conv2"), &format!("{prefix}.bn2"), ConvGeom { c: planes, k: planes, r: 3, s: 3, stride, pad: 1 })?);
+                    convs.push(ld.conv_bn(
+                        &format!("{prefix}.conv1"),
+                        &format!("{prefix}.bn1"),
+                        ConvGeom { c: channels, k: planes, r: 1, s: 1, stride: 1, pad: 0 },
+                    )?);
+                    convs.push(ld.conv_bn(
+                        &format!("{prefix}.conv2"),
+                        &format!("{prefix}.bn2"),
+                        ConvGeom { c: planes, k: planes, r: 3, s: 3, stride, pad: 1 },
+                    )?);
                     let w3 = ld.shape(&format!("{prefix}.conv3.weight"))?;
                     out_channels = w3[0];
-                    convs.push(ld.conv_bn(&format!("{prefix}.conv3"), &format!("{prefix}.bn3"), ConvGeom { c: planes, k: out_channels, r: 1, s: 1, stride: 1, pad: 0 })?);
+                    convs.push(ld.conv_bn(
+                        &format!("{prefix}.conv3"),
+                        &format!("{prefix}.bn3"),
+                        ConvGeom { c: planes, k: out_channels, r: 1, s: 1, stride: 1, pad: 0 },
+                    )?);
                 } else {
-                    convs.push(ld.conv_bn(&format!("{prefix}.conv1"), &format!("{prefix}.bn1"), ConvGeom { c: channels, k: planes, r: 3, s: 3, stride, pad: 1 })?);
+                    convs.push(ld.conv_bn(
+                        &format!("{prefix}.conv1"),
+                        &format!("{prefix}.bn1"),
+                        ConvGeom { c: channels, k: planes, r: 3, s: 3, stride, pad: 1 },
+                    )?);
                     out_channels = planes;
-                    convs.push(ld.conv_bn(&format!("{prefix}.conv2"), &format!("{prefix}.bn2"), ConvGeom { c: planes, k: planes, r: 3, s: 3, stride: 1, pad: 1 })?);
+                    convs.push(ld.conv_bn(
+                        &format!("{prefix}.conv2"),
+                        &format!("{prefix}.bn2"),
+                        ConvGeom { c: planes, k: planes, r: 3, s: 3, stride: 1, pad: 1 },
+                    )?);
                 }
                 let ds_name = format!("{prefix}.downsample.0");
                 let downsample = if file.tensors.contains_key(&format!("{ds_name}.weight")) {
@@ -523,8 +541,8 @@ pub fn maxpool_out_hw(h: usize, w: usize) -> (usize, usize) {
 
 fn parse_channel_list(file: &TensorFile, key: &str, channels: usize) -> Result<Option<Vec<f32>>> {
     let Some(text) = file.metadata.get(key) else { return Ok(None) };
-    let v: Vec<f32> = serde_json::from_str(text)
-        .map_err(|e| Error::weights(&file.path, format!("metadata {key}={text:?} is not a JSON list of numbers: {e}")))?;
+    let v: Vec<f32> =
+        serde_json::from_str(text).map_err(|e| Error::weights(&file.path, format!("metadata {key}={text:?} is not a JSON list of numbers: {e}")))?;
     if v.len() != channels {
         return Err(Error::weights(&file.path, format!("metadata {key} has {} values; the model has {channels} input channels", v.len())));
     }
@@ -582,11 +600,6 @@ impl<'a> Loader<'a> {
         let scale: Vec<f32> = gamma.iter().zip(&running_var).map(|(g, v)| g / (v + BN_EPS).sqrt()).collect();
         let index = self.bn_index;
         self.bn_index += 1;
-        Ok(ConvBn {
-            name: conv.to_string(),
-            geom,
-            weight,
-            bn: BatchNorm { name: bn.to_string(), index, gamma, beta, running_mean, running_var, scale },
-        })
+        Ok(ConvBn { name: conv.to_string(), geom, weight, bn: BatchNorm { name: bn.to_string(), index, gamma, beta, running_mean, running_var, scale } })
     }
 }

@@ -81,7 +81,7 @@ pub struct Net<B: Backend> {
 }
 
 /// Borrows `v[w]` mutably and the `reads` immutably; panics if a read aliases the write.
-fn split<'a, T, const R: usize>(v: &'a mut [T], reads: [usize; R], w: usize) -> ([&'a T; R], &'a mut T) {
+fn split<T, const R: usize>(v: &mut [T], reads: [usize; R], w: usize) -> ([&T; R], &mut T) {
     assert!(w < v.len() && reads.iter().all(|&r| r != w && r < v.len()), "aliased buffers");
     let base = v.as_mut_ptr();
     // SAFETY: indices are in bounds and the write index differs from every read index.
@@ -96,7 +96,16 @@ fn upload<B: Backend>(backend: &B, data: &[f32]) -> Result<B::Buf> {
 
 /// Uploads one conv + BN; returns its index and output size (P, Q).
 #[allow(clippy::too_many_arguments)]
-fn push_conv<B: Backend>(backend: &B, convs: &mut Vec<ConvParams<B>>, c: &crate::model::ConvBn, n: usize, h: usize, w: usize, input: Src, relu: bool) -> Result<(usize, usize, usize)> {
+fn push_conv<B: Backend>(
+    backend: &B,
+    convs: &mut Vec<ConvParams<B>>,
+    c: &crate::model::ConvBn,
+    n: usize,
+    h: usize,
+    w: usize,
+    input: Src,
+    relu: bool,
+) -> Result<(usize, usize, usize)> {
     let problem = ConvProblem::new(n, h, w, &c.geom);
     convs.push(ConvParams {
         problem,

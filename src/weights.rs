@@ -47,10 +47,8 @@ pub fn read_tensor_file(path: &Path) -> Result<TensorFile> {
 }
 
 pub fn parse_tensor_file(path: &Path, bytes: &[u8]) -> Result<TensorFile> {
-    let st = SafeTensors::deserialize(bytes)
-        .map_err(|e| Error::Corrupt { path: path.to_path_buf(), reason: e.to_string() })?;
-    let (_, meta) = SafeTensors::read_metadata(bytes)
-        .map_err(|e| Error::Corrupt { path: path.to_path_buf(), reason: e.to_string() })?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Corrupt { path: path.to_path_buf(), reason: e.to_string() })?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| Error::Corrupt { path: path.to_path_buf(), reason: e.to_string() })?;
     let metadata = meta.metadata().clone().unwrap_or_default();
 
     let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
@@ -76,20 +74,12 @@ pub fn parse_tensor_file(path: &Path, bytes: &[u8]) -> Result<TensorFile> {
             Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             Dtype::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             Dtype::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::F64 => raw
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
-                .collect(),
+            Dtype::F64 => raw.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
             Dtype::I64 | Dtype::I32 if name.ends_with("num_batches_tracked") => {
                 skipped.push(name);
                 continue;
             }
-            other => {
-                return Err(Error::weights(
-                    path,
-                    format!("tensor `{name}` has dtype {other:?}; expected F32, F16, BF16 or F64"),
-                ))
-            }
+            other => return Err(Error::weights(path, format!("tensor `{name}` has dtype {other:?}; expected F32, F16, BF16 or F64"))),
         };
         if let Some(i) = data.iter().position(|v| !v.is_finite()) {
             return Err(Error::weights(path, format!("tensor `{name}` holds a non-finite value ({}) at flat index {i}", data[i])));

@@ -98,7 +98,15 @@ fn forward_rejects_mismatched_input_and_unwritable_output() {
     let input = dir.path().join("x.safetensors");
     std::fs::write(&input, bytes).unwrap();
     fails_with(
-        &["forward", "--weights", weights.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", dir.path().join("y.safetensors").to_str().unwrap()],
+        &[
+            "forward",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            dir.path().join("y.safetensors").to_str().unwrap(),
+        ],
         &["tensor `input` has shape [1, 1, 16, 16]", "expected [N, 3, H, W]"],
     );
     // a good input, but the output's parent is a file

@@ -3,9 +3,11 @@
 //! strides, 1x1 and 7x7 kernels and few channels. Prints max abs / rel-to-scale error per tensor.
 //!
 //! Tolerances (relative to the tensor's largest magnitude):
+//!
 //! - direct summation (implicit GEMM, col2im): fp32 dot products of up to C*R*S ~ 600 terms, ~1e-6;
 //! - Winograd F(4x4, 3x3): the transforms scale intermediate values by up to ~100 before the sum
-//!   and back, a few 1e-6 (Lavin & Gray; measured up to 6e-6 here);
+//!   and back, a few 1e-6 (Lavin & Gray; measured up to 6e-6 here).
+//!
 //! 2e-5 (the emulated-CUDA tests' fp32 tolerance against this backend) covers both with margin and
 //! fails any wrong tap, tile offset, transform coefficient or epilogue term by orders of magnitude.
 
@@ -28,10 +30,24 @@ impl Rng {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // CUTLASS's letters, one each
 fn problem(n: usize, c: usize, h: usize, w: usize, k: usize, r: usize, stride: usize, pad: usize) -> ConvProblem {
     let p = (h + 2 * pad - r) / stride + 1;
     let q = (w + 2 * pad - r) / stride + 1;
-    ConvProblem { n: n as i32, c: c as i32, h: h as i32, w: w as i32, k: k as i32, r: r as i32, s: r as i32, p: p as i32, q: q as i32, stride: stride as i32, pad: pad as i32, _reserved: 0 }
+    ConvProblem {
+        n: n as i32,
+        c: c as i32,
+        h: h as i32,
+        w: w as i32,
+        k: k as i32,
+        r: r as i32,
+        s: r as i32,
+        p: p as i32,
+        q: q as i32,
+        stride: stride as i32,
+        pad: pad as i32,
+        _reserved: 0,
+    }
 }
 
 /// y[n][k][p][q] in f64.
@@ -49,7 +65,8 @@ fn conv_ref(p: &ConvProblem, x: &[f32], w: &[f32]) -> Vec<f64> {
                             for ss in 0..s {
                                 let (ih, iw) = (a as isize * st - pad + rr as isize, b as isize * st - pad + ss as isize);
                                 if ih >= 0 && iw >= 0 && ih < h && iw < wd {
-                                    acc += x[((i * c + ci) * h as usize + ih as usize) * wd as usize + iw as usize] as f64 * w[((o * c + ci) * r + rr) * s + ss] as f64;
+                                    acc += x[((i * c + ci) * h as usize + ih as usize) * wd as usize + iw as usize] as f64
+                                        * w[((o * c + ci) * r + rr) * s + ss] as f64;
                                 }
                             }
                         }
@@ -127,7 +144,13 @@ fn check(name: &str, p: ConvProblem, seed: u64) {
         st_ref[o] = m;
     }
     let (mut y, mut out, mut st) = (vec![0.0; ol], vec![0.0; ol], vec![0.0; 2 * k]);
-    let epi = FpropEpilogue { bn: BnAffine { mean: &mean[..], scale: &scale[..], beta: &beta[..] }, residual: Some(&res[..]), relu: true, y: Some(&mut y[..]), stats: Some(&mut st[..]) };
+    let epi = FpropEpilogue {
+        bn: BnAffine { mean: &mean[..], scale: &scale[..], beta: &beta[..] },
+        residual: Some(&res[..]),
+        relu: true,
+        y: Some(&mut y[..]),
+        stats: Some(&mut st[..]),
+    };
     fprop(&p, &x, &w, epi, &mut out);
     assert_close(&format!("{tag} fprop y"), &y, &f32s(&y_ref), TOL);
     assert_close(&format!("{tag} fprop out"), &out, &f32s(&out_ref), TOL);
@@ -137,7 +160,8 @@ fn check(name: &str, p: ConvProblem, seed: u64) {
     let mut out2 = vec![0.0; ol];
     let epi = FpropEpilogue { bn: BnAffine { mean: &mean[..], scale: &scale[..], beta: &beta[..] }, residual: None, relu: false, y: None, stats: None };
     fprop(&p, &x, &w, epi, &mut out2);
-    let out2_ref: Vec<f64> = (0..ol).map(|at| (y_ref[at] - mean[(at / hw_out) % k] as f64) * scale[(at / hw_out) % k] as f64 + beta[(at / hw_out) % k] as f64).collect();
+    let out2_ref: Vec<f64> =
+        (0..ol).map(|at| (y_ref[at] - mean[(at / hw_out) % k] as f64) * scale[(at / hw_out) % k] as f64 + beta[(at / hw_out) % k] as f64).collect();
     assert_close(&format!("{tag} fprop out (no y)"), &out2, &f32s(&out2_ref), TOL);
 
     // dgrad with each epilogue.

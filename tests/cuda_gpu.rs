@@ -106,14 +106,8 @@ fn gpu_kernels_match_cpu() {
 #[test]
 fn gpu_fixture_networks() {
     let Some(g) = gpu() else { return };
-    let fixtures = [
-        "basic_imagenet_w8",
-        "basic_imagenet_w16_33px",
-        "basic_cifar_1ch_7cls_30px",
-        "bottleneck_imagenet_33px",
-        "bottleneck_cifar_w8",
-        "basic_cifar_batch1",
-    ];
+    let fixtures =
+        ["basic_imagenet_w8", "basic_imagenet_w16_33px", "basic_cifar_1ch_7cls_30px", "bottleneck_imagenet_33px", "bottleneck_cifar_w8", "basic_cifar_batch1"];
     for f in fixtures {
         let (w, io) = (format!("forward/{f}.safetensors"), format!("forward/{f}.io.safetensors"));
         check_net(&g, ConvVersion::Fp32, &w, &io, NET_FP32);
@@ -243,7 +237,13 @@ fn gpu_timings() {
         for v in [ConvVersion::Fp32, ConvVersion::Tf32] {
             g.set_conv_version(v);
             let fprop = time_ms(&g, 10, || {
-                let epi = FpropEpilogue { bn: BnAffine { mean: &ones, scale: &ones, beta: &ones }, residual: None, relu: true, y: Some(&mut y), stats: Some(&mut st) };
+                let epi = FpropEpilogue {
+                    bn: BnAffine { mean: &ones, scale: &ones, beta: &ones },
+                    residual: None,
+                    relu: true,
+                    y: Some(&mut y),
+                    stats: Some(&mut st),
+                };
                 g.conv_fprop(&p, &x, &wt, epi, &mut out).unwrap();
             });
             let dgrad = time_ms(&g, 10, || {

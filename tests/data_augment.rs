@@ -5,9 +5,9 @@
 
 mod common;
 
-use common::{assert_close, diff, load, tensor};
 use cda_engine::data::augment::{render, render_eval, View};
 use cda_engine::data::{self, Dataset, Image, Split};
+use common::{assert_close, diff, load, tensor};
 
 /// Bilinear taps in f32 against a float64 reference of [0, 1] pixels: 1e-6 of the scale (a few ulps);
 /// a wrong tap or flip index is off by O(0.1).

@@ -56,14 +56,8 @@ torch.save({"epoch": 1, "optimizer": {"x": torch.zeros(2)}}, d + "/empty.pth")
     ];
     for (file, extra, note) in cases {
         let out_path = dir.path().join(format!("{file}.safetensors"));
-        let out = Command::new("python3")
-            .arg(&script)
-            .arg(dir.path().join(file))
-            .arg(&out_path)
-            .args(["--norm", "fashion-mnist"])
-            .args(extra)
-            .output()
-            .unwrap();
+        let out =
+            Command::new("python3").arg(&script).arg(dir.path().join(file)).arg(&out_path).args(["--norm", "fashion-mnist"]).args(extra).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{file}: {stderr}");
         assert!(stderr.contains(note), "{file}: stderr lacks {note:?}: {stderr}");
@@ -84,7 +78,8 @@ torch.save({"epoch": 1, "optimizer": {"x": torch.zeros(2)}}, d + "/empty.pth")
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("optimizer") && stderr.contains("--key"), "{stderr}");
     // A --key that is not there names the keys that are.
-    let out = Command::new("python3").arg(&script).arg(dir.path().join("ema.pth")).arg(dir.path().join("d.safetensors")).args(["--key", "model"]).output().unwrap();
+    let out =
+        Command::new("python3").arg(&script).arg(dir.path().join("ema.pth")).arg(dir.path().join("d.safetensors")).args(["--key", "model"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("no `model`") && stderr.contains("state_dict_ema"), "{stderr}");
 }

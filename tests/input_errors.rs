@@ -125,12 +125,24 @@ const TEN: [&str; 10] = ["new000", "new001", "new002", "new003", "new004", "new0
 fn huge_sizes_are_refused_with_the_size_and_the_memory_available() {
     let dir = tempfile::tempdir().unwrap();
     // Capacity overflow before: now one tensor too many values for the 32-bit kernels.
-    refused(&run_limited(&["bench", "--res", "100000", "--iters", "1"], 0, 60, &[], None), "bench --res 100000", &["100000x100000", "too large", "GiB of memory", "available"]);
+    refused(
+        &run_limited(&["bench", "--res", "100000", "--iters", "1"], 0, 60, &[], None),
+        "bench --res 100000",
+        &["100000x100000", "too large", "GiB of memory", "available"],
+    );
     // An abort in the allocator before: under a 4 GiB address space, refused with both sizes.
-    let e = refused(&run_limited(&["bench", "--res", "2000", "--batch", "4", "--iters", "1"], 4 << 20, 60, &[], None), "bench --res 2000 --batch 4", &["4 images of 2000x2000", "needs about", "GiB are available"]);
+    let e = refused(
+        &run_limited(&["bench", "--res", "2000", "--batch", "4", "--iters", "1"], 4 << 20, 60, &[], None),
+        "bench --res 2000 --batch 4",
+        &["4 images of 2000x2000", "needs about", "GiB are available"],
+    );
     assert!(e.contains("MemAvailable"), "{e}");
     let out = dir.path().join("o");
-    refused(&run_limited(&["run", "--res", "3000", "--iteration", "1", "--out", out.to_str().unwrap()], 8 << 20, 60, &[], None), "run --res 3000", &["3000x3000"]);
+    refused(
+        &run_limited(&["run", "--res", "3000", "--iteration", "1", "--out", out.to_str().unwrap()], 8 << 20, 60, &[], None),
+        "run --res 3000",
+        &["3000x3000"],
+    );
     assert!(!out.exists(), "a refused run created its --out");
     // The size from a teacher's metadata is checked as an option's is.
     let big = teacher_with(dir.path(), "big.safetensors", &[("image_size", Some("99999999"))]);
@@ -142,14 +154,38 @@ fn huge_sizes_are_refused_with_the_size_and_the_memory_available() {
     let images = dir.path().join("set");
     folder(&images, &TEN, 1);
     refused(
-        &run_limited(&["relabel", "--teacher", big.to_str().unwrap(), "--images", images.to_str().unwrap(), "--epochs", "1", "--out", dir.path().join("l").to_str().unwrap()], 8 << 20, 60, &[], None),
+        &run_limited(
+            &[
+                "relabel",
+                "--teacher",
+                big.to_str().unwrap(),
+                "--images",
+                images.to_str().unwrap(),
+                "--epochs",
+                "1",
+                "--out",
+                dir.path().join("l").to_str().unwrap(),
+            ],
+            8 << 20,
+            60,
+            &[],
+            None,
+        ),
         "relabel with image_size 99999999",
         &["99999999x99999999"],
     );
     // A grid enlarged past what a PNG (or the memory) can hold.
     let g = dir.path().join("g.png");
-    refused(&run_limited(&["grid", images.to_str().unwrap(), "--out", g.to_str().unwrap(), "--scale", "1000000000"], 8 << 20, 60, &[], None), "grid --scale 1e9", &["--scale 1000000000", "larger than a PNG"]);
-    refused(&run_limited(&["grid", images.to_str().unwrap(), "--out", g.to_str().unwrap(), "--scale", "3000"], 4 << 20, 60, &[], None), "grid --scale 3000", &["needs about", "available"]);
+    refused(
+        &run_limited(&["grid", images.to_str().unwrap(), "--out", g.to_str().unwrap(), "--scale", "1000000000"], 8 << 20, 60, &[], None),
+        "grid --scale 1e9",
+        &["--scale 1000000000", "larger than a PNG"],
+    );
+    refused(
+        &run_limited(&["grid", images.to_str().unwrap(), "--out", g.to_str().unwrap(), "--scale", "3000"], 4 << 20, 60, &[], None),
+        "grid --scale 3000",
+        &["needs about", "available"],
+    );
     assert!(!g.exists());
 }
 
@@ -216,16 +252,70 @@ fn every_command_resolves_a_teacher_without_mean_and_std_alike() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(note), "relabel: {}", String::from_utf8_lossy(&out.stderr));
     let out = succeeds(&["evaluate", "--weights", b, "--images", i, "--threads", "1"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains(note), "evaluate");
-    let out = succeeds(&["run", "--weights", b, "--iteration", "1", "--ipc-end", "1", "--classes", "2", "--threads", "1", "--out", dir.path().join("r").to_str().unwrap()]);
+    let out = succeeds(&[
+        "run",
+        "--weights",
+        b,
+        "--iteration",
+        "1",
+        "--ipc-end",
+        "1",
+        "--classes",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        dir.path().join("r").to_str().unwrap(),
+    ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains(note), "run");
     let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("r/recover_record.json")).unwrap()).unwrap();
     assert_eq!(rec["settings"]["recover"]["clip"]["normalized"]["std"][0].as_f64().unwrap() as f32, 0.353);
-    let out = succeeds(&["select", "--weights", b, "--ipc-end", "1", "--classes", "2", "--candidates", "4", "--crops", "1", "--threads", "1", "--out", dir.path().join("s").to_str().unwrap()]);
+    let out = succeeds(&[
+        "select",
+        "--weights",
+        b,
+        "--ipc-end",
+        "1",
+        "--classes",
+        "2",
+        "--candidates",
+        "4",
+        "--crops",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        dir.path().join("s").to_str().unwrap(),
+    ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains(note), "select");
     // The flags win, checked by the shared rule (before any training), and never one alone.
-    succeeds(&["relabel", "--teacher", b, "--images", i, "--epochs", "1", "--threads", "1", "--out", dir.path().join("l2").to_str().unwrap(), "--mean", "0.286", "--std", "0.353"]);
-    fails(&["validate", "--teacher", b, "--images", i, "--test-data", i, "--epochs", "1", "--mean", "0.286", "--std", "0"], &["--mean/--std: std values must be positive"]);
-    for cmd in [&["run", "--std", "0.353", "--out", dir.path().join("x").to_str().unwrap()][..], &["evaluate", "--images", i, "--std", "0.353"], &["validate", "--images", i, "--std", "0.353"], &["select", "--std", "0.353", "--out", dir.path().join("y").to_str().unwrap()]] {
+    succeeds(&[
+        "relabel",
+        "--teacher",
+        b,
+        "--images",
+        i,
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        dir.path().join("l2").to_str().unwrap(),
+        "--mean",
+        "0.286",
+        "--std",
+        "0.353",
+    ]);
+    fails(
+        &["validate", "--teacher", b, "--images", i, "--test-data", i, "--epochs", "1", "--mean", "0.286", "--std", "0"],
+        &["--mean/--std: std values must be positive"],
+    );
+    for cmd in [
+        &["run", "--std", "0.353", "--out", dir.path().join("x").to_str().unwrap()][..],
+        &["evaluate", "--images", i, "--std", "0.353"],
+        &["validate", "--images", i, "--std", "0.353"],
+        &["select", "--std", "0.353", "--out", dir.path().join("y").to_str().unwrap()],
+    ] {
         fails(cmd, &["give both --mean and --std"]);
     }
     assert!(!dir.path().join("x").exists() && !dir.path().join("y").exists(), "refused before the output folder");
@@ -233,7 +323,8 @@ fn every_command_resolves_a_teacher_without_mean_and_std_alike() {
 
 #[test]
 fn bench_accepts_the_architecture_spellings_squeeze_accepts() {
-    let out = succeeds(&["bench", "--arch", "resnet18-w8", "--stem", "cifar", "--res", "16", "--batch", "1", "--iters", "1", "--classes", "10", "--threads", "1"]);
+    let out =
+        succeeds(&["bench", "--arch", "resnet18-w8", "--stem", "cifar", "--res", "16", "--batch", "1", "--iters", "1", "--classes", "10", "--threads", "1"]);
     let line = String::from_utf8_lossy(&out.stdout);
     assert!(line.contains("\"arch\":\"resnet18\"") && line.contains("\"width\":8"), "{line}");
     fails(&["bench", "--arch", "resnet18-wx", "--res", "32", "--iters", "1"], &["width after -w must be a number"]);
@@ -280,7 +371,11 @@ fn numbered_class_folders_keep_their_class_when_others_are_missing() {
     folder(&mixed, &TEN[..9], 1);
     folder(&mixed, &["extra"], 1);
     let (m, l) = (mixed.to_str().unwrap(), dir.path().join("l.labels"));
-    for args in [vec!["evaluate", "--images", m], vec!["validate", "--images", m, "--epochs", "1"], vec!["relabel", "--images", m, "--epochs", "1", "--out", l.to_str().unwrap()]] {
+    for args in [
+        vec!["evaluate", "--images", m],
+        vec!["validate", "--images", m, "--epochs", "1"],
+        vec!["relabel", "--images", m, "--epochs", "1", "--out", l.to_str().unwrap()],
+    ] {
         fails(&args, &["9 of 10 class folders are named new{class} but 1 is not (extra)"]);
     }
 }
@@ -317,7 +412,28 @@ fn squeeze_fails_and_writes_no_teacher_when_training_diverges() {
         }
     }
     let out = dir.path().join("t.safetensors");
-    let args = ["squeeze", "--data", data.to_str().unwrap(), "--channels", "1", "--arch", "resnet18-w4", "--epochs", "1", "--batch-size", "8", "--lr", "1e6", "--threads", "1", "--workers", "1", "--quiet", "--out", out.to_str().unwrap()];
+    let args = [
+        "squeeze",
+        "--data",
+        data.to_str().unwrap(),
+        "--channels",
+        "1",
+        "--arch",
+        "resnet18-w4",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e6",
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ];
     refused(&run_limited(&args, 0, 120, &[], None), "squeeze --lr 1e6", &["non-finite", "no teacher was written"]);
     assert!(!out.exists(), "a diverged squeeze wrote {}", out.display());
     // At lr 1e2 the weights grow to ~1e12 but stay finite and the training loss (batch statistics)
@@ -344,7 +460,15 @@ fn messages_name_the_real_problem() {
     let input = dir.path().join("x.safetensors");
     std::fs::write(&input, safetensors::tensor::serialize([("input", view)], None::<HashMap<String, String>>).unwrap()).unwrap();
     let e = fails(
-        &["forward", "--weights", teacher().to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", dir.path().join("y.safetensors").to_str().unwrap()],
+        &[
+            "forward",
+            "--weights",
+            teacher().to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            dir.path().join("y.safetensors").to_str().unwrap(),
+        ],
         &["--input", "non-finite"],
     );
     assert!(!e.contains("weights"), "{e}");
@@ -353,7 +477,20 @@ fn messages_name_the_real_problem() {
     assert!(!e.contains("jitter"), "{e}");
     assert!(!dir.path().join("r").exists());
     // Real images that are not there are found missing before the banner and the folder.
-    let e = fails(&["run", "--init", "real", "--init-data", dir.path().join("absent").to_str().unwrap(), "--iteration", "1", "--out", dir.path().join("r").to_str().unwrap()], &["not a dataset name"]);
+    let e = fails(
+        &[
+            "run",
+            "--init",
+            "real",
+            "--init-data",
+            dir.path().join("absent").to_str().unwrap(),
+            "--iteration",
+            "1",
+            "--out",
+            dir.path().join("r").to_str().unwrap(),
+        ],
+        &["not a dataset name"],
+    );
     assert!(!e.contains("teacher "), "banner printed: {e}");
     assert!(!dir.path().join("r").exists());
     // An RGBA image is called RGBA.
@@ -372,7 +509,13 @@ fn messages_name_the_real_problem() {
     for f in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"] {
         std::fs::write(cwd.join(f), b"not an idx file").unwrap();
     }
-    let out = run_limited(&["sample", "--data", "fashion-mnist", "--ipc", "1", "--out", dir.path().join("s").to_str().unwrap()], 0, 120, &[("FASHION_MNIST_DIR", "")], Some(&cwd));
+    let out = run_limited(
+        &["sample", "--data", "fashion-mnist", "--ipc", "1", "--out", dir.path().join("s").to_str().unwrap()],
+        0,
+        120,
+        &[("FASHION_MNIST_DIR", "")],
+        Some(&cwd),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("bad magic") && !stderr.contains("panicked"), "{stderr}");
     if !out.status.success() {
@@ -404,7 +547,10 @@ fn non_finite_soft_labels_blame_the_labels_file() {
     }
     assert!(hit, "no F16 logits tensor in {header}");
     std::fs::write(&labels, &bytes).unwrap();
-    let e = fails(&["validate", "--images", i, "--test-data", i, "--labels", labels.to_str().unwrap(), "--epochs", "1", "--threads", "1"], &["soft label NaN", "remake the file with relabel"]);
+    let e = fails(
+        &["validate", "--images", i, "--test-data", i, "--labels", labels.to_str().unwrap(), "--epochs", "1", "--threads", "1"],
+        &["soft label NaN", "remake the file with relabel"],
+    );
     assert!(!e.contains("lower --lr"), "{e}");
 }
 
@@ -412,7 +558,11 @@ fn non_finite_soft_labels_blame_the_labels_file() {
 fn absurd_thread_counts_and_padding_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     // Each of these started 100 million OS threads before failing (or hung).
-    for cmd in [&["bench", "--res", "32", "--iters", "1"][..], &["evaluate", "--images", "."], &["run", "--iteration", "1", "--out", dir.path().join("o").to_str().unwrap()]] {
+    for cmd in [
+        &["bench", "--res", "32", "--iters", "1"][..],
+        &["evaluate", "--images", "."],
+        &["run", "--iteration", "1", "--out", dir.path().join("o").to_str().unwrap()],
+    ] {
         let args: Vec<&str> = cmd.iter().copied().chain(["--threads", "100000000"]).collect();
         refused(&run_limited(&args, 0, 60, &[], None), &format!("{args:?}"), &["--threads 100000000: at most"]);
     }
@@ -420,7 +570,21 @@ fn absurd_thread_counts_and_padding_are_refused() {
     folder(&data, &["a", "b"], 4);
     let out = dir.path().join("t.safetensors");
     fails(
-        &["squeeze", "--data", data.to_str().unwrap(), "--channels", "1", "--epochs", "1", "--batch-size", "4", "--padding", "18446744073709551615", "--out", out.to_str().unwrap()],
+        &[
+            "squeeze",
+            "--data",
+            data.to_str().unwrap(),
+            "--channels",
+            "1",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--padding",
+            "18446744073709551615",
+            "--out",
+            out.to_str().unwrap(),
+        ],
         &["--padding 18446744073709551615: at most the image size 28"],
     );
     assert!(!out.exists());
@@ -454,9 +618,18 @@ fn refused_selections_print_no_banner_and_leave_no_folder() {
     let dir = tempfile::tempdir().unwrap();
     let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
     let cases: [(Vec<String>, &str); 5] = [
-        (["run", "--init", "patches", "--candidates", "5", "--iteration", "3", "--ipc-end", "3", "--out", &out("a")].map(String::from).to_vec(), "--candidates 5 is below the 12 selected views"),
-        (["run", "--method", "rded", "--candidates", "5", "--ipc-end", "3", "--out", &out("b")].map(String::from).to_vec(), "--candidates 5 is below the 12 selected views"),
-        (["select", "--candidates", "5", "--crops", "1", "--ipc-end", "3", "--out", &out("c")].map(String::from).to_vec(), "--candidates 5 is below the 12 selected views"),
+        (
+            ["run", "--init", "patches", "--candidates", "5", "--iteration", "3", "--ipc-end", "3", "--out", &out("a")].map(String::from).to_vec(),
+            "--candidates 5 is below the 12 selected views",
+        ),
+        (
+            ["run", "--method", "rded", "--candidates", "5", "--ipc-end", "3", "--out", &out("b")].map(String::from).to_vec(),
+            "--candidates 5 is below the 12 selected views",
+        ),
+        (
+            ["select", "--candidates", "5", "--crops", "1", "--ipc-end", "3", "--out", &out("c")].map(String::from).to_vec(),
+            "--candidates 5 is below the 12 selected views",
+        ),
         (["select", "--init-data", "/nonexistent/data", "--ipc-end", "1", "--out", &out("d")].map(String::from).to_vec(), "not a dataset name"),
         (["sample", "--data", "fashion-mnist", "--ipc", "7000", "--out", &out("e")].map(String::from).to_vec(), "asks for more"),
     ];

@@ -253,7 +253,20 @@ fn soft_label_file_survives_mutations() {
     for (name, extra) in [("full", vec![]), ("topk", vec!["--topk", "3"])] {
         let path = dir.path().join(format!("{name}.safetensors"));
         let out = bin()
-            .args(["relabel", "--images", set.to_str().unwrap(), "--epochs", "2", "--batch-size", "4", "--threads", "1", "--quiet", "--out", path.to_str().unwrap()])
+            .args([
+                "relabel",
+                "--images",
+                set.to_str().unwrap(),
+                "--epochs",
+                "2",
+                "--batch-size",
+                "4",
+                "--threads",
+                "1",
+                "--quiet",
+                "--out",
+                path.to_str().unwrap(),
+            ])
             .args(&extra)
             .output()
             .unwrap();
@@ -276,7 +289,10 @@ fn soft_label_file_survives_mutations() {
 fn run_record_survives_mutations() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o");
-    let run = bin().args(["run", "--iteration", "2", "--ipc-end", "1", "--classes", "2", "--log-every", "1", "--quiet", "--threads", "1", "--out", out.to_str().unwrap()]).output().unwrap();
+    let run = bin()
+        .args(["run", "--iteration", "2", "--ipc-end", "1", "--classes", "2", "--log-every", "1", "--quiet", "--threads", "1", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let base = std::fs::read(out.join("recover_record.json")).unwrap();
     assert!(serde_json::from_slice::<RunRecord>(&base).is_ok());
@@ -302,7 +318,7 @@ fn image_decoder_survives_mutations() {
             // instead of stopping at the checksum.
             k += 1;
             let fixed;
-            let b = if png && k % 2 == 0 {
+            let b = if png && k.is_multiple_of(2) {
                 fixed = fix_png_crcs(b);
                 &fixed[..]
             } else {

@@ -119,7 +119,22 @@ fn run_with_two_teachers() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("t");
     let both = format!("{TEACHER},{TEACHER}");
-    ok(&["run", "--out", out.to_str().unwrap(), "--weights", &both, "--teachers-per-step", "2", "--iteration", "2", "--ipc-end", "1", "--classes", "2", "--quiet"]);
+    ok(&[
+        "run",
+        "--out",
+        out.to_str().unwrap(),
+        "--weights",
+        &both,
+        "--teachers-per-step",
+        "2",
+        "--iteration",
+        "2",
+        "--ipc-end",
+        "1",
+        "--classes",
+        "2",
+        "--quiet",
+    ]);
     let rec = json(&out.join("recover_record.json"));
     assert_eq!(rec["settings"]["extra_teachers"].as_array().unwrap().len(), 1);
     assert_eq!(rec["settings"]["teacher_schedule"]["kind"], "committee");
@@ -134,7 +149,22 @@ fn run_with_two_teachers() {
 fn hybrid_sets_write_real_then_recovered_images_and_resume() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("h");
-    let args = ["run", "--out", out.to_str().unwrap(), "--method", "recommended", "--iteration", "2", "--ipc-end", "4", "--classes", "2", "--candidates", "6", "--quiet"];
+    let args = [
+        "run",
+        "--out",
+        out.to_str().unwrap(),
+        "--method",
+        "recommended",
+        "--iteration",
+        "2",
+        "--ipc-end",
+        "4",
+        "--classes",
+        "2",
+        "--candidates",
+        "6",
+        "--quiet",
+    ];
     ok(&args);
     let rec = json(&out.join("recover_record.json"));
     let real = rec["real_images"].as_array().unwrap();
@@ -162,7 +192,28 @@ fn edc_and_cvdd_record_their_settings() {
     let dir = tempfile::tempdir().unwrap();
     let two = format!("{TEACHER},{TEACHER}");
     let edc = dir.path().join("edc");
-    let log = ok(&["run", "--out", edc.to_str().unwrap(), "--method", "edc", "--weights", &two, "--iteration", "2", "--ipc-end", "1", "--classes", "2", "--candidates", "8", "--crops", "1", "--class-stats-images", "20", "--quiet"]);
+    let log = ok(&[
+        "run",
+        "--out",
+        edc.to_str().unwrap(),
+        "--method",
+        "edc",
+        "--weights",
+        &two,
+        "--iteration",
+        "2",
+        "--ipc-end",
+        "1",
+        "--classes",
+        "2",
+        "--candidates",
+        "8",
+        "--crops",
+        "1",
+        "--class-stats-images",
+        "20",
+        "--quiet",
+    ]);
     assert!(log.contains("class-wise BN statistics"), "{log}");
     let s = &json(&edc.join("recover_record.json"))["settings"];
     assert_eq!(s["init"]["kind"], "patches");
@@ -174,11 +225,35 @@ fn edc_and_cvdd_record_their_settings() {
     assert_eq!(s["teacher_schedule"]["kind"], "rotate");
     assert_eq!(json(&edc.join("recover_record.json"))["batches"].as_array().unwrap().len(), 2, "a batch per class");
     let cvdd = dir.path().join("cvdd");
-    ok(&["run", "--out", cvdd.to_str().unwrap(), "--method", "cvdd", "--weights", &two, "--iteration", "2", "--ipc-end", "1", "--classes", "2", "--candidates", "8", "--crops", "1", "--lr", "0.1", "--quiet"]);
+    ok(&[
+        "run",
+        "--out",
+        cvdd.to_str().unwrap(),
+        "--method",
+        "cvdd",
+        "--weights",
+        &two,
+        "--iteration",
+        "2",
+        "--ipc-end",
+        "1",
+        "--classes",
+        "2",
+        "--candidates",
+        "8",
+        "--crops",
+        "1",
+        "--lr",
+        "0.1",
+        "--quiet",
+    ]);
     let s = &json(&cvdd.join("recover_record.json"))["settings"];
     assert_eq!(s["teacher_schedule"], serde_json::json!({"kind": "committee", "per_step": 2}));
     assert_eq!(s["recover"]["lr"], 0.1, "an explicit flag wins over the method's");
     assert!(s.get("bn_target").is_none(), "the running statistics are the default and not written");
-    refused(&["run", "--out", dir.path().join("z").to_str().unwrap(), "--bn-stats", "class", "--class-stats-images", "0"], "--class-stats-images must be at least 1");
+    refused(
+        &["run", "--out", dir.path().join("z").to_str().unwrap(), "--bn-stats", "class", "--class-stats-images", "0"],
+        "--class-stats-images must be at least 1",
+    );
     refused(&["run", "--out", dir.path().join("z").to_str().unwrap(), "--crop-min-scale", "0"], "--crop-min-scale must be in (0, 1]");
 }

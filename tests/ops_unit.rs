@@ -27,7 +27,7 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
 fn crop_resize_backward_is_the_adjoint_of_forward() {
     let mut rng = StdRng::seed_from_u64(1);
     let (n, c, h, w) = (2, 3, 13, 17);
-    let p = CropResizeProblem { n: n as i32, c: c as i32, h: h as i32, w: w as i32 };
+    let p = CropResizeProblem { n, c, h, w };
     let cases = [
         CropParams { top: 0, left: 0, crop_h: 13, crop_w: 17, flip: 0, shift_y: 0, shift_x: 0, _pad: 0 },
         CropParams { top: 2, left: 3, crop_h: 5, crop_w: 9, flip: 1, shift_y: 4, shift_x: 16, _pad: 0 },
@@ -153,9 +153,9 @@ fn bn_matching_gradient_matches_f64_finite_differences() {
 fn adam_step_and_clip_match_pytorch() {
     let grads = [[0.1f32, -0.2, 0.0, 1e-9, 5.0, -3.0], [-0.3, 0.2, 0.4, 0.0, 5.0, 1.0], [0.05, 0.05, -0.05, 2.0, -1.0, 0.5]];
     let want = [
-        [0.2500000298023224f32, -1.0, 2.0, -0.022727271541953087, -0.24699999392032623, -0.5],
-        [0.38690185546875, -1.0625, 1.8276994228363037, -0.02857481688261032, -0.4345000088214874, -0.47144144773483276],
-        [0.40147119760513306, -1.0845801830291748, 1.8046585321426392, -0.0873679518699646, -0.4589439034461975, -0.47650080919265747],
+        [0.250_000_03_f32, -1.0, 2.0, -0.022_727_272, -0.247, -0.5],
+        [0.386_901_86, -1.0625, 1.827_699_4, -0.028_574_817, -0.434_5, -0.471_441_45],
+        [0.401_471_2, -1.084_580_2, 1.804_658_5, -0.087_367_95, -0.458_943_9, -0.476_500_8],
     ];
     let mut x = vec![0.5f32, -1.25, 2.0, 0.0, 3.0e-3, -0.75];
     let (mut m, mut v) = (vec![0.0; 6], vec![0.0; 6]);
@@ -201,7 +201,13 @@ fn conv_dgrad_is_the_adjoint_of_fprop() {
         let (zeros, ones) = (vec![0.0; k], vec![1.0; k]);
         let mut y = vec![0.0; p.output_len()];
         let mut out = vec![0.0; p.output_len()];
-        let epi = FpropEpilogue { bn: BnAffine { mean: &zeros[..], scale: &ones[..], beta: &zeros[..] }, residual: None, relu: false, y: Some(&mut y[..]), stats: None };
+        let epi = FpropEpilogue {
+            bn: BnAffine { mean: &zeros[..], scale: &ones[..], beta: &zeros[..] },
+            residual: None,
+            relu: false,
+            y: Some(&mut y[..]),
+            stats: None,
+        };
         conv::fprop(&p, &x, &w, epi, &mut out);
         let mut dx = vec![0.0; p.input_len()];
         conv::dgrad(&p, &dy, &w, &x, DgradEpilogue::Store, &mut dx);

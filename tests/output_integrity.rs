@@ -123,7 +123,10 @@ fn sample_on_a_full_disk_fails_and_leaves_only_whole_images() {
 fn select_on_a_full_disk_fails_and_leaves_only_whole_images() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sel");
-    let o = on_full_disk(1, &["select", "--init-data", "fashion-mnist", "--classes", "2", "--ipc-end", "3", "--candidates", "20", "--threads", "1", "--out", s(&out)]);
+    let o = on_full_disk(
+        1,
+        &["select", "--init-data", "fashion-mnist", "--classes", "2", "--ipc-end", "3", "--candidates", "20", "--threads", "1", "--out", s(&out)],
+    );
     let all = text(&o);
     assert!(!o.status.success(), "select reported success on a full disk: {all}");
     assert!(all.contains("cannot write"), "{all}");
@@ -205,7 +208,10 @@ fn a_continuation_with_other_weights_or_settings_is_refused_naming_each_differen
 
     let other = dir.path().join("teacher_f16.safetensors");
     f16_copy(&other);
-    let msg = fails_with(&run_args(&out, &["--ipc-start", "2", "--ipc-end", "4", "--seed", "7", "--weights", s(&other)]), &["teacher weights: fingerprint", &fingerprint, "teacher_f16.safetensors"]);
+    let msg = fails_with(
+        &run_args(&out, &["--ipc-start", "2", "--ipc-end", "4", "--seed", "7", "--weights", s(&other)]),
+        &["teacher weights: fingerprint", &fingerprint, "teacher_f16.safetensors"],
+    );
     assert!(msg.contains("give a new --out"), "{msg}");
     // Several settings at once: each is named with its old and new value.
     fails_with(&run_args(&out, &["--ipc-start", "2", "--ipc-end", "4", "--seed", "8", "--iteration", "4"]), &["seed: 7 -> 8", "recover.iterations: 3 -> 4"]);
@@ -322,7 +328,22 @@ fn labels_made_for_other_pixels_are_refused() {
     let labels = dir.path().join("a.safetensors");
     ok(&["relabel", "--images", s(&a), "--out", s(&labels), "--epochs", "1", "--threads", "1", "--quiet"]);
     let validate = |images: &Path, needle: &str| {
-        let args = ["validate", "--images", s(images), "--labels", s(&labels), "--epochs", "1", "--student", "resnet18-w2", "--test-data", s(&a), "--threads", "1", "--quiet"];
+        let args = [
+            "validate",
+            "--images",
+            s(images),
+            "--labels",
+            s(&labels),
+            "--epochs",
+            "1",
+            "--student",
+            "resnet18-w2",
+            "--test-data",
+            s(&a),
+            "--threads",
+            "1",
+            "--quiet",
+        ];
         let msg = fails_with(&args, &["the file names match but the pixels differ", needle]);
         assert!(!msg.contains("epoch 1"), "validate trained before refusing: {msg}");
     };

@@ -43,7 +43,11 @@ impl Case {
     /// The teachers of iteration t, as the reference loop chose them.
     fn chosen(&self, t: usize) -> Vec<usize> {
         let count = 1 + self.extra.is_some() as usize;
-        if self.per_step > 1 { (0..count).collect() } else { vec![t % count] }
+        if self.per_step > 1 {
+            (0..count).collect()
+        } else {
+            vec![t % count]
+        }
     }
 }
 
@@ -72,7 +76,8 @@ fn case(name: &str) -> Case {
     };
     let n = meta_f64(&traj, "n") as usize;
     let res = meta_f64(&traj, "res") as usize;
-    let residual = traj.metadata.get("residual_every").map(|_| Residual { every: meta_f64(&traj, "residual_every") as usize, alpha: meta_f64(&traj, "residual_alpha") });
+    let residual =
+        traj.metadata.get("residual_every").map(|_| Residual { every: meta_f64(&traj, "residual_every") as usize, alpha: meta_f64(&traj, "residual_alpha") });
     let extra = fixture(&format!("recover/{name}.t1.safetensors"));
     let extra = extra.exists().then(|| ResNet::load(&extra).unwrap());
     let per_step = traj.metadata.get("per_step").map_or(1, |_| meta_f64(&traj, "per_step") as usize);

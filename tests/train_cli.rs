@@ -62,7 +62,25 @@ fn squeeze_relabel_validate_round_trip_on_a_tiny_folder() {
     make_folder(&data);
     let teacher: PathBuf = dir.path().join("teacher.safetensors");
     let common = ["--threads", "1", "--workers", "2", "--quiet"];
-    let mut args = vec!["squeeze", "--data", s(&data), "--test-data", s(&data), "--out", s(&teacher), "--arch", "resnet18-w4", "--channels", "1", "--epochs", "2", "--batch-size", "4", "--lr", "0.05"];
+    let mut args = vec![
+        "squeeze",
+        "--data",
+        s(&data),
+        "--test-data",
+        s(&data),
+        "--out",
+        s(&teacher),
+        "--arch",
+        "resnet18-w4",
+        "--channels",
+        "1",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--lr",
+        "0.05",
+    ];
     args.extend(common);
     let r = ok(&args);
     assert_eq!(r["epochs"], 2);
@@ -81,12 +99,44 @@ fn squeeze_relabel_validate_round_trip_on_a_tiny_folder() {
     assert!(subset.join("new002/class002_id001.png").exists());
 
     let labels = dir.path().join("labels.safetensors");
-    let mut args = vec!["relabel", "--teacher", s(&teacher), "--images", s(&subset), "--out", s(&labels), "--epochs", "3", "--batch-size", "4", "--topk", "2", "--seed", "5"];
+    let mut args = vec![
+        "relabel",
+        "--teacher",
+        s(&teacher),
+        "--images",
+        s(&subset),
+        "--out",
+        s(&labels),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--topk",
+        "2",
+        "--seed",
+        "5",
+    ];
     args.extend(common);
     let r = ok(&args);
     assert_eq!((r["epochs"].as_u64(), r["images"].as_u64(), r["batch_size"].as_u64()), (Some(3), Some(6), Some(4)));
 
-    let mut args = vec!["validate", "--teacher", s(&teacher), "--images", s(&subset), "--labels", s(&labels), "--test-data", s(&data), "--epochs", "3", "--student", "resnet18-w2", "--eval-every", "2"];
+    let mut args = vec![
+        "validate",
+        "--teacher",
+        s(&teacher),
+        "--images",
+        s(&subset),
+        "--labels",
+        s(&labels),
+        "--test-data",
+        s(&data),
+        "--epochs",
+        "3",
+        "--student",
+        "resnet18-w2",
+        "--eval-every",
+        "2",
+    ];
     args.extend(common);
     let record = dir.path().join("record.json");
     args.extend(["--record", s(&record)]);
@@ -100,7 +150,23 @@ fn squeeze_relabel_validate_round_trip_on_a_tiny_folder() {
 
     // Online (no label file), teacher's architecture as the student, MixUp.
     let student = dir.path().join("student.safetensors");
-    let mut args = vec!["validate", "--teacher", s(&teacher), "--images", s(&subset), "--test-data", s(&data), "--epochs", "2", "--batch-size", "3", "--mix", "mixup", "--temperature", "4"];
+    let mut args = vec![
+        "validate",
+        "--teacher",
+        s(&teacher),
+        "--images",
+        s(&subset),
+        "--test-data",
+        s(&data),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "3",
+        "--mix",
+        "mixup",
+        "--temperature",
+        "4",
+    ];
     args.extend(["--save-student", s(&student)]);
     args.extend(common);
     let r = ok(&args);
@@ -130,7 +196,8 @@ fn squeeze_relabel_validate_round_trip_on_a_tiny_folder() {
     // Bad numbers and unwritable outputs (a path under a regular file) fail before any training.
     let unwritable = teacher.join("out.safetensors");
     let squeeze = |extra: &[&str], needle: &str| {
-        let mut args = vec!["squeeze", "--data", s(&data), "--test-data", s(&data), "--arch", "resnet18-w4", "--channels", "1", "--epochs", "1", "--batch-size", "4"];
+        let mut args =
+            vec!["squeeze", "--data", s(&data), "--test-data", s(&data), "--arch", "resnet18-w4", "--channels", "1", "--epochs", "1", "--batch-size", "4"];
         args.extend(extra);
         args.extend(common);
         if !extra.contains(&"--out") {
@@ -182,7 +249,25 @@ fn validate_test_set_errors(teacher: &Path, subset: &Path, data: &Path, common: 
 
 fn replay_checks(dir: &Path, teacher: &Path, subset: &Path, data: &Path, labels: &Path, common: &[&str]) {
     let other = dir.join("other_teacher.safetensors");
-    let mut args = vec!["squeeze", "--data", s(data), "--test-data", s(data), "--out", s(&other), "--arch", "resnet18-w4", "--channels", "1", "--epochs", "1", "--batch-size", "4", "--seed", "9"];
+    let mut args = vec![
+        "squeeze",
+        "--data",
+        s(data),
+        "--test-data",
+        s(data),
+        "--out",
+        s(&other),
+        "--arch",
+        "resnet18-w4",
+        "--channels",
+        "1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--seed",
+        "9",
+    ];
     args.extend(common);
     ok(&args);
     let mut args = vec!["validate", "--teacher", s(&other), "--images", s(subset), "--labels", s(labels), "--test-data", s(data), "--epochs", "1"];

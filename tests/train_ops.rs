@@ -4,16 +4,16 @@
 
 mod common;
 
-use common::{assert_close, load, tensor};
 use cda_engine::model::ConvGeom;
+use cda_engine::ops::adamw::{cpu as adamw, AdamWConfig};
 use cda_engine::ops::batchnorm::{cpu as bn, BnProblem};
 use cda_engine::ops::conv2d::ConvProblem;
 use cda_engine::ops::conv_train::cpu as conv;
 use cda_engine::ops::kd_loss::cpu as kd;
 use cda_engine::ops::linear::cpu as linear;
 use cda_engine::ops::linear_grad::cpu as linear_grad;
-use cda_engine::ops::adamw::{cpu as adamw, AdamWConfig};
 use cda_engine::ops::sgd::{cpu as sgd, SgdConfig};
+use common::{assert_close, load, tensor};
 
 /// Convolutions sum at most C*R*S = 147 (fprop), K*R*S = 54 (dgrad) or N*P*Q = 162 (wgrad) fp32
 /// products of O(1) values: the fp32 rounding of such sums stays below ~1e-6 of the result's scale;
@@ -115,12 +115,14 @@ fn linear_gradients_and_avgpool_backward_match_pytorch() {
 fn sgd_and_adamw_steps_match_pytorch() {
     let f = load("train/optim.safetensors");
     let lr_factor = [1.0, 0.5, 0.25];
-    for (case, base_lr, momentum, nesterov, wd) in [("sgd", 0.1, 0.9, true, 5e-4), ("sgd_plain_momentum", 0.05, 0.9, false, 5e-4), ("adamw", 1e-3, 0.0, false, 0.01)] {
+    for (case, base_lr, momentum, nesterov, wd) in
+        [("sgd", 0.1, 0.9, true, 5e-4), ("sgd_plain_momentum", 0.05, 0.9, false, 5e-4), ("adamw", 1e-3, 0.0, false, 0.01)]
+    {
         let t = |k: &str| tensor(&f, &format!("{case}.{k}")).data.clone();
         let (mut w, mut b) = (t("w0"), t("b0"));
         let (mut mw, mut vw, mut mb, mut vb) = (vec![0.0; 12], vec![0.0; 12], vec![0.0; 4], vec![0.0; 4]);
-        for step in 0..3 {
-            let lr = base_lr * lr_factor[step];
+        for (step, factor) in lr_factor.iter().enumerate() {
+            let lr = base_lr * factor;
             let (gw, gb) = (t(&format!("gw{step}")), t(&format!("gb{step}")));
             if case == "adamw" {
                 let cfg = AdamWConfig::new(lr, wd);

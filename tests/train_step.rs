@@ -4,13 +4,13 @@
 
 mod common;
 
-use common::{assert_close, fixture, load, tensor};
 use cda_engine::model::ResNet;
 use cda_engine::ops::kd_loss::cpu as kd;
 use cda_engine::ops::softmax_ce::cpu::softmax_ce;
 use cda_engine::train::model::TrainModel;
 use cda_engine::train::net::{Mode, TrainNet};
 use cda_engine::train::optim::Optimizer;
+use common::{assert_close, fixture, load, tensor};
 
 /// Tolerances (relative to each tensor's scale):
 /// - logits and loss 1e-4: up to 17 fp32 convs and BatchNorms in sequence; BN renormalises each layer,

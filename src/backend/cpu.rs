@@ -92,7 +92,12 @@ impl CpuBackend {
             .thread_name(|i| format!("cda-cpu-{i}"))
             .build()
             .map_err(|e| Error::Option(format!("cannot start {threads} CPU threads: {e}")))?;
-        Ok(CpuBackend { pool: Arc::new(pool), threads, profile: Mutex::new(None), weights: conv2d::cpu::WeightCache::new(conv2d::cpu::WeightCache::default_budget()) })
+        Ok(CpuBackend {
+            pool: Arc::new(pool),
+            threads,
+            profile: Mutex::new(None),
+            weights: conv2d::cpu::WeightCache::new(conv2d::cpu::WeightCache::default_budget()),
+        })
     }
 
     /// Starts (clearing what was recorded) or stops timing every op call.
@@ -218,7 +223,11 @@ impl Backend for CpuBackend {
             y: epi.y.map(|y| pre_mut(y, ol)),
             stats: epi.stats.map(|s| pre_mut(s, 2 * k)),
         };
-        self.op(|| format!("conv_fprop {}", conv_key(p, false)), p.flops(), || conv2d::cpu::fprop_with(Some(&self.weights), p, pre(x, il), pre(w, p.weight_len()), epi, pre_mut(out, ol)));
+        self.op(
+            || format!("conv_fprop {}", conv_key(p, false)),
+            p.flops(),
+            || conv2d::cpu::fprop_with(Some(&self.weights), p, pre(x, il), pre(w, p.weight_len()), epi, pre_mut(out, ol)),
+        );
         Ok(())
     }
 
@@ -229,25 +238,51 @@ impl Backend for CpuBackend {
             DgradEpilogue::MaskInput { add, accumulate } => DgradEpilogue::MaskInput { add: add.map(|a| pre(a, il)), accumulate },
             DgradEpilogue::BnRelu { y_prev, scale, coef } => DgradEpilogue::BnRelu { y_prev: pre(y_prev, il), scale: pre(scale, c), coef: pre(coef, 3 * c) },
         };
-        self.op(|| format!("conv_dgrad {}", conv_key(p, true)), p.flops(), || conv2d::cpu::dgrad_with(Some(&self.weights), p, pre(dy, ol), pre(w, p.weight_len()), pre(x, il), epi, pre_mut(dx, il)));
+        self.op(
+            || format!("conv_dgrad {}", conv_key(p, true)),
+            p.flops(),
+            || conv2d::cpu::dgrad_with(Some(&self.weights), p, pre(dy, ol), pre(w, p.weight_len()), pre(x, il), epi, pre_mut(dx, il)),
+        );
         Ok(())
     }
 
-    fn bn_match(&self, stats: &Vec<f32>, running_mean: &Vec<f32>, running_var: &Vec<f32>, count: usize, weight: f64, coef: &mut Vec<f32>, losses: &mut Vec<f32>, slot: usize) -> Result<()> {
+    fn bn_match(
+        &self,
+        stats: &Vec<f32>,
+        running_mean: &Vec<f32>,
+        running_var: &Vec<f32>,
+        count: usize,
+        weight: f64,
+        coef: &mut Vec<f32>,
+        losses: &mut Vec<f32>,
+        slot: usize,
+    ) -> Result<()> {
         let k = running_mean.len();
-        losses[slot] = self.op(|| format!("bn_match K{k}"), 0.0, || bn_match::cpu::bn_match(pre(stats, 2 * k), running_mean, pre(running_var, k), count as f64, weight, pre_mut(coef, 3 * k)));
+        losses[slot] = self.op(
+            || format!("bn_match K{k}"),
+            0.0,
+            || bn_match::cpu::bn_match(pre(stats, 2 * k), running_mean, pre(running_var, k), count as f64, weight, pre_mut(coef, 3 * k)),
+        );
         Ok(())
     }
 
     fn bn_backward(&self, n: usize, c: usize, hw: usize, dz: &Vec<f32>, y: &Vec<f32>, scale: &Vec<f32>, coef: &Vec<f32>, dy: &mut Vec<f32>) -> Result<()> {
         let len = n * c * hw;
-        self.op(|| format!("bn_backward {n}x{c}x{hw}"), 0.0, || bn_match::cpu::bn_backward(c, hw, pre(dz, len), pre(y, len), pre(scale, c), pre(coef, 3 * c), pre_mut(dy, len)));
+        self.op(
+            || format!("bn_backward {n}x{c}x{hw}"),
+            0.0,
+            || bn_match::cpu::bn_backward(c, hw, pre(dz, len), pre(y, len), pre(scale, c), pre(coef, 3 * c), pre_mut(dy, len)),
+        );
         Ok(())
     }
 
     fn maxpool_fwd(&self, p: &PoolProblem, x: &Vec<f32>, out: &mut Vec<f32>, argmax: &mut Vec<i32>) -> Result<()> {
         let (il, ol) = (p.input_len(), p.output_len());
-        self.op(|| format!("maxpool_fwd {}x{}x{}x{}", p.n, p.c, p.h, p.w), 0.0, || pool::cpu::maxpool_fwd(p, pre(x, il), pre_mut(out, ol), pre_mut(argmax, ol)));
+        self.op(
+            || format!("maxpool_fwd {}x{}x{}x{}", p.n, p.c, p.h, p.w),
+            0.0,
+            || pool::cpu::maxpool_fwd(p, pre(x, il), pre_mut(out, ol), pre_mut(argmax, ol)),
+        );
         Ok(())
     }
 
@@ -268,49 +303,98 @@ impl Backend for CpuBackend {
     }
 
     fn linear_fwd(&self, n: usize, in_f: usize, out_f: usize, x: &Vec<f32>, w: &Vec<f32>, b: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
-        self.op(|| format!("linear_fwd {n}x{in_f}x{out_f}"), 2.0 * (n * in_f * out_f) as f64, || linear::cpu::fwd(n, in_f, out_f, pre(x, n * in_f), pre(w, in_f * out_f), pre(b, out_f), pre_mut(y, n * out_f)));
+        self.op(
+            || format!("linear_fwd {n}x{in_f}x{out_f}"),
+            2.0 * (n * in_f * out_f) as f64,
+            || linear::cpu::fwd(n, in_f, out_f, pre(x, n * in_f), pre(w, in_f * out_f), pre(b, out_f), pre_mut(y, n * out_f)),
+        );
         Ok(())
     }
 
     fn linear_bwd_data(&self, n: usize, in_f: usize, out_f: usize, dy: &Vec<f32>, w: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
-        self.op(|| format!("linear_bwd_data {n}x{in_f}x{out_f}"), 2.0 * (n * in_f * out_f) as f64, || linear::cpu::bwd_data(n, in_f, out_f, pre(dy, n * out_f), pre(w, in_f * out_f), pre_mut(dx, n * in_f)));
+        self.op(
+            || format!("linear_bwd_data {n}x{in_f}x{out_f}"),
+            2.0 * (n * in_f * out_f) as f64,
+            || linear::cpu::bwd_data(n, in_f, out_f, pre(dy, n * out_f), pre(w, in_f * out_f), pre_mut(dx, n * in_f)),
+        );
         Ok(())
     }
 
-    fn softmax_ce(&self, n: usize, classes: usize, logits: &Vec<f32>, targets: &Vec<i32>, dlogits: &mut Vec<f32>, losses: &mut Vec<f32>, slot: usize) -> Result<()> {
+    fn softmax_ce(
+        &self,
+        n: usize,
+        classes: usize,
+        logits: &Vec<f32>,
+        targets: &Vec<i32>,
+        dlogits: &mut Vec<f32>,
+        losses: &mut Vec<f32>,
+        slot: usize,
+    ) -> Result<()> {
         let targets = pre(targets, n);
         if let Some(t) = targets.iter().find(|&&t| t < 0 || t as usize >= classes) {
             return Err(Error::input("targets", format!("class {t} is outside 0..{classes}")));
         }
-        losses[slot] = self.op(|| format!("softmax_ce {n}x{classes}"), 0.0, || softmax_ce::cpu::softmax_ce(n, classes, pre(logits, n * classes), targets, pre_mut(dlogits, n * classes)));
+        losses[slot] = self.op(
+            || format!("softmax_ce {n}x{classes}"),
+            0.0,
+            || softmax_ce::cpu::softmax_ce(n, classes, pre(logits, n * classes), targets, pre_mut(dlogits, n * classes)),
+        );
         Ok(())
     }
 
     fn crop_resize_fwd(&self, p: &CropResizeProblem, params: &Vec<i32>, x: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
         let (n, len) = (p.n as usize, p.len());
-        self.op(|| format!("crop_resize_fwd {}x{}x{}x{}", p.n, p.c, p.h, p.w), 0.0, || crop_resize::cpu::fwd(p, crop_params(params, n), pre(x, len), pre_mut(out, len)));
+        self.op(
+            || format!("crop_resize_fwd {}x{}x{}x{}", p.n, p.c, p.h, p.w),
+            0.0,
+            || crop_resize::cpu::fwd(p, crop_params(params, n), pre(x, len), pre_mut(out, len)),
+        );
         Ok(())
     }
 
     fn crop_resize_bwd(&self, p: &CropResizeProblem, params: &Vec<i32>, dout: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
         let (n, len) = (p.n as usize, p.len());
-        self.op(|| format!("crop_resize_bwd {}x{}x{}x{}", p.n, p.c, p.h, p.w), 0.0, || crop_resize::cpu::bwd(p, crop_params(params, n), pre(dout, len), pre_mut(dx, len)));
+        self.op(
+            || format!("crop_resize_bwd {}x{}x{}x{}", p.n, p.c, p.h, p.w),
+            0.0,
+            || crop_resize::cpu::bwd(p, crop_params(params, n), pre(dout, len), pre_mut(dx, len)),
+        );
         Ok(())
     }
 
     fn image_prior(&self, n: usize, c: usize, h: usize, w: usize, x: &Vec<f32>, tv_l2: f64, l2_scale: f64, grad: &mut Vec<f32>) -> Result<f64> {
         let len = n * c * h * w;
-        Ok(self.op(|| format!("image_prior {n}x{c}x{h}x{w}"), 0.0, || image_prior::cpu::image_prior(n, c, h, w, pre(x, len), tv_l2, l2_scale, pre_mut(grad, len))))
+        Ok(self.op(
+            || format!("image_prior {n}x{c}x{h}x{w}"),
+            0.0,
+            || image_prior::cpu::image_prior(n, c, h, w, pre(x, len), tv_l2, l2_scale, pre_mut(grad, len)),
+        ))
     }
 
     fn check_image_prior_support(&self) -> Result<()> {
         Ok(())
     }
 
-    fn adam_clip(&self, n: usize, c: usize, hw: usize, scalars: &Vec<f32>, x: &mut Vec<f32>, g: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, lo: &Vec<f32>, hi: &Vec<f32>) -> Result<()> {
+    fn adam_clip(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        scalars: &Vec<f32>,
+        x: &mut Vec<f32>,
+        g: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        lo: &Vec<f32>,
+        hi: &Vec<f32>,
+    ) -> Result<()> {
         let s = AdamScalars::from_slice(scalars);
         let len = n * c * hw;
-        self.op(|| format!("adam_clip {n}x{c}x{hw}"), 0.0, || adam::cpu::adam_clip(c, hw, &s, pre_mut(x, len), pre(g, len), pre_mut(m, len), pre_mut(v, len), pre(lo, c), pre(hi, c)));
+        self.op(
+            || format!("adam_clip {n}x{c}x{hw}"),
+            0.0,
+            || adam::cpu::adam_clip(c, hw, &s, pre_mut(x, len), pre(g, len), pre_mut(m, len), pre_mut(v, len), pre(lo, c), pre(hi, c)),
+        );
         Ok(())
     }
 }

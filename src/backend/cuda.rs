@@ -152,7 +152,10 @@ fn to_i32(what: &str, v: usize) -> Result<i32> {
 /// 1-D grid of `threads`-wide blocks covering `total` elements.
 fn grid_1d(total: usize, threads: u32) -> Result<LaunchConfig> {
     let blocks = total.div_ceil(threads as usize);
-    let blocks = u32::try_from(blocks).ok().filter(|&b| b <= i32::MAX as u32).ok_or_else(|| Error::input("launch", format!("{total} elements are too many for one grid")))?;
+    let blocks = u32::try_from(blocks)
+        .ok()
+        .filter(|&b| b <= i32::MAX as u32)
+        .ok_or_else(|| Error::input("launch", format!("{total} elements are too many for one grid")))?;
     Ok(LaunchConfig { grid: [blocks, 1, 1], block: [threads, 1, 1], shared_bytes: 0 })
 }
 
@@ -173,13 +176,21 @@ impl<D: Device> CudaBackend<D> {
     }
 
     pub fn conv_version(&self) -> ConvVersion {
-        if self.conv_version.load(Ordering::Relaxed) == 1 { ConvVersion::Fp32 } else { ConvVersion::Tf32 }
+        if self.conv_version.load(Ordering::Relaxed) == 1 {
+            ConvVersion::Fp32
+        } else {
+            ConvVersion::Tf32
+        }
     }
     pub fn set_conv_version(&self, v: ConvVersion) {
         self.conv_version.store(v as u8, Ordering::Relaxed);
     }
     pub fn crop_backward_version(&self) -> CropBackwardVersion {
-        if self.crop_bwd_version.load(Ordering::Relaxed) == 1 { CropBackwardVersion::Scatter } else { CropBackwardVersion::Gather }
+        if self.crop_bwd_version.load(Ordering::Relaxed) == 1 {
+            CropBackwardVersion::Scatter
+        } else {
+            CropBackwardVersion::Gather
+        }
     }
     pub fn set_crop_backward_version(&self, v: CropBackwardVersion) {
         self.crop_bwd_version.store(v as u8, Ordering::Relaxed);
@@ -419,7 +430,15 @@ impl<D: Device> Backend for CudaBackend<D> {
         Ok(())
     }
 
-    fn conv_dgrad(&self, p: &ConvProblem, dy: &CudaBuf<D>, w: &CudaBuf<D>, x: &CudaBuf<D>, epi: DgradEpilogue<'_, CudaBuf<D>>, dx: &mut CudaBuf<D>) -> Result<()> {
+    fn conv_dgrad(
+        &self,
+        p: &ConvProblem,
+        dy: &CudaBuf<D>,
+        w: &CudaBuf<D>,
+        x: &CudaBuf<D>,
+        epi: DgradEpilogue<'_, CudaBuf<D>>,
+        dx: &mut CudaBuf<D>,
+    ) -> Result<()> {
         let (il, ol, c) = (p.input_len(), p.output_len(), p.c as usize);
         check_len("conv dgrad dy", dy.len, ol)?;
         check_len("conv dgrad w", w.len, p.weight_len())?;
@@ -465,7 +484,17 @@ impl<D: Device> Backend for CudaBackend<D> {
         self.launch(kernel, cfg, &args)
     }
 
-    fn bn_match(&self, stats: &CudaBuf<D>, running_mean: &CudaBuf<D>, running_var: &CudaBuf<D>, count: usize, weight: f64, coef: &mut CudaBuf<D>, losses: &mut CudaBuf<D>, slot: usize) -> Result<()> {
+    fn bn_match(
+        &self,
+        stats: &CudaBuf<D>,
+        running_mean: &CudaBuf<D>,
+        running_var: &CudaBuf<D>,
+        count: usize,
+        weight: f64,
+        coef: &mut CudaBuf<D>,
+        losses: &mut CudaBuf<D>,
+        slot: usize,
+    ) -> Result<()> {
         let k = running_mean.len;
         check_len("bn_match stats", stats.len, 2 * k)?;
         check_len("bn_match running_var", running_var.len, k)?;
@@ -487,7 +516,17 @@ impl<D: Device> Backend for CudaBackend<D> {
         self.launch(ids::BN_MATCH_F32, LaunchConfig { grid: [1, 1, 1], block: [THREADS, 1, 1], shared_bytes: 0 }, &args)
     }
 
-    fn bn_backward(&self, n: usize, c: usize, hw: usize, dz: &CudaBuf<D>, y: &CudaBuf<D>, scale: &CudaBuf<D>, coef: &CudaBuf<D>, dy: &mut CudaBuf<D>) -> Result<()> {
+    fn bn_backward(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        dz: &CudaBuf<D>,
+        y: &CudaBuf<D>,
+        scale: &CudaBuf<D>,
+        coef: &CudaBuf<D>,
+        dy: &mut CudaBuf<D>,
+    ) -> Result<()> {
         let len = n * c * hw;
         check_len("bn_backward dz", dz.len, len)?;
         check_len("bn_backward y", y.len, len)?;
@@ -595,7 +634,16 @@ impl<D: Device> Backend for CudaBackend<D> {
         self.launch(ids::LINEAR_BWD_DATA_F32, grid_1d(n * in_f, THREADS)?, &args)
     }
 
-    fn softmax_ce(&self, n: usize, classes: usize, logits: &CudaBuf<D>, targets: &CudaIntBuf<D>, dlogits: &mut CudaBuf<D>, losses: &mut CudaBuf<D>, slot: usize) -> Result<()> {
+    fn softmax_ce(
+        &self,
+        n: usize,
+        classes: usize,
+        logits: &CudaBuf<D>,
+        targets: &CudaIntBuf<D>,
+        dlogits: &mut CudaBuf<D>,
+        losses: &mut CudaBuf<D>,
+        slot: usize,
+    ) -> Result<()> {
         check_len("softmax_ce logits", logits.len, n * classes)?;
         check_len("softmax_ce targets", targets.len, n)?;
         check_len("softmax_ce dlogits", dlogits.len, n * classes)?;
@@ -691,7 +739,19 @@ impl<D: Device> Backend for CudaBackend<D> {
         Ok(())
     }
 
-    fn adam_clip(&self, n: usize, c: usize, hw: usize, scalars: &CudaBuf<D>, x: &mut CudaBuf<D>, g: &CudaBuf<D>, m: &mut CudaBuf<D>, v: &mut CudaBuf<D>, lo: &CudaBuf<D>, hi: &CudaBuf<D>) -> Result<()> {
+    fn adam_clip(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        scalars: &CudaBuf<D>,
+        x: &mut CudaBuf<D>,
+        g: &CudaBuf<D>,
+        m: &mut CudaBuf<D>,
+        v: &mut CudaBuf<D>,
+        lo: &CudaBuf<D>,
+        hi: &CudaBuf<D>,
+    ) -> Result<()> {
         let len = n * c * hw;
         check_len("adam scalars", scalars.len, crate::ops::adam::AdamScalars::LEN)?;
         check_len("adam x", x.len, len)?;

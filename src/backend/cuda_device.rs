@@ -208,9 +208,7 @@ impl GpuDevice {
         }
         // SAFETY: only tries to open libcuda; nothing else in cudarc may be called if this fails.
         if !unsafe { sys::is_culib_present() } {
-            return Err(Error::Cuda(
-                "no NVIDIA driver: libcuda.so could not be loaded (install the NVIDIA driver; the CUDA toolkit is not needed)".into(),
-            ));
+            return Err(Error::Cuda("no NVIDIA driver: libcuda.so could not be loaded (install the NVIDIA driver; the CUDA toolkit is not needed)".into()));
         }
         let count = CudaContext::device_count().map_err(|e| driver_err("the NVIDIA driver is installed but reports no usable GPU", e))?;
         if count <= 0 {
@@ -285,13 +283,7 @@ impl Device for GpuDevice {
     type Graph = CudaGraph;
 
     fn describe(&self) -> String {
-        format!(
-            "{} (sm_{}{}, {:.1} GiB)",
-            self.name,
-            self.compute_capability.0,
-            self.compute_capability.1,
-            self.total_mem as f64 / (1u64 << 30) as f64
-        )
+        format!("{} (sm_{}{}, {:.1} GiB)", self.name, self.compute_capability.0, self.compute_capability.1, self.total_mem as f64 / (1u64 << 30) as f64)
     }
 
     fn alloc_zeroed(&self, bytes: usize) -> Result<GpuMem> {
@@ -372,9 +364,7 @@ impl Device for GpuDevice {
     }
 
     fn begin_capture(&self) -> Result<()> {
-        self.stream
-            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .map_err(|e| driver_err("cannot begin stream capture", e))
+        self.stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(|e| driver_err("cannot begin stream capture", e))
     }
 
     fn end_capture(&self) -> Result<CudaGraph> {

@@ -92,9 +92,7 @@ impl EmuDevice {
     /// Err when this binary was built without host emulation (no C++17 compiler at build time).
     pub fn new() -> Result<EmuDevice> {
         if !super::cuda_device::EMULATION_BUILT {
-            return Err(Error::Cuda(
-                "this binary was built without host emulation of the CUDA kernels (build.rs found no C++17 compiler)".into(),
-            ));
+            return Err(Error::Cuda("this binary was built without host emulation of the CUDA kernels (build.rs found no C++17 compiler)".into()));
         }
         Ok(EmuDevice { capture: Mutex::new(None) })
     }
@@ -130,10 +128,7 @@ fn run_kernel(kernel: KernelId, cfg: &LaunchConfig, args: &KernelArgs) -> Result
     }
     let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((&addr, &bytes)) = live.iter().find(|(&a, &b)| !guards_intact(a, b)) {
-        return Err(Error::Cuda(format!(
-            "emulated {} ({cfg:?}) wrote outside a {bytes}-byte buffer at {addr:#x}",
-            kernel.name()
-        )));
+        return Err(Error::Cuda(format!("emulated {} ({cfg:?}) wrote outside a {bytes}-byte buffer at {addr:#x}", kernel.name())));
     }
     Ok(())
 }
@@ -156,11 +151,10 @@ impl Device for EmuDevice {
 
     fn alloc_zeroed(&self, bytes: usize) -> Result<EmuMem> {
         let bytes = bytes.max(4);
-        let layout = Layout::from_size_align(bytes + 2 * GUARD, GUARD)
-            .map_err(|e| Error::Cuda(format!("cannot allocate {bytes} bytes: {e}")))?;
+        let layout = Layout::from_size_align(bytes + 2 * GUARD, GUARD).map_err(|e| Error::Cuda(format!("cannot allocate {bytes} bytes: {e}")))?;
         // SAFETY: the layout has a non-zero size.
-        let base = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })
-            .ok_or_else(|| Error::Cuda(format!("out of host memory allocating {bytes} bytes")))?;
+        let base =
+            NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) }).ok_or_else(|| Error::Cuda(format!("out of host memory allocating {bytes} bytes")))?;
         // SAFETY: both guard ranges lie inside the fresh allocation.
         unsafe {
             std::ptr::write_bytes(base.as_ptr(), GUARD_BYTE, GUARD);
@@ -237,12 +231,7 @@ impl Device for EmuDevice {
     }
 
     fn end_capture(&self) -> Result<EmuGraph> {
-        let nodes = self
-            .capture
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or_else(|| Error::Cuda("end_capture without begin_capture".into()))?;
+        let nodes = self.capture.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or_else(|| Error::Cuda("end_capture without begin_capture".into()))?;
         if nodes.is_empty() {
             return Err(Error::Cuda("stream capture recorded nothing".into()));
         }

@@ -51,7 +51,17 @@ pub trait Backend: Send + Sync {
     fn conv_dgrad(&self, p: &ConvProblem, dy: &Self::Buf, w: &Self::Buf, x: &Self::Buf, epi: DgradEpilogue<'_, Self::Buf>, dx: &mut Self::Buf) -> Result<()>;
     /// `stats` = [mean, var] of one BN input -> coef = [a, b, mean], losses[slot] = unweighted r.
     #[allow(clippy::too_many_arguments)]
-    fn bn_match(&self, stats: &Self::Buf, running_mean: &Self::Buf, running_var: &Self::Buf, count: usize, weight: f64, coef: &mut Self::Buf, losses: &mut Self::Buf, slot: usize) -> Result<()>;
+    fn bn_match(
+        &self,
+        stats: &Self::Buf,
+        running_mean: &Self::Buf,
+        running_var: &Self::Buf,
+        count: usize,
+        weight: f64,
+        coef: &mut Self::Buf,
+        losses: &mut Self::Buf,
+        slot: usize,
+    ) -> Result<()>;
     /// dy = scale * dz + a + b * (y - mean) over an N C (hw) tensor.
     #[allow(clippy::too_many_arguments)]
     fn bn_backward(&self, n: usize, c: usize, hw: usize, dz: &Self::Buf, y: &Self::Buf, scale: &Self::Buf, coef: &Self::Buf, dy: &mut Self::Buf) -> Result<()>;
@@ -65,12 +75,19 @@ pub trait Backend: Send + Sync {
     fn linear_bwd_data(&self, n: usize, in_f: usize, out_f: usize, dy: &Self::Buf, w: &Self::Buf, dx: &mut Self::Buf) -> Result<()>;
     /// Mean cross-entropy into losses[slot], its gradient into dlogits.
     #[allow(clippy::too_many_arguments)]
-    fn softmax_ce(&self, n: usize, classes: usize, logits: &Self::Buf, targets: &Self::IntBuf, dlogits: &mut Self::Buf, losses: &mut Self::Buf, slot: usize) -> Result<()>;
+    fn softmax_ce(
+        &self,
+        n: usize,
+        classes: usize,
+        logits: &Self::Buf,
+        targets: &Self::IntBuf,
+        dlogits: &mut Self::Buf,
+        losses: &mut Self::Buf,
+        slot: usize,
+    ) -> Result<()>;
     /// `params`: 8 int32 per image (`CropParams`).
     fn crop_resize_fwd(&self, p: &CropResizeProblem, params: &Self::IntBuf, x: &Self::Buf, out: &mut Self::Buf) -> Result<()>;
     fn crop_resize_bwd(&self, p: &CropResizeProblem, params: &Self::IntBuf, dout: &Self::Buf, dx: &mut Self::Buf) -> Result<()>;
-    /// One Adam step on x (N C hw) with `scalars` (`AdamScalars`), then x[:, c] = clamp(x, lo[c], hi[c]).
-    #[allow(clippy::too_many_arguments)]
     /// SRe2L's optional image priors on x (N C H W): adds tv_l2 * d(TV-L2)/dx + l2_scale * d(mean_n ||x_n||)/dx
     /// to `grad` and returns tv_l2 * TV-L2 + l2_scale * L2 (waits for the device). See `ops::image_prior`.
     #[allow(clippy::too_many_arguments)]
@@ -81,5 +98,19 @@ pub trait Backend: Send + Sync {
     fn check_image_prior_support(&self) -> Result<()> {
         Err(crate::error::Error::Option(format!("image priors (--tv-l2, --l2-scale) are not implemented on {}", self.describe())))
     }
-    fn adam_clip(&self, n: usize, c: usize, hw: usize, scalars: &Self::Buf, x: &mut Self::Buf, g: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, lo: &Self::Buf, hi: &Self::Buf) -> Result<()>;
+    /// One Adam step on x (N C hw) with `scalars` (`AdamScalars`), then x[:, c] = clamp(x, lo[c], hi[c]).
+    #[allow(clippy::too_many_arguments)]
+    fn adam_clip(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        scalars: &Self::Buf,
+        x: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        lo: &Self::Buf,
+        hi: &Self::Buf,
+    ) -> Result<()>;
 }

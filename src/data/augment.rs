@@ -13,6 +13,7 @@
 //!   on PIL images (antialiased bilinear; 256 then 224 for ImageNet); an image already size x size
 //!   is taken as is.
 //! - flip: horizontal, probability 0.5.
+//!
 //! Per batch (`Mix`), SRe2L / FKD style, one permutation per batch:
 //! - CutMix: lam ~ Beta(1, 1); the official `rand_bbox`: cut = sqrt(1 - lam), box of
 //!   (int(H * cut), int(W * cut)) centred at a uniform pixel, clipped; the box is pasted from the
@@ -113,14 +114,14 @@ fn pil_bilinear_weights(input: usize, output: usize, kept: std::ops::Range<usize
     let scale = input as f64 / output as f64;
     let filter_scale = scale.max(1.0);
     kept.map(|o| {
-            let center = (o as f64 + 0.5) * scale;
-            let first = (center - filter_scale + 0.5).max(0.0) as usize;
-            let end = ((center + filter_scale + 0.5) as usize).min(input);
-            let w: Vec<f64> = (first..end).map(|x| (1.0 - ((x as f64 - center + 0.5) / filter_scale).abs()).max(0.0)).collect();
-            let sum: f64 = w.iter().sum();
-            (first, w.iter().map(|v| (v / sum) as f32).collect())
-        })
-        .collect()
+        let center = (o as f64 + 0.5) * scale;
+        let first = (center - filter_scale + 0.5).max(0.0) as usize;
+        let end = ((center + filter_scale + 0.5) as usize).min(input);
+        let w: Vec<f64> = (first..end).map(|x| (1.0 - ((x as f64 - center + 0.5) / filter_scale).abs()).max(0.0)).collect();
+        let sum: f64 = w.iter().sum();
+        (first, w.iter().map(|v| (v / sum) as f32).collect())
+    })
+    .collect()
 }
 
 /// The official test transform (`Crop::Eval`) of `img` into `out` (C x size x size): resize the

@@ -184,7 +184,11 @@ impl Iterator for EpochLoader {
         }
         let w = self.next % self.receivers.len();
         self.next += 1;
-        Some(self.receivers[w].recv().unwrap_or_else(|_| Err(Error::input("data loader", "a worker thread stopped unexpectedly (an engine bug; please report it)"))))
+        Some(
+            self.receivers[w]
+                .recv()
+                .unwrap_or_else(|_| Err(Error::input("data loader", "a worker thread stopped unexpectedly (an engine bug; please report it)"))),
+        )
     }
 }
 

@@ -22,11 +22,25 @@ pub fn sgemm(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], lhs_tra
     // and `dst` (a unique borrow) cannot alias the inputs.
     unsafe {
         gemm::gemm(
-            m, n, k,
-            dst.as_mut_ptr(), 1, n as isize, false,
-            lhs.as_ptr(), lhs_cs, lhs_rs,
-            rhs.as_ptr(), 1, n as isize,
-            0.0, 1.0, false, false, false, par,
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            rhs.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
         );
     }
 }
@@ -41,11 +55,25 @@ pub fn sgemm_rhs_transposed(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: 
     // SAFETY: as in `sgemm`; rhs element (i, j) of the k x n operand is rhs[j * k + i].
     unsafe {
         gemm::gemm(
-            m, n, k,
-            dst.as_mut_ptr(), 1, n as isize, false,
-            lhs.as_ptr(), 1, k as isize,
-            rhs.as_ptr(), k as isize, 1,
-            0.0, 1.0, false, false, false, par,
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
         );
     }
 }

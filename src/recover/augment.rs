@@ -57,8 +57,7 @@ fn uniform<R: Rng>(rng: &mut R, lo: f64, hi: f64) -> f64 {
 
 /// One image's parameters: crop (if on), then the flip coin (if on), then the two roll offsets.
 pub fn sample_params<R: Rng>(rng: &mut R, spec: &AugmentSpec, height: usize, width: usize, min_scale: f64) -> CropParams {
-    let (top, left, crop_h, crop_w) =
-        if spec.crop { sample_resized_crop(rng, height, width, (min_scale, 1.0)) } else { (0, 0, height, width) };
+    let (top, left, crop_h, crop_w) = if spec.crop { sample_resized_crop(rng, height, width, (min_scale, 1.0)) } else { (0, 0, height, width) };
     let flip = spec.flip && rng.random::<f64>() < 0.5;
     let shift_y = rng.random_range(0..=spec.jitter);
     let shift_x = rng.random_range(0..=spec.jitter);
@@ -104,9 +103,9 @@ mod tests {
             }
             let area = (ch * cw) as f64 / (h * w) as f64;
             // rounding of w and h to integers moves area and aspect slightly past the bounds
-            assert!(area >= 0.08 * 0.97 && area <= 1.0, "area {area}");
+            assert!((0.08 * 0.97..=1.0).contains(&area), "area {area}");
             let ar = cw as f64 / ch as f64;
-            assert!(ar >= 0.75 * 0.97 && ar <= 4.0 / 3.0 * 1.03, "aspect {ar}");
+            assert!((0.75 * 0.97..=4.0 / 3.0 * 1.03).contains(&ar), "aspect {ar}");
             mean_area += area;
         }
         mean_area /= trials as f64;

@@ -95,9 +95,8 @@ pub fn measure_views<B: Backend>(backend: &B, model: &ResNet, views: &[Vec<f32>]
         backend.upload(&x, xb)?;
         net.forward(backend, xb)?;
         if moments.is_empty() {
-            moments = (0..net.num_bn_layers())
-                .map(|l| Moments { count: 0.0, sum: vec![0.0; net.bn_channels(l)], sum_sq: vec![0.0; net.bn_channels(l)] })
-                .collect();
+            moments =
+                (0..net.num_bn_layers()).map(|l| Moments { count: 0.0, sum: vec![0.0; net.bn_channels(l)], sum_sq: vec![0.0; net.bn_channels(l)] }).collect();
         }
         for (l, m) in moments.iter_mut().enumerate() {
             let k = net.bn_channels(l);
@@ -130,7 +129,18 @@ impl ClassBnStats {
     /// Errors: a dataset whose channels or classes do not fit the teacher (`Error::Input`), a class
     /// with no images, a backend failure.
     #[allow(clippy::too_many_arguments)]
-    pub fn measure<B: Backend>(backend: &B, model: &ResNet, real: &RealData, classes: usize, wanted: impl Fn(usize) -> bool, images: usize, res: usize, seed: u64, mean: &[f32], std: &[f32]) -> Result<ClassBnStats> {
+    pub fn measure<B: Backend>(
+        backend: &B,
+        model: &ResNet,
+        real: &RealData,
+        classes: usize,
+        wanted: impl Fn(usize) -> bool,
+        images: usize,
+        res: usize,
+        seed: u64,
+        mean: &[f32],
+        std: &[f32],
+    ) -> Result<ClassBnStats> {
         let ds = real.ds.as_ref();
         if ds.channels() != model.in_channels {
             return Err(Error::input(ds.describe(), format!("{}-channel images for a {}-channel teacher", ds.channels(), model.in_channels)));

@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 
+use super::class_stats::BnTarget;
+use super::init::{InitKind, InitSpec, Rank};
 use super::output::ImageFormat;
 use super::presets::{Preset, PresetName};
 use super::run::{RealPart, RunSettings};
 use super::schedule::Curriculum;
-use super::init::{InitKind, InitSpec, Rank};
-use super::class_stats::BnTarget;
 use super::{ClipMode, RecoverConfig, Residual, TeacherSchedule};
 use crate::error::{Error, Result};
 use crate::model::{ResNet, Stem};
@@ -191,7 +191,10 @@ pub struct SelectionArgs {
 impl SelectionArgs {
     /// The dataset named by --init-data, else the teacher's.
     fn data(&self, model: &ResNet) -> Result<String> {
-        self.init_data.clone().or_else(|| model.metadata.get("dataset").cloned()).ok_or_else(|| Error::Option("--init-data is needed: the teacher's metadata names no dataset".into()))
+        self.init_data
+            .clone()
+            .or_else(|| model.metadata.get("dataset").cloned())
+            .ok_or_else(|| Error::Option("--init-data is needed: the teacher's metadata names no dataset".into()))
     }
 
     /// A `patches` selection with these flags over `defaults` (factor, crops, min scale, rank).
@@ -316,10 +319,7 @@ pub fn settings(args: &RunArgs, model: &ResNet, teacher: &str) -> Result<(RunSet
     let recommended = m == Method::Recommended;
     let real = match real_ipc {
         0 => None,
-        ipc => Some(RealPart {
-            ipc,
-            select: sel.spec(model, if recommended { (1, 1, 1.0, Rank::Kmeans) } else { (1, 5, 0.08, Rank::Easy) })?,
-        }),
+        ipc => Some(RealPart { ipc, select: sel.spec(model, if recommended { (1, 1, 1.0, Rank::Kmeans) } else { (1, 5, 0.08, Rank::Easy) })? }),
     };
     // Flags that only choose real images must not be silently ignored.
     if sel.given() && init_kind != InitKind::Patches && real.is_none() {

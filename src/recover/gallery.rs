@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use super::argmax;
 use super::output::save_grid_png;
-use crate::data::folder::{list_classes, load_image, load_image_described, ClassMap};
 use crate::backend::Backend;
+use crate::data::folder::{list_classes, load_image, load_image_described, ClassMap};
 use crate::error::{Error, Result};
 use crate::model::ResNet;
 use crate::net::Net;
@@ -91,7 +91,9 @@ pub fn evaluate<B: Backend>(backend: &B, model: &ResNet, root: &Path, mean: Opti
         let mut logits = vec![0.0; n * model.num_classes];
         backend.download(&net.logits, &mut logits)?;
         if let Some(v) = logits.iter().find(|v| !v.is_finite()) {
-            return Err(Error::Numeric(format!("the teacher's logits hold {v} on these images: its weights or BN statistics are not usable (a diverged training?)")));
+            return Err(Error::Numeric(format!(
+                "the teacher's logits hold {v} on these images: its weights or BN statistics are not usable (a diverged training?)"
+            )));
         }
         for ((cls, _), row) in chunk.iter().zip(logits.chunks(model.num_classes)) {
             count[slot(*cls)] += 1;
@@ -140,9 +142,12 @@ pub fn grid(folders: &[PathBuf], out: &Path, rows: usize, max_classes: usize, sc
     // would otherwise abort in the allocator. The PNG encoder takes 32-bit sides.
     let (sh, sw) = (h.checked_mul(scale), w.checked_mul(scale));
     let rows_total = tiles.len().div_ceil(cols.max(1));
-    let side_ok = |side: Option<usize>, count: usize| side.and_then(|s| s.checked_add(2)).and_then(|s| s.checked_mul(count)).is_some_and(|s| s < u32::MAX as usize);
+    let side_ok =
+        |side: Option<usize>, count: usize| side.and_then(|s| s.checked_add(2)).and_then(|s| s.checked_mul(count)).is_some_and(|s| s < u32::MAX as usize);
     if !side_ok(sh, rows_total) || !side_ok(sw, cols) {
-        return Err(Error::Option(format!("--scale {scale}: a grid of {rows_total}x{cols} tiles of {h}x{w} pixels enlarged {scale} times is larger than a PNG can be")));
+        return Err(Error::Option(format!(
+            "--scale {scale}: a grid of {rows_total}x{cols} tiles of {h}x{w} pixels enlarged {scale} times is larger than a PNG can be"
+        )));
     }
     let (sh, sw) = (sh.unwrap_or(0), sw.unwrap_or(0));
     let tile_bytes = crate::memory::bytes_of(&[c, sh, sw, tiles.len()], 1);

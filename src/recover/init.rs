@@ -94,7 +94,7 @@ impl InitSpec {
         if self.kind != InitKind::Noise && self.data.is_none() {
             return bad("--init real and --init patches need --init-data (a dataset name or an ImageFolder)".into());
         }
-        if self.factor == 0 || res % self.factor != 0 {
+        if self.factor == 0 || !res.is_multiple_of(self.factor) {
             return bad(format!("--factor {} must be at least 1 and divide the image size {res}", self.factor));
         }
         if self.candidates == 0 || self.crops == 0 {
@@ -212,7 +212,15 @@ pub fn stitch(patches: &[Vec<f32>], c: usize, s: usize, f: usize) -> Vec<f32> {
 
 /// Teacher cross-entropy of `class` for each of `views` (C x res x res pixels in [0, 1]) and the
 /// logits (views x classes, row-major), in batches of up to 100 through the eval-mode forward.
-fn score_views<B: Backend>(backend: &B, model: &ResNet, views: &[Vec<f32>], class: usize, res: usize, mean: &[f32], std: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
+fn score_views<B: Backend>(
+    backend: &B,
+    model: &ResNet,
+    views: &[Vec<f32>],
+    class: usize,
+    res: usize,
+    mean: &[f32],
+    std: &[f32],
+) -> Result<(Vec<f32>, Vec<f32>)> {
     let c = model.in_channels;
     let mut scores = Vec::with_capacity(views.len());
     let mut all_logits = Vec::with_capacity(views.len() * model.num_classes);
@@ -249,7 +257,18 @@ fn score_views<B: Backend>(backend: &B, model: &ResNet, views: &[Vec<f32>], clas
 /// teacher). Errors: a class with fewer images than needed, images of another channel count, and
 /// any backend error of the scoring forward.
 #[allow(clippy::too_many_arguments)]
-pub fn class_images<B: Backend>(backend: &B, model: &ResNet, real: &RealData, spec: &InitSpec, class: usize, count: usize, res: usize, seed: u64, mean: &[f32], std: &[f32]) -> Result<Vec<InitImage>> {
+pub fn class_images<B: Backend>(
+    backend: &B,
+    model: &ResNet,
+    real: &RealData,
+    spec: &InitSpec,
+    class: usize,
+    count: usize,
+    res: usize,
+    seed: u64,
+    mean: &[f32],
+    std: &[f32],
+) -> Result<Vec<InitImage>> {
     let ds = real.ds.as_ref();
     check_data(ds, model, class + 1)?;
     let c = model.in_channels;
@@ -296,10 +315,7 @@ pub fn class_images<B: Backend>(backend: &B, model: &ResNet, real: &RealData, sp
                 }
             }
             let picked = select_views(backend, model, &views, spec.crops, class, count, f, res, mean, std, spec.rank)?;
-            Ok(picked
-                .into_iter()
-                .map(|(pixels, used)| InitImage { pixels, sources: used.iter().map(|&v| boxes[v].clone()).collect() })
-                .collect())
+            Ok(picked.into_iter().map(|(pixels, used)| InitImage { pixels, sources: used.iter().map(|&v| boxes[v].clone()).collect() }).collect())
         }
     }
 }
@@ -313,7 +329,19 @@ pub fn class_images<B: Backend>(backend: &B, model: &ResNet, real: &RealData, sp
 ///
 /// Errors: fewer candidates than `count * factor^2`, or a backend error of the scoring forward.
 #[allow(clippy::too_many_arguments)]
-pub fn select_views<B: Backend>(backend: &B, model: &ResNet, views: &[Vec<f32>], crops: usize, class: usize, count: usize, factor: usize, res: usize, mean: &[f32], std: &[f32], rank: Rank) -> Result<Vec<(Vec<f32>, Vec<usize>)>> {
+pub fn select_views<B: Backend>(
+    backend: &B,
+    model: &ResNet,
+    views: &[Vec<f32>],
+    crops: usize,
+    class: usize,
+    count: usize,
+    factor: usize,
+    res: usize,
+    mean: &[f32],
+    std: &[f32],
+    rank: Rank,
+) -> Result<Vec<(Vec<f32>, Vec<usize>)>> {
     let (c, f) = (model.in_channels, factor);
     let candidates = views.len() / crops.max(1);
     let need = count * f * f;
@@ -405,9 +433,9 @@ fn kmeans_medoids(items: &[(f32, usize, usize)], start: &[(f32, usize, usize)], 
         }
     }
     let mut medoids: Vec<(usize, usize, usize)> = Vec::new(); // (size, group, item)
-    for g in 0..means.len() {
+    for (g, mean) in means.iter().enumerate() {
         let members: Vec<usize> = (0..points.len()).filter(|&i| group[i] == g).collect();
-        if let Some(&m) = members.iter().min_by(|&&a, &&b| d2(&points[a], &means[g]).total_cmp(&d2(&points[b], &means[g])).then(a.cmp(&b))) {
+        if let Some(&m) = members.iter().min_by(|&&a, &&b| d2(&points[a], mean).total_cmp(&d2(&points[b], mean)).then(a.cmp(&b))) {
             medoids.push((members.len(), g, m));
         }
     }

@@ -7,10 +7,10 @@
 
 pub mod augment;
 pub mod class_stats;
-pub mod output;
 pub mod cli;
 pub mod gallery;
 pub mod init;
+pub mod output;
 pub mod presets;
 pub mod run;
 pub mod schedule;
@@ -271,7 +271,12 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         if let Some(m) = models.iter().find(|m| m.in_channels != c || m.num_classes != model.num_classes) {
             return Err(Error::Option(format!(
                 "the teachers differ: {} ({} channels, {} classes) and {} ({} channels, {} classes)",
-                model.arch_name(), c, model.num_classes, m.arch_name(), m.in_channels, m.num_classes
+                model.arch_name(),
+                c,
+                model.num_classes,
+                m.arch_name(),
+                m.in_channels,
+                m.num_classes
             )));
         }
         if let ClipMode::Normalized { mean, std } = &cfg.clip {
@@ -499,9 +504,7 @@ impl<'a, B: Backend> Recoverer<'a, B> {
                     "the loss is {total} at the first iteration, before any step (ce {ce}, bn {bn}): the teacher's outputs on the starting images are not finite, so its weights or BN statistics are not usable (a diverged training?)"
                 )));
             }
-            return Err(Error::Numeric(format!(
-                "the loss became {total} at iteration {t} (ce {ce}, bn {bn}); the images diverged: try a smaller --lr"
-            )));
+            return Err(Error::Numeric(format!("the loss became {total} at iteration {t} (ce {ce}, bn {bn}); the images diverged: try a smaller --lr")));
         }
         Ok(Some(LossPoint { iteration: t, ce: ce as f32, bn: bn as f32, total: total as f32, min_crop: 0.0, lr: lr as f32 }))
     }
@@ -510,7 +513,7 @@ impl<'a, B: Backend> Recoverer<'a, B> {
     /// (1 - alpha) start, in normalised space (the same mix in pixel space, so the clip range holds).
     /// Adam's moments are kept. Returns whether it mixed.
     pub fn apply_residual(&mut self, t: usize, start: &[f32]) -> Result<bool> {
-        let Some(r) = self.residual.filter(|r| r.every > 0 && (t + 1) % r.every == 0 && t + 1 < self.cfg.iterations) else {
+        let Some(r) = self.residual.filter(|r| r.every > 0 && (t + 1).is_multiple_of(r.every) && t + 1 < self.cfg.iterations) else {
             return Ok(false);
         };
         let mut x = self.images()?;
@@ -547,7 +550,13 @@ impl<'a, B: Backend> Recoverer<'a, B> {
     /// Runs all iterations from `start` (N C H W, normalised) or, when None, from noise drawn from
     /// `rng` (before any augmentation draw, as the official code); `on_iter` sees every finished
     /// iteration and, every `log_every` iterations (and the first and last), its losses.
-    pub fn run_batch(&mut self, targets: &[i32], rng: &mut StdRng, start: Option<&[f32]>, mut on_iter: impl FnMut(usize, Option<&LossPoint>)) -> Result<BatchOutcome> {
+    pub fn run_batch(
+        &mut self,
+        targets: &[i32],
+        rng: &mut StdRng,
+        start: Option<&[f32]>,
+        mut on_iter: impl FnMut(usize, Option<&LossPoint>),
+    ) -> Result<BatchOutcome> {
         let len = self.n * self.c * self.h * self.w;
         let init: Vec<f32> = match start {
             Some(x) if x.len() == len => x.to_vec(),
@@ -603,11 +612,7 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         let classes = net.classes;
         let mut logits = vec![0.0; self.n * classes];
         self.backend.download(&net.logits, &mut logits)?;
-        let correct = logits
-            .chunks(classes)
-            .zip(targets)
-            .filter(|(row, &t)| argmax(row) == t as usize)
-            .count();
+        let correct = logits.chunks(classes).zip(targets).filter(|(row, &t)| argmax(row) == t as usize).count();
         Ok(100.0 * correct as f32 / self.n as f32)
     }
 }

@@ -128,6 +128,8 @@ pub fn save_grid_png(path: &Path, tiles: &[Vec<u8>], cols: usize, c: usize, h: u
         }
     }
     let mut bytes = Vec::new();
-    PngEncoder::new(&mut bytes).write_image(&canvas, gw as u32, gh as u32, ExtendedColorType::Rgb8).map_err(|e| Error::output(path, format!("cannot encode the image: {e}")))?;
+    PngEncoder::new(&mut bytes)
+        .write_image(&canvas, gw as u32, gh as u32, ExtendedColorType::Rgb8)
+        .map_err(|e| Error::output(path, format!("cannot encode the image: {e}")))?;
     write_atomic(path, &bytes)
 }

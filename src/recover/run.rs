@@ -7,9 +7,9 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use super::output::{check_image, image_path, quantize, save_image, ImageFormat};
 use super::class_stats::{BnTarget, ClassBnStats};
 use super::init::{class_images, InitKind, InitSpec, RealData};
+use super::output::{check_image, image_path, quantize, save_image, ImageFormat};
 use super::{batch_rng, LossPoint, RecoverConfig, Recoverer, Residual, TeacherSchedule};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -232,7 +232,14 @@ pub fn run<B: Backend>(backend: &B, model: &ResNet, settings: &RunSettings, out:
 
 /// [`run`] with several teachers (`models[0]` the main one, the rest `settings.extra_teachers` in
 /// order), shared by `settings.teacher_schedule`.
-pub fn run_with_teachers<B: Backend>(backend: &B, models: &[&ResNet], settings: &RunSettings, out: &Path, show_progress: bool, log_every: usize) -> Result<RunSummary> {
+pub fn run_with_teachers<B: Backend>(
+    backend: &B,
+    models: &[&ResNet],
+    settings: &RunSettings,
+    out: &Path,
+    show_progress: bool,
+    log_every: usize,
+) -> Result<RunSummary> {
     let model = *models.first().ok_or_else(|| Error::Option("no teacher".into()))?;
     if models.len() != 1 + settings.extra_teachers.len() {
         return Err(Error::Option(format!("{} teachers loaded for {} named", models.len(), 1 + settings.extra_teachers.len())));
@@ -274,7 +281,13 @@ pub fn run_with_teachers<B: Backend>(backend: &B, models: &[&ResNet], settings: 
                 ));
             }
             record_written = false;
-            RunRecord { engine: format!("cda-engine {}", env!("CARGO_PKG_VERSION")), teacher_fingerprint: Some(fingerprint.clone()), settings: settings.clone(), batches: Vec::new(), real_images: Vec::new() }
+            RunRecord {
+                engine: format!("cda-engine {}", env!("CARGO_PKG_VERSION")),
+                teacher_fingerprint: Some(fingerprint.clone()),
+                settings: settings.clone(),
+                batches: Vec::new(),
+                real_images: Vec::new(),
+            }
         }
     };
     let device = backend.describe();
@@ -300,12 +313,11 @@ pub fn run_with_teachers<B: Backend>(backend: &B, models: &[&ResNet], settings: 
     let class_stats = class_statistics(backend, models, settings, &pending)?;
 
     let iters = settings.recover.iterations;
-    let bar = ProgressBar::with_draw_target(Some((pending.len() * iters) as u64), if show_progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} it, ETA {eta_precise}  {msg}")
-            .unwrap()
-            .progress_chars("=> "),
+    let bar = ProgressBar::with_draw_target(
+        Some((pending.len() * iters) as u64),
+        if show_progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
     );
+    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} it, ETA {eta_precise}  {msg}").unwrap().progress_chars("=> "));
     let started = Instant::now();
     let mut recoverers: Vec<(usize, Recoverer<'_, B>)> = Vec::new();
     let mut total_iter_secs = 0.0;
@@ -428,9 +440,9 @@ fn starting_images<B: Backend>(backend: &B, model: &ResNet, s: &RunSettings, pen
     let (mean, std) = norm_of(&s.recover.clip, model.in_channels);
     let mut per_class = vec![Vec::new(); s.classes];
     let t0 = Instant::now();
-    for cls in 0..s.classes {
+    for (cls, slot) in per_class.iter_mut().enumerate() {
         if pending.iter().any(|b| (b.class_start..b.class_end).contains(&cls)) {
-            per_class[cls] = class_images(backend, model, &real, spec, cls, s.ipc_end, s.res, s.seed, &mean, &std)?;
+            *slot = class_images(backend, model, &real, spec, cls, s.ipc_end, s.res, s.seed, &mean, &std)?;
         }
     }
     let kind = match spec.kind {
@@ -455,10 +467,8 @@ fn class_statistics<B: Backend>(backend: &B, models: &[&ResNet], s: &RunSettings
     let (mean, std) = norm_of(&s.recover.clip, model.in_channels);
     let wanted = |cls: usize| pending.iter().any(|b| (b.class_start..b.class_end).contains(&cls));
     let t0 = Instant::now();
-    let stats = models
-        .iter()
-        .map(|m| ClassBnStats::measure(backend, m, &real, s.classes, wanted, *images, s.res, s.seed, &mean, &std))
-        .collect::<Result<Vec<_>>>()?;
+    let stats =
+        models.iter().map(|m| ClassBnStats::measure(backend, m, &real, s.classes, wanted, *images, s.res, s.seed, &mean, &std)).collect::<Result<Vec<_>>>()?;
     eprintln!("class-wise BN statistics of up to {images} images per class from {} measured in {:.1}s", real.ds.describe(), t0.elapsed().as_secs_f64());
     Ok(stats)
 }
@@ -568,7 +578,13 @@ fn unfinished<'a>(batches: &'a [BatchPlan], record: &RunRecord, out: &Path, mode
         let damaged: Vec<(PathBuf, String)> = paths.into_par_iter().filter_map(|p| check_image(&p, c, res, res, s.format).err().map(|why| (p, why))).collect();
         if let Some((p, why)) = damaged.first() {
             let more = if damaged.len() > 1 { format!(" (and {} more)", damaged.len() - 1) } else { String::new() };
-            notes.push(format!("batch ipc {:?}, classes {}..{}: {} is not a whole image: {why}{more}; it runs again", b.ipc, b.class_start, b.class_end, p.display()));
+            notes.push(format!(
+                "batch ipc {:?}, classes {}..{}: {} is not a whole image: {why}{more}; it runs again",
+                b.ipc,
+                b.class_start,
+                b.class_end,
+                p.display()
+            ));
             pending.push(b);
         }
     }

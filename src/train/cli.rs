@@ -105,7 +105,6 @@ fn check_number(flag: &str, v: f64, ok: bool, expected: &str) -> Result<()> {
     }
 }
 
-
 /// Flags of `cda-engine squeeze`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct SqueezeArgs {
@@ -192,8 +191,11 @@ fn train_device(gpu: Option<&crate::backend::cuda::GpuBackend>) -> super::learne
     gpu.map_or(super::learner::TrainDevice::Cpu, super::learner::TrainDevice::Gpu)
 }
 
+/// A training set and, when there is one, its test set.
+pub type TrainTest = (Arc<dyn Dataset>, Option<Arc<dyn Dataset>>);
+
 /// Opens a dataset given by name or path with the right channel count; the default test split.
-pub fn open_train_test(data: &str, test: Option<&str>, channels: usize) -> Result<(Arc<dyn Dataset>, Option<Arc<dyn Dataset>>)> {
+pub fn open_train_test(data: &str, test: Option<&str>, channels: usize) -> Result<TrainTest> {
     let train = data::open(data, Split::Train, channels)?;
     let test = match test {
         Some(t) => Some(data::open(t, Split::Test, channels)?),
@@ -397,11 +399,18 @@ pub struct DistillArgs {
 /// memory, before the network is built; `what` names the model ("the student").
 pub fn check_train_fits(what: &str, spec: &ArchSpec, batch: usize, size: usize) -> Result<()> {
     let layout = crate::model::Layout::of_arch(spec)?;
-    crate::model::ensure_batch_fits(&format!("training {what} ({}) on batches of {batch} images of {size}x{size}", spec.describe()), layout.train_bytes(batch, size))
+    crate::model::ensure_batch_fits(
+        &format!("training {what} ({}) on batches of {batch} images of {size}x{size}", spec.describe()),
+        layout.train_bytes(batch, size),
+    )
 }
 
+/// What relabel and validate start from: the teacher (trainable form and as loaded), its name, the
+/// distilled images and the augmentation.
+type DistillInputs = (TrainModel, crate::model::ResNet, String, Arc<dyn Dataset>, super::distill::AugmentConfig);
+
 impl DistillArgs {
-    fn open(&self) -> Result<(TrainModel, crate::model::ResNet, String, Arc<dyn Dataset>, super::distill::AugmentConfig)> {
+    fn open(&self) -> Result<DistillInputs> {
         let (mut tm, m, name) = load_teacher(self.teacher.as_deref())?;
         // The normalisation is settled first: it is an option, and a teacher without it fails here,
         // before any images are read.
@@ -499,7 +508,13 @@ pub fn relabel(a: &RelabelArgs) -> Result<()> {
     extra.insert("image_size".to_string(), aug.image_size.to_string());
     extra.insert("min_scale".to_string(), aug.min_scale.to_string());
     extra.insert("flip".to_string(), aug.flip.to_string());
-    extra.insert("mix".to_string(), match aug.mix { MixKind::Mixup { .. } => "mixup".into(), m => mix_name(m) });
+    extra.insert(
+        "mix".to_string(),
+        match aug.mix {
+            MixKind::Mixup { .. } => "mixup".into(),
+            m => mix_name(m),
+        },
+    );
     extra.insert("mix_detail".to_string(), mix_name(aug.mix));
     extra.insert("seed".to_string(), c.seed.to_string());
     if let Some(id) = images_hash(images.as_ref(), &c.images)? {
@@ -510,7 +525,9 @@ pub fn relabel(a: &RelabelArgs) -> Result<()> {
     let show = !c.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     eprintln!("relabel: {} with teacher {}, {} epochs", images.describe(), name, c.epochs);
     let gpu = gpu_for(c.device)?;
-    let s = pool.install(|| super::distill::relabel(&mut teacher, images, &aug, c.epochs, a.topk, c.seed, c.workers.max(1), &a.out, extra, show, train_device(gpu.as_ref())))?;
+    let s = pool.install(|| {
+        super::distill::relabel(&mut teacher, images, &aug, c.epochs, a.topk, c.seed, c.workers.max(1), &a.out, extra, show, train_device(gpu.as_ref()))
+    })?;
     eprintln!("wrote {} ({:.1} MB, {} epochs, batch {})", s.out.display(), s.bytes as f64 / 1e6, s.epochs, s.batch_size);
     crate::outln!("{}", serde_json::to_string(&s).expect("summary serialises"));
     Ok(())
@@ -615,7 +632,10 @@ pub fn validate(a: &ValidateArgs) -> Result<()> {
             if let Some(want) = f.meta.extra.get("teacher_fingerprint") {
                 if *want != teacher.fingerprint() {
                     let made_with = f.meta.extra.get("teacher").map_or("?", String::as_str);
-                    return Err(Error::input(p.display().to_string(), format!("labels were made with another teacher ({made_with}) than {name}; pass that one with --teacher")));
+                    return Err(Error::input(
+                        p.display().to_string(),
+                        format!("labels were made with another teacher ({made_with}) than {name}; pass that one with --teacher"),
+                    ));
                 }
             }
             aug_from_labels(&f, &mut aug)?;
@@ -682,7 +702,10 @@ pub fn validate(a: &ValidateArgs) -> Result<()> {
     eprintln!("student top-1 {:.2}% after {} epochs ({:.0}s)", s.top1, s.epochs, s.seconds);
     if let Some(path) = &a.save_student {
         let mut extra = vec![("image_size", cfg.aug.image_size.to_string()), ("test_top1", format!("{:.2}", s.top1))];
-        extra.push(("recipe", format!("cda-engine {} validate --images {} --teacher {name} --epochs {} --seed {}", env!("CARGO_PKG_VERSION"), c.images, c.epochs, c.seed)));
+        extra.push((
+            "recipe",
+            format!("cda-engine {} validate --images {} --teacher {name} --epochs {} --seed {}", env!("CARGO_PKG_VERSION"), c.images, c.epochs, c.seed),
+        ));
         if let Some(d) = m.metadata.get("dataset") {
             extra.push(("dataset", d.clone()));
         }

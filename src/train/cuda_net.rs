@@ -257,7 +257,22 @@ impl<D: Device> CudaTrainNet<D> {
             // Last conv: BN backward with the ReLU mask, the shortcut's gradient into r.
             {
                 let (dout, dy, dres) = pick3(&mut self.scratch, sg, sa, sr);
-                bn_backward(g, model, &self.plan, &self.y, &self.out, &self.save_mean, &self.save_invstd, &self.data, &mut self.grad, lastc, n, dout, dy, Some(dres))?;
+                bn_backward(
+                    g,
+                    model,
+                    &self.plan,
+                    &self.y,
+                    &self.out,
+                    &self.save_mean,
+                    &self.save_invstd,
+                    &self.data,
+                    &mut self.grad,
+                    lastc,
+                    n,
+                    dout,
+                    dy,
+                    Some(dres),
+                )?;
             }
             for j in (0..ids.len()).rev() {
                 let i = ids[j];
@@ -275,14 +290,44 @@ impl<D: Device> CudaTrainNet<D> {
                     let (dy, db) = read_write(&mut self.scratch, sa, sb);
                     g.conv_dgrad(&p, dy, &self.data[model.convs[i].weight], cin, DgradEpilogue::Store, db)?;
                     let (dout, dy) = read_write(&mut self.scratch, sb, sa);
-                    bn_backward(g, model, &self.plan, &self.y, &self.out, &self.save_mean, &self.save_invstd, &self.data, &mut self.grad, ids[j - 1], n, dout, dy, None)?;
+                    bn_backward(
+                        g,
+                        model,
+                        &self.plan,
+                        &self.y,
+                        &self.out,
+                        &self.save_mean,
+                        &self.save_invstd,
+                        &self.data,
+                        &mut self.grad,
+                        ids[j - 1],
+                        n,
+                        dout,
+                        dy,
+                        None,
+                    )?;
                 }
             }
             if let Some(d) = ds {
                 let p = problem(model, &self.plan.layers[d], d, n);
                 {
                     let (dout, dy) = read_write(&mut self.scratch, sr, sa);
-                    bn_backward(g, model, &self.plan, &self.y, &self.out, &self.save_mean, &self.save_invstd, &self.data, &mut self.grad, d, n, dout, dy, None)?;
+                    bn_backward(
+                        g,
+                        model,
+                        &self.plan,
+                        &self.y,
+                        &self.out,
+                        &self.save_mean,
+                        &self.save_invstd,
+                        &self.data,
+                        &mut self.grad,
+                        d,
+                        n,
+                        dout,
+                        dy,
+                        None,
+                    )?;
                 }
                 g.conv_wgrad(&p, input_buf, &self.scratch[sa], &mut self.grad[model.convs[d].weight])?;
                 let (dy, gin) = read_write(&mut self.scratch, sa, sgin);

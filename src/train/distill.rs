@@ -18,8 +18,8 @@ use serde::Serialize;
 
 use super::eval::{evaluate, EvalResult};
 use super::labels::{EpochLabels, LabelFile, LabelMeta, LabelWriter};
-use super::model::TrainModel;
 use super::learner::{learner, Learner, TrainDevice};
+use super::model::TrainModel;
 use super::optim::OptimKind;
 use super::progress::Progress;
 use super::schedule::Cosine;
@@ -72,7 +72,19 @@ pub struct RelabelSummary {
 
 /// Writes the relabel file for `images` (`extra` goes into its metadata).
 #[allow(clippy::too_many_arguments)]
-pub fn relabel(teacher: &mut TrainModel, images: Arc<dyn Dataset>, aug: &AugmentConfig, epochs: usize, topk: usize, seed: u64, workers: usize, out: &Path, extra: std::collections::BTreeMap<String, String>, show: bool, device: TrainDevice<'_>) -> Result<RelabelSummary> {
+pub fn relabel(
+    teacher: &mut TrainModel,
+    images: Arc<dyn Dataset>,
+    aug: &AugmentConfig,
+    epochs: usize,
+    topk: usize,
+    seed: u64,
+    workers: usize,
+    out: &Path,
+    extra: std::collections::BTreeMap<String, String>,
+    show: bool,
+    device: TrainDevice<'_>,
+) -> Result<RelabelSummary> {
     check_images(images.as_ref(), teacher)?;
     if epochs == 0 || aug.batch_size == 0 {
         return Err(Error::Option("--epochs and --batch-size must be at least 1".into()));
@@ -152,7 +164,17 @@ pub struct ValidateSummary {
 
 /// Trains `student` on `images` by distillation from `teacher` (online) or from `labels`; evaluates on `test`.
 #[allow(clippy::too_many_arguments)]
-pub fn validate(teacher: &mut TrainModel, student: &mut TrainModel, images: Arc<dyn Dataset>, labels: Option<&LabelFile>, test: Arc<dyn Dataset>, cfg: &ValidateConfig, record: Option<&Path>, show: bool, device: TrainDevice<'_>) -> Result<ValidateSummary> {
+pub fn validate(
+    teacher: &mut TrainModel,
+    student: &mut TrainModel,
+    images: Arc<dyn Dataset>,
+    labels: Option<&LabelFile>,
+    test: Arc<dyn Dataset>,
+    cfg: &ValidateConfig,
+    record: Option<&Path>,
+    show: bool,
+    device: TrainDevice<'_>,
+) -> Result<ValidateSummary> {
     check_images(images.as_ref(), teacher)?;
     if student.num_classes != teacher.num_classes || student.in_channels != teacher.in_channels {
         return Err(Error::Option("the student must have the teacher's classes and input channels".into()));
@@ -243,7 +265,10 @@ fn validate_loop<'t>(
             // Bad targets are the labels' fault, not the learning rate's: say which.
             if let Some(v) = targets.iter().find(|v| !v.is_finite()) {
                 return Err(match labels {
-                    Some(l) => Error::Corrupt { path: l.path.clone(), reason: format!("soft label {v} in epoch {} (rows {}..{}); remake the file with relabel", epoch + 1, row, row + b.n) },
+                    Some(l) => Error::Corrupt {
+                        path: l.path.clone(),
+                        reason: format!("soft label {v} in epoch {} (rows {}..{}); remake the file with relabel", epoch + 1, row, row + b.n),
+                    },
                     None => Error::Numeric(format!("the teacher's logits hold {v} at epoch {}: check the teacher file and --mean/--std", epoch + 1)),
                 });
             }

@@ -101,7 +101,10 @@ impl LabelWriter {
             return Err(Error::Option("a relabel file needs images, classes, batch size and epochs".into()));
         }
         if meta.images > i32::MAX as usize || meta.classes > i16::MAX as usize || meta.batch_size > i16::MAX as usize {
-            return Err(Error::Option(format!("{} images, {} classes, batch {}: too large for the relabel format", meta.images, meta.classes, meta.batch_size)));
+            return Err(Error::Option(format!(
+                "{} images, {} classes, batch {}: too large for the relabel format",
+                meta.images, meta.classes, meta.batch_size
+            )));
         }
         let mut header = serde_json::Map::new();
         let mut md: BTreeMap<String, String> = meta.extra.clone();
@@ -121,7 +124,7 @@ impl LabelWriter {
             }
         }
         let mut text = serde_json::to_vec(&Value::Object(header)).expect("header serialises");
-        while text.len() % 8 != 0 {
+        while !text.len().is_multiple_of(8) {
             text.push(b' ');
         }
         // A folder or unwritable place fails here, before any epoch, not at the final rename.
@@ -243,15 +246,23 @@ impl LabelFile {
         let mut text = vec![0u8; hlen as usize];
         f.read_exact(&mut text).map_err(|e| Error::io(path, e))?;
         let header: serde_json::Map<String, Value> = serde_json::from_slice(&text).map_err(|e| bad(format!("header is not JSON: {e}")))?;
-        let md: BTreeMap<String, String> = header
-            .get("__metadata__")
-            .and_then(|m| serde_json::from_value(m.clone()).ok())
-            .ok_or_else(|| bad("no metadata: not a relabel file".into()))?;
+        let md: BTreeMap<String, String> =
+            header.get("__metadata__").and_then(|m| serde_json::from_value(m.clone()).ok()).ok_or_else(|| bad("no metadata: not a relabel file".into()))?;
         if md.get("format").map(String::as_str) != Some(FORMAT) {
-            return Err(Error::input(path.display().to_string(), format!("not a relabel file of this engine (format {:?}; expected {FORMAT:?})", md.get("format"))));
+            return Err(Error::input(
+                path.display().to_string(),
+                format!("not a relabel file of this engine (format {:?}; expected {FORMAT:?})", md.get("format")),
+            ));
         }
         let num = |k: &str| -> Result<usize> { md.get(k).and_then(|v| v.parse().ok()).ok_or_else(|| bad(format!("metadata {k} missing or not a number"))) };
-        let meta = LabelMeta { epochs: num("epochs")?, batch_size: num("batch_size")?, images: num("images")?, classes: num("classes")?, topk: num("topk")?, extra: md.clone() };
+        let meta = LabelMeta {
+            epochs: num("epochs")?,
+            batch_size: num("batch_size")?,
+            images: num("images")?,
+            classes: num("classes")?,
+            topk: num("topk")?,
+            extra: md.clone(),
+        };
         if meta.batch_size == 0 || meta.images == 0 || meta.classes == 0 || meta.topk > meta.classes {
             return Err(bad("metadata describes an empty layout".into()));
         }
@@ -265,7 +276,13 @@ impl LabelFile {
                     serde_json::from_value(t["shape"].clone()).map_err(|_| bad(format!("{name}: bad shape")))?,
                     serde_json::from_value(t["data_offsets"].clone()).map_err(|_| bad(format!("{name}: bad offsets")))?,
                 );
-                if d != dtype || s != shape || o.len() != 2 || o[1] < o[0] || o[1] - o[0] != shape.iter().product::<usize>() * dtype_size(dtype) || data_start + o[1] as u64 > file_len {
+                if d != dtype
+                    || s != shape
+                    || o.len() != 2
+                    || o[1] < o[0]
+                    || o[1] - o[0] != shape.iter().product::<usize>() * dtype_size(dtype)
+                    || data_start + o[1] as u64 > file_len
+                {
                     return Err(bad(format!("tensor {name}: {d} {s:?} at {o:?} does not match the layout ({dtype} {shape:?}) or the file size")));
                 }
                 offsets.insert(name, (d, s, o[0], o[1]));
@@ -298,7 +315,8 @@ impl LabelFile {
             return Err(bad("image index out of range".into()));
         }
         let v = i16s(self.read(&mut f, &format!("e{e}.views"))?);
-        let views: Vec<View> = v.chunks_exact(5).map(|r| View { top: r[0] as i32, left: r[1] as i32, h: r[2] as i32, w: r[3] as i32, flip: r[4] != 0 }).collect();
+        let views: Vec<View> =
+            v.chunks_exact(5).map(|r| View { top: r[0] as i32, left: r[1] as i32, h: r[2] as i32, w: r[3] as i32, flip: r[4] != 0 }).collect();
         let perm = i16s(self.read(&mut f, &format!("e{e}.perm"))?);
         let mix: Vec<f32> = self.read(&mut f, &format!("e{e}.mix"))?.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         let kind_cutmix = m.extra.get("mix").map(String::as_str) == Some("cutmix");
@@ -311,7 +329,12 @@ impl LabelFile {
                 return Err(bad(format!("mix permutation of batch {b} out of range")));
             }
             let is_mixed = mixed && rows.len() >= 2;
-            mixes.push(is_mixed.then(|| MixRecord { cutmix: kind_cutmix, perm: p, lam: row[0], bbox: [row[1] as u32, row[2] as u32, row[3] as u32, row[4] as u32] }));
+            mixes.push(is_mixed.then(|| MixRecord {
+                cutmix: kind_cutmix,
+                perm: p,
+                lam: row[0],
+                bbox: [row[1] as u32, row[2] as u32, row[3] as u32, row[4] as u32],
+            }));
         }
         let logits = if k == 0 {
             f16s(self.read(&mut f, &format!("e{e}.logits"))?)

@@ -40,7 +40,13 @@ pub trait Learner {
 
 /// A learner on `device` for batches of up to `max_n` images of `size` x `size`; `optim` None for a
 /// network that only runs forward (a teacher).
-pub fn learner<'a>(device: TrainDevice<'a>, model: &'a mut TrainModel, max_n: usize, size: usize, optim: Option<(OptimKind, f64)>) -> Result<Box<dyn Learner + 'a>> {
+pub fn learner<'a>(
+    device: TrainDevice<'a>,
+    model: &'a mut TrainModel,
+    max_n: usize,
+    size: usize,
+    optim: Option<(OptimKind, f64)>,
+) -> Result<Box<dyn Learner + 'a>> {
     Ok(match device {
         TrainDevice::Cpu => Box::new(CpuLearner::new(model, max_n, size, optim)?),
         TrainDevice::Gpu(g) => Box::new(CudaLearner::new(g, model, max_n, size, optim)?),
@@ -98,14 +104,7 @@ pub struct CudaLearner<'a, D: Device> {
 impl<'a, D: Device> CudaLearner<'a, D> {
     pub fn new(g: &'a CudaBackend<D>, model: &'a mut TrainModel, max_n: usize, size: usize, optim: Option<(OptimKind, f64)>) -> Result<Self> {
         let net = CudaTrainNet::new(g, model, max_n, size, size, optim.map(|(kind, weight_decay)| DeviceOptim { kind, weight_decay }))?;
-        Ok(CudaLearner {
-            x: g.alloc(max_n * model.in_channels * size * size)?,
-            dlogits: g.alloc(max_n * model.num_classes)?,
-            g,
-            model,
-            net,
-            synced: true,
-        })
+        Ok(CudaLearner { x: g.alloc(max_n * model.in_channels * size * size)?, dlogits: g.alloc(max_n * model.num_classes)?, g, model, net, synced: true })
     }
 
     fn forward(&mut self, x: &[f32], n: usize, mode: Mode) -> Result<Vec<f32>> {

@@ -93,7 +93,9 @@ impl ArchSpec {
     /// `resnet18-w16` (widths 16/32/64/128; torchvision's is 64).
     pub fn parse(text: &str, stem: Stem, in_channels: usize, num_classes: usize) -> Result<ArchSpec> {
         let (name, width) = match text.split_once("-w") {
-            Some((n, w)) => (n, Some(w.parse::<usize>().map_err(|_| Error::Option(format!("architecture {text:?}: width after -w must be a number, e.g. resnet18-w16")))?)),
+            Some((n, w)) => {
+                (n, Some(w.parse::<usize>().map_err(|_| Error::Option(format!("architecture {text:?}: width after -w must be a number, e.g. resnet18-w16")))?))
+            }
             None => (text, None),
         };
         let (bottleneck, layers) = crate::bench::arch_layout(name)
@@ -350,9 +352,9 @@ impl TrainModel {
             ("bottleneck", [3, 8, 36, 3]) => Some("resnet152"),
             _ => None,
         };
-        let arch = known.map(String::from).unwrap_or_else(|| {
-            format!("resnet-custom-{kind}-{}", self.stage_blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>().join("-"))
-        });
+        let arch = known
+            .map(String::from)
+            .unwrap_or_else(|| format!("resnet-custom-{kind}-{}", self.stage_blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>().join("-")));
         meta.insert("arch".into(), arch);
         meta.insert("stem".into(), self.stem.name().into());
         meta.insert("num_classes".into(), self.num_classes.to_string());

@@ -221,7 +221,21 @@ impl TrainNet {
             match mode {
                 Mode::Train => {
                     let c = &mut model.convs[i];
-                    bn::fwd_train(&bp, yi, gamma, beta, BN_MOMENTUM, BN_EPS, &mut c.running_mean, &mut c.running_var, residual, l.relu, oi, &mut self.save_mean[i], &mut self.save_invstd[i]);
+                    bn::fwd_train(
+                        &bp,
+                        yi,
+                        gamma,
+                        beta,
+                        BN_MOMENTUM,
+                        BN_EPS,
+                        &mut c.running_mean,
+                        &mut c.running_var,
+                        residual,
+                        l.relu,
+                        oi,
+                        &mut self.save_mean[i],
+                        &mut self.save_invstd[i],
+                    );
                 }
                 Mode::Eval => {
                     let c = &model.convs[i];
@@ -271,7 +285,8 @@ impl TrainNet {
         let (a, b, r) = (2usize, 3usize, 4usize);
         linear_grad::avgpool_bwd(self.plan.last_hw, &self.g_feat[..n * f], &mut self.scratch[g][..n * f * self.plan.last_hw]);
         let mut scratch = std::mem::take(&mut self.scratch);
-        let out_lens: Vec<usize> = (0..self.plan.layers.len()).map(|i| n * model.convs[i].geom.k * self.plan.layers[i].out_hw.0 * self.plan.layers[i].out_hw.1).collect();
+        let out_lens: Vec<usize> =
+            (0..self.plan.layers.len()).map(|i| n * model.convs[i].geom.k * self.plan.layers[i].out_hw.0 * self.plan.layers[i].out_hw.1).collect();
         for bi in (0..self.plan.blocks.len()).rev() {
             let (input, ids, ds) = self.plan.blocks[bi].clone();
             let in_len = self.src_len(model, input, n);
@@ -364,11 +379,23 @@ impl TrainNet {
         let len = bp.len();
         let mut dgamma = std::mem::take(&mut model.params[gi].grad);
         let mut dbeta = std::mem::take(&mut model.params[bi].grad);
-        bn::bwd_train(&bp, dout, &self.out[i][..len], l.relu, &self.y[i][..len], &model.params[gi].data, &self.save_mean[i], &self.save_invstd[i], dy, &mut dgamma, &mut dbeta, dres);
+        bn::bwd_train(
+            &bp,
+            dout,
+            &self.out[i][..len],
+            l.relu,
+            &self.y[i][..len],
+            &model.params[gi].data,
+            &self.save_mean[i],
+            &self.save_invstd[i],
+            dy,
+            &mut dgamma,
+            &mut dbeta,
+            dres,
+        );
         model.params[gi].grad = dgamma;
         model.params[bi].grad = dbeta;
     }
-
 }
 
 /// Distinct mutable borrows of scratch slots; panics if two indices coincide.

@@ -21,7 +21,9 @@ impl Progress {
     pub fn new(total_steps: u64, show: bool) -> Progress {
         let bar = show.then(|| {
             let b = ProgressBar::with_draw_target(Some(total_steps), ProgressDrawTarget::stderr());
-            b.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps, ETA {eta} {msg}").expect("valid template").progress_chars("=> "));
+            b.set_style(
+                ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps, ETA {eta} {msg}").expect("valid template").progress_chars("=> "),
+            );
             b
         });
         Progress { bar, total: total_steps, done: Cell::new(0), start: Instant::now(), last_line: Cell::new(0.0) }

@@ -13,8 +13,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::eval::{evaluate, EvalResult};
-use super::model::{ArchSpec, TrainModel};
 use super::learner::{learner, TrainDevice};
+use super::model::{ArchSpec, TrainModel};
 use super::optim::OptimKind;
 use super::progress::Progress;
 use super::schedule::Cosine;
@@ -74,7 +74,16 @@ pub struct SqueezeSummary {
 
 /// Trains and saves the teacher; returns the summary (also written to `<out>.json`).
 #[allow(clippy::too_many_arguments)]
-pub fn squeeze(cfg: &SqueezeConfig, spec: &ArchSpec, train: Arc<dyn Dataset>, test: Option<Arc<dyn Dataset>>, out: &Path, recipe: &str, show: bool, device: TrainDevice<'_>) -> Result<SqueezeSummary> {
+pub fn squeeze(
+    cfg: &SqueezeConfig,
+    spec: &ArchSpec,
+    train: Arc<dyn Dataset>,
+    test: Option<Arc<dyn Dataset>>,
+    out: &Path,
+    recipe: &str,
+    show: bool,
+    device: TrainDevice<'_>,
+) -> Result<SqueezeSummary> {
     if cfg.epochs == 0 || cfg.batch_size == 0 {
         return Err(Error::Option("--epochs and --batch-size must be at least 1".into()));
     }
@@ -182,11 +191,7 @@ pub fn squeeze(cfg: &SqueezeConfig, spec: &ArchSpec, train: Arc<dyn Dataset>, te
     net.model()?;
     drop(net);
     let test_top1 = history.last().and_then(|h| h.test.as_ref().map(|t| t.top1));
-    let mut extra: Vec<(&str, String)> = vec![
-        ("dataset", cfg.data.clone()),
-        ("image_size", cfg.image_size.to_string()),
-        ("recipe", recipe.to_string()),
-    ];
+    let mut extra: Vec<(&str, String)> = vec![("dataset", cfg.data.clone()), ("image_size", cfg.image_size.to_string()), ("recipe", recipe.to_string())];
     if let Some(t) = test_top1 {
         extra.push(("test_top1", format!("{t:.2}")));
     }

@@ -53,7 +53,9 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) -> Diff {
     assert!(
         d.rel_to_scale <= tol,
         "{what}: max abs error {:.3e} is {:.3e} of the tensor's scale (tolerance {tol:.1e}); max elementwise rel {:.3e}",
-        d.max_abs, d.rel_to_scale, d.max_rel
+        d.max_abs,
+        d.rel_to_scale,
+        d.max_rel
     );
     d
 }

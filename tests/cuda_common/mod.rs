@@ -4,10 +4,10 @@
 #![allow(dead_code)]
 
 use cda_engine::backend::cpu::CpuBackend;
-use cda_engine::bench::random_resnet;
 use cda_engine::backend::cuda::{ConvVersion, CropBackwardVersion, CudaBackend, CudaBuf};
 use cda_engine::backend::cuda_device::Device;
 use cda_engine::backend::Backend;
+use cda_engine::bench::random_resnet;
 use cda_engine::model::{ResNet, Stem};
 use cda_engine::net::Net;
 use cda_engine::ops::adam::AdamScalars;
@@ -62,7 +62,11 @@ pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
 /// Rounds to TF32 as cvt.rna.tf32.f32 does.
 pub fn tf32(v: f32) -> f32 {
     let u = v.to_bits();
-    if u & 0x7f80_0000 == 0x7f80_0000 { v } else { f32::from_bits(u.wrapping_add(0x1000) & 0xffff_e000) }
+    if u & 0x7f80_0000 == 0x7f80_0000 {
+        v
+    } else {
+        f32::from_bits(u.wrapping_add(0x1000) & 0xffff_e000)
+    }
 }
 
 pub fn rng(seed: u64) -> StdRng {
@@ -100,7 +104,20 @@ pub fn version_tol(v: ConvVersion) -> f64 {
 pub fn conv_problem(n: usize, c: usize, h: usize, w: usize, k: usize, r: usize, stride: usize, pad: usize) -> ConvProblem {
     let p = (h + 2 * pad - r) / stride + 1;
     let q = (w + 2 * pad - r) / stride + 1;
-    ConvProblem { n: n as i32, c: c as i32, h: h as i32, w: w as i32, k: k as i32, r: r as i32, s: r as i32, p: p as i32, q: q as i32, stride: stride as i32, pad: pad as i32, _reserved: 0 }
+    ConvProblem {
+        n: n as i32,
+        c: c as i32,
+        h: h as i32,
+        w: w as i32,
+        k: k as i32,
+        r: r as i32,
+        s: r as i32,
+        p: p as i32,
+        q: q as i32,
+        stride: stride as i32,
+        pad: pad as i32,
+        _reserved: 0,
+    }
 }
 
 /// Shapes with odd sizes, channel counts that are not multiples of the 64-wide tile, batch 1, a
@@ -134,12 +151,19 @@ pub fn check_conv_fprop<D: Device>(g: &CudaBackend<D>, version: ConvVersion, nam
     let res = randn(&mut r, ol, 1.0);
 
     let (mut out_c, mut y_c, mut st_c) = (vec![0.0; ol], vec![0.0; ol], vec![0.0; 2 * k]);
-    let epi = FpropEpilogue { bn: BnAffine { mean: &mean, scale: &scale, beta: &beta }, residual: residual.then_some(&res), relu, y: Some(&mut y_c), stats: Some(&mut st_c) };
+    let epi = FpropEpilogue {
+        bn: BnAffine { mean: &mean, scale: &scale, beta: &beta },
+        residual: residual.then_some(&res),
+        relu,
+        y: Some(&mut y_c),
+        stats: Some(&mut st_c),
+    };
     c.conv_fprop(p, &x, &w, epi, &mut out_c).unwrap();
 
     let (xb, wb, mb, sb, bb, rb) = (up(g, &x), up(g, &w), up(g, &mean), up(g, &scale), up(g, &beta), up(g, &res));
     let (mut out_g, mut y_g, mut st_g) = (g.alloc(ol).unwrap(), g.alloc(ol).unwrap(), g.alloc(2 * k).unwrap());
-    let epi = FpropEpilogue { bn: BnAffine { mean: &mb, scale: &sb, beta: &bb }, residual: residual.then_some(&rb), relu, y: Some(&mut y_g), stats: Some(&mut st_g) };
+    let epi =
+        FpropEpilogue { bn: BnAffine { mean: &mb, scale: &sb, beta: &bb }, residual: residual.then_some(&rb), relu, y: Some(&mut y_g), stats: Some(&mut st_g) };
     g.conv_fprop(p, &xb, &wb, epi, &mut out_g).unwrap();
     let tol = version_tol(version);
     let tag = format!("{version:?} fprop {name} res={residual} relu={relu}");
@@ -569,7 +593,8 @@ pub fn check_net<D: Device>(g: &CudaBackend<D>, version: ConvVersion, weights: &
             // fixture: three times the weights-only sensitivity plus 1e-2. A kernel bug (a wrong tap,
             // fragment or epilogue) gives errors of order 1; the kernel tests hold TF32 to 3e-3.
             let mut rounded = ResNet::load(&fixture(weights)).unwrap();
-            for conv in std::iter::once(&mut rounded.stem_conv).chain(rounded.blocks.iter_mut().flat_map(|b| b.convs.iter_mut().chain(b.downsample.iter_mut()))) {
+            for conv in std::iter::once(&mut rounded.stem_conv).chain(rounded.blocks.iter_mut().flat_map(|b| b.convs.iter_mut().chain(b.downsample.iter_mut())))
+            {
                 conv.weight.iter_mut().for_each(|v| *v = tf32(*v));
             }
             let mut net_r = Net::new(&c, &rounded, n, h, w).unwrap();
@@ -655,7 +680,16 @@ impl<B: Backend> Iteration<B> {
 pub fn augment_schedule(n: usize, h: usize, w: usize, steps: usize) -> Vec<Vec<CropParams>> {
     (0..steps)
         .map(|t| {
-            let cp = CropParams { top: (t % 3) as i32, left: (t % 2) as i32, crop_h: (h - 3) as i32, crop_w: (w - 2) as i32, flip: (t % 2) as i32, shift_y: t as i32, shift_x: (2 * t) as i32, _pad: 0 };
+            let cp = CropParams {
+                top: (t % 3) as i32,
+                left: (t % 2) as i32,
+                crop_h: (h - 3) as i32,
+                crop_w: (w - 2) as i32,
+                flip: (t % 2) as i32,
+                shift_y: t as i32,
+                shift_x: (2 * t) as i32,
+                _pad: 0,
+            };
             vec![cp; n]
         })
         .collect()
@@ -765,4 +799,3 @@ pub fn check_large<D: Device>(g: &CudaBackend<D>, arch: &str, res: usize, n: usi
         }
     }
 }
-

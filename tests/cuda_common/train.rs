@@ -95,7 +95,8 @@ pub fn check_batchnorm<D: Device>(g: &CudaBackend<D>) {
         bn_cpu::bwd_train(&p, &dout, &out, relu, &y, &gamma, &sm, &si, &mut dy, &mut dgamma, &mut dbeta, residual.then_some(&mut dres[..]));
         let (mut dyb, mut dgb, mut dbb) = (g.alloc(len).unwrap(), g.alloc(p.c).unwrap(), g.alloc(p.c).unwrap());
         let mut dresb = g.alloc(len).unwrap();
-        g.bn_bwd_train(&p, &up(g, &dout), &up(g, &out), relu, &yb, &gb, &up(g, &sm), &up(g, &si), &mut dyb, &mut dgb, &mut dbb, residual.then_some(&mut dresb)).unwrap();
+        g.bn_bwd_train(&p, &up(g, &dout), &up(g, &out), relu, &yb, &gb, &up(g, &sm), &up(g, &si), &mut dyb, &mut dgb, &mut dbb, residual.then_some(&mut dresb))
+            .unwrap();
         // dgamma / dbeta are sums of M = N*HW terms with cancellation; the scale of the tensor bounds
         // the absolute error of both float64-accumulated sums well below 1e-5 of it. dy subtracts two
         // such per-channel terms from g: the same bound.

@@ -37,11 +37,7 @@ impl<D: Device> CudaBackend<D> {
         let partial = if splits == 1 { self.addr(dw) } else { self.workspace((splits * len).div_ceil(2))? };
         let mut args = KernelArgs::new();
         args.push(*p).push(self.addr(x)).push(self.addr(dy)).push(partial).push(per_split as i64);
-        let cfg = LaunchConfig {
-            grid: [crs.div_ceil(WGRAD_TILE) as u32, k.div_ceil(WGRAD_TILE) as u32, splits as u32],
-            block: [256, 1, 1],
-            shared_bytes: 0,
-        };
+        let cfg = LaunchConfig { grid: [crs.div_ceil(WGRAD_TILE) as u32, k.div_ceil(WGRAD_TILE) as u32, splits as u32], block: [256, 1, 1], shared_bytes: 0 };
         self.launch(ids::CONV_WGRAD_F32, cfg, &args)?;
         if splits > 1 {
             let mut args = KernelArgs::new();
@@ -234,7 +230,17 @@ impl<D: Device> CudaBackend<D> {
     /// Batchmean KL(softmax(teacher / T) || softmax(student / T)) into losses[slot] (not scaled by T^2)
     /// and its gradient with respect to the student logits.
     #[allow(clippy::too_many_arguments)]
-    pub fn kd_kl_div(&self, n: usize, classes: usize, student: &CudaBuf<D>, teacher: &CudaBuf<D>, temperature: f64, dstudent: &mut CudaBuf<D>, losses: &mut CudaBuf<D>, slot: usize) -> Result<()> {
+    pub fn kd_kl_div(
+        &self,
+        n: usize,
+        classes: usize,
+        student: &CudaBuf<D>,
+        teacher: &CudaBuf<D>,
+        temperature: f64,
+        dstudent: &mut CudaBuf<D>,
+        losses: &mut CudaBuf<D>,
+        slot: usize,
+    ) -> Result<()> {
         check_len("kd student logits", student.len, n * classes)?;
         check_len("kd teacher logits", teacher.len, n * classes)?;
         check_len("kd student gradient", dstudent.len, n * classes)?;
@@ -299,7 +305,16 @@ impl<D: Device> CudaBackend<D> {
     /// One AdamW step number `step` (1-based) on one tensor with weight decay `weight_decay` (0 for
     /// tensors the recipe excludes).
     #[allow(clippy::too_many_arguments)]
-    pub fn adamw_step(&self, cfg: &AdamWConfig, weight_decay: f64, step: u32, param: &mut CudaBuf<D>, grad: &CudaBuf<D>, m: &mut CudaBuf<D>, v: &mut CudaBuf<D>) -> Result<()> {
+    pub fn adamw_step(
+        &self,
+        cfg: &AdamWConfig,
+        weight_decay: f64,
+        step: u32,
+        param: &mut CudaBuf<D>,
+        grad: &CudaBuf<D>,
+        m: &mut CudaBuf<D>,
+        v: &mut CudaBuf<D>,
+    ) -> Result<()> {
         let len = param.len;
         check_len("adamw grad", grad.len, len)?;
         check_len("adamw m", m.len, len)?;

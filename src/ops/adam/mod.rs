@@ -29,13 +29,7 @@ impl AdamScalars {
     pub fn new(lr: f64, beta1: f64, beta2: f64, eps: f64, step: u32) -> AdamScalars {
         let bc1 = 1.0 - beta1.powi(step as i32);
         let bc2 = 1.0 - beta2.powi(step as i32);
-        AdamScalars {
-            beta1: beta1 as f32,
-            beta2: beta2 as f32,
-            step_size: (lr / bc1) as f32,
-            bias_correction2_sqrt: bc2.sqrt() as f32,
-            eps: eps as f32,
-        }
+        AdamScalars { beta1: beta1 as f32, beta2: beta2 as f32, step_size: (lr / bc1) as f32, bias_correction2_sqrt: bc2.sqrt() as f32, eps: eps as f32 }
     }
     pub fn to_array(self) -> [f32; Self::LEN] {
         [self.beta1, self.beta2, self.step_size, self.bias_correction2_sqrt, self.eps]

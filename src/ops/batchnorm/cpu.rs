@@ -88,7 +88,7 @@ pub fn fwd_train(
     save_invstd: &mut [f32],
 ) {
     assert!(out.len() == p.len() && gamma.len() == p.c && beta.len() == p.c && running_mean.len() == p.c && running_var.len() == p.c);
-    assert!(residual.map_or(true, |r| r.len() == p.len()) && save_mean.len() == p.c && save_invstd.len() == p.c);
+    assert!(residual.is_none_or(|r| r.len() == p.len()) && save_mean.len() == p.c && save_invstd.len() == p.c);
     let (mean, var) = batch_stats(p, y);
     let m = p.count() as f64;
     let mut alpha = vec![0f32; p.c];
@@ -107,7 +107,18 @@ pub fn fwd_train(
 
 /// Eval-mode forward with the running statistics.
 #[allow(clippy::too_many_arguments)]
-pub fn fwd_eval(p: &BnProblem, y: &[f32], gamma: &[f32], beta: &[f32], running_mean: &[f32], running_var: &[f32], eps: f64, residual: Option<&[f32]>, relu: bool, out: &mut [f32]) {
+pub fn fwd_eval(
+    p: &BnProblem,
+    y: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    eps: f64,
+    residual: Option<&[f32]>,
+    relu: bool,
+    out: &mut [f32],
+) {
     assert!(y.len() == p.len() && out.len() == p.len() && gamma.len() == p.c && beta.len() == p.c);
     let mut alpha = vec![0f32; p.c];
     let mut shift = vec![0f32; p.c];
@@ -173,7 +184,6 @@ pub fn bwd_train(
                 sum += ls.iter().map(|&v| v as f64).sum::<f64>();
                 dotp += ld.iter().map(|&v| v as f64).sum::<f64>();
             }
-            let m = m;
             let k = (dotp * invstd * invstd / m) as f32;
             let grad_mean = (sum / m) as f32;
             let w = (invstd * gamma[ch] as f64) as f32;

@@ -244,9 +244,17 @@ fn with_prepared<R>(cache: Option<&WeightCache>, kern: &Kernel, w: &[f32], key: 
 /// Runs `f` on Winograd U of `w`.
 fn with_winograd_u<R>(cache: Option<&WeightCache>, kern: &Kernel, p: &ConvProblem, w: &[f32], dgrad: bool, f: impl FnOnce(&[f32]) -> R) -> R {
     let key = form(if dgrad { "winograd-dgrad" } else { "winograd-fprop" }, p);
-    with_prepared(cache, kern, w, key, winograd::weights_len(kern, p, dgrad), |u| {
-        winograd::transform_weights(kern, p, w, dgrad, u);
-    }, f)
+    with_prepared(
+        cache,
+        kern,
+        w,
+        key,
+        winograd::weights_len(kern, p, dgrad),
+        |u| {
+            winograd::transform_weights(kern, p, w, dgrad, u);
+        },
+        f,
+    )
 }
 
 /// y = conv(x, w); out = act((y - mean) * scale + beta [+ residual]); optional y and statistics.
@@ -353,7 +361,7 @@ pub fn dgrad_with(cache: Option<&WeightCache>, p: &ConvProblem, dy: &[f32], w: &
     assert_eq!(dx_out.len(), p.input_len(), "conv dgrad dx");
     match &epi {
         DgradEpilogue::Store => {}
-        DgradEpilogue::MaskInput { add, .. } => assert!(add.map_or(true, |a| a.len() == p.input_len()), "conv dgrad add"),
+        DgradEpilogue::MaskInput { add, .. } => assert!(add.is_none_or(|a| a.len() == p.input_len()), "conv dgrad add"),
         DgradEpilogue::BnRelu { y_prev, scale, coef } => {
             assert!(y_prev.len() == p.input_len() && scale.len() == c && coef.len() == 3 * c, "conv dgrad BN operands")
         }
@@ -434,7 +442,10 @@ pub fn dgrad_with(cache: Option<&WeightCache>, p: &ConvProblem, dy: &[f32], w: &
             let (tr, ts) = (phase_taps(ph, r), phase_taps(pw, s));
             let taps: Vec<(usize, usize, isize, isize)> = tr.iter().flat_map(|&(ri, dr)| ts.iter().map(move |&(si, ds)| (ri, si, dr, ds))).collect();
             let (gp, gq) = ((h - ph).div_ceil(stride), (wd - pw).div_ceil(stride));
-            phases.push((implicit::Phase { ph, pw, gp, gq, taps: taps.iter().map(|t| (t.2, t.3)).collect(), a: a_len }, taps.iter().map(|t| (t.0, t.1)).collect::<Vec<_>>()));
+            phases.push((
+                implicit::Phase { ph, pw, gp, gq, taps: taps.iter().map(|t| (t.2, t.3)).collect(), a: a_len },
+                taps.iter().map(|t| (t.0, t.1)).collect::<Vec<_>>(),
+            ));
             a_len += panels * kern.mr * k * taps.len();
         }
     }

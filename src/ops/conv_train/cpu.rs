@@ -150,11 +150,25 @@ fn gemm_acc_rhs_t(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], rh
     // borrow, so it cannot alias the inputs.
     unsafe {
         gemm::gemm(
-            m, n, k,
-            dst.as_mut_ptr(), 1, n as isize, true,
-            lhs.as_ptr(), 1, k as isize,
-            rhs.as_ptr(), k as isize, 1,
-            1.0, 1.0, false, false, false, par,
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            k as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
         );
     }
 }

@@ -94,12 +94,7 @@ pub fn taps(cp: &CropParams, h: usize, w: usize, y: usize, x: usize) -> Taps {
 
 /// Checks a parameter set against the image size; the ops assume valid windows.
 pub fn validate(cp: &CropParams, h: usize, w: usize) -> Result<(), String> {
-    let ok = cp.crop_h > 0
-        && cp.crop_w > 0
-        && cp.top >= 0
-        && cp.left >= 0
-        && (cp.top + cp.crop_h) as usize <= h
-        && (cp.left + cp.crop_w) as usize <= w;
+    let ok = cp.crop_h > 0 && cp.crop_w > 0 && cp.top >= 0 && cp.left >= 0 && (cp.top + cp.crop_h) as usize <= h && (cp.left + cp.crop_w) as usize <= w;
     if ok {
         Ok(())
     } else {

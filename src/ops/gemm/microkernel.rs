@@ -103,6 +103,7 @@ impl Kernel {
     ///
     /// # Safety
     /// As `run`, for the `rows` x `cols` part of `c`.
+    #[allow(clippy::too_many_arguments)] // the microkernel's raw-pointer calling convention
     pub unsafe fn run_partial(&self, kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, accumulate: bool, rows: usize, cols: usize) {
         if rows == self.mr && cols == self.nr {
             return self.run(kc, a, b, c, ldc, accumulate);

@@ -3,8 +3,8 @@
 //!
 //! - `kl_div`: SRe2L/CDA's knowledge-distillation loss (algorithm.md section 4), PyTorch
 //!   `KLDivLoss(reduction='batchmean')(log_softmax(s / T), softmax(t / T))` with no T^2 factor:
-//!     loss = (1/N) sum_i sum_j p_ij (log p_ij - log q_ij),  p = softmax(t/T), q = softmax(s/T)
-//!     dloss/ds_ij = (q_ij - p_ij) / (N T)
+//!   loss = (1/N) sum_i sum_j p_ij (log p_ij - log q_ij),  p = softmax(t/T), q = softmax(s/T);
+//!   dloss/ds_ij = (q_ij - p_ij) / (N T)
 //!   (terms with p_ij = 0 contribute 0, as PyTorch's xlogy).
 //! - `soft_cross_entropy`: `F.cross_entropy(s, target_probs)` with class-probability targets (rows
 //!   summing to 1; CutMix/MixUp of hard labels): loss = -(1/N) sum_ij p_ij log q_ij, grad (q - p)/N.

@@ -137,7 +137,7 @@ impl Dgrad<'_> {
         if len == 0 {
             return;
         }
-        debug_assert!(dst + (len - 1) * step < self.len && raw.map_or(true, |r| r.len() >= len));
+        debug_assert!(dst + (len - 1) * step < self.len && raw.is_none_or(|r| r.len() >= len));
         #[cfg(target_arch = "x86_64")]
         if avx2() {
             return self.run_avx2(ch, raw, len, dst, step);

@@ -198,7 +198,19 @@ fn pack_b(src: &Source, grid: &Grid, nr: usize, j0: usize, ncols: usize, nc: usi
 
 /// C block (rows of panels p0..p1, columns j0..j0+ncols padded to ncp) = A * B over the whole reduction.
 #[allow(clippy::too_many_arguments)]
-fn gemm_block(kern: &Kernel, ap: &[f32], src: &Source, grid: &Grid, p0: usize, p1: usize, j0: usize, ncols: usize, ncp: usize, bbuf: &mut [f32], cblk: &mut [f32]) {
+fn gemm_block(
+    kern: &Kernel,
+    ap: &[f32],
+    src: &Source,
+    grid: &Grid,
+    p0: usize,
+    p1: usize,
+    j0: usize,
+    ncols: usize,
+    ncp: usize,
+    bbuf: &mut [f32],
+    cblk: &mut [f32],
+) {
     let (mr, nr) = (kern.mr, kern.nr);
     let kk = src.ch * src.taps.len();
     let mut k0 = 0;

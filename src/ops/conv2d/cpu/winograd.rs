@@ -18,6 +18,9 @@
 //! Accuracy: the transforms scale values by up to ~100 (B^T and A^T entries up to 8, G down to 1/24),
 //! so results carry a few 1e-6 of an output's scale of fp32 rounding against ~1e-7 for direct
 //! summation (measured in tests/cpu_conv.rs: up to 6e-6).
+// The transforms index tiles and rows by their position in the maths (B^T d B, G g G^T, A^T m A),
+// so index loops read as the formulas do.
+#![allow(clippy::needless_range_loop)]
 
 use rayon::prelude::*;
 
@@ -381,14 +384,7 @@ fn bt(d: [V8; 6]) -> [V8; 6] {
     let b = sub(d[3], scale(d[1], 4.0));
     let c = sub(d[4], d[2]);
     let e = scale(sub(d[3], d[1]), 2.0);
-    [
-        add(sub(scale(d[0], 4.0), scale(d[2], 5.0)), d[4]),
-        add(a, b),
-        sub(a, b),
-        add(c, e),
-        sub(c, e),
-        add(sub(scale(d[1], 4.0), scale(d[3], 5.0)), d[5]),
-    ]
+    [add(sub(scale(d[0], 4.0), scale(d[2], 5.0)), d[4]), add(a, b), sub(a, b), add(c, e), sub(c, e), add(sub(scale(d[1], 4.0), scale(d[3], 5.0)), d[5])]
 }
 
 /// A^T (4x6) times a 6-vector of lanes.
@@ -430,7 +426,18 @@ fn gemm(kern: &Kernel, geo: &Geo, u: &[f32], v: &[f32], m: &mut [f32], tcp: usiz
 /// Output channel `ch` of the chunk: A^T M A into `stage` (rows of 4*tw per tile row), then the
 /// epilogue on each output row.
 #[allow(clippy::too_many_arguments)]
-fn output_channel(kern: &Kernel, geo: &Geo, mm: &[f32], r0: usize, nrows: usize, tcp: usize, ch: usize, stage: &mut [f32], epi: &Epi, mut moments: Option<&mut Moments>) {
+fn output_channel(
+    kern: &Kernel,
+    geo: &Geo,
+    mm: &[f32],
+    r0: usize,
+    nrows: usize,
+    tcp: usize,
+    ch: usize,
+    stage: &mut [f32],
+    epi: &Epi,
+    mut moments: Option<&mut Moments>,
+) {
     let tiles = nrows * geo.tw;
     #[cfg(target_arch = "x86_64")]
     let done = if kern.isa >= Isa::Avx2 {
@@ -533,7 +540,6 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{lane_bases, Geo, L};
-
 
     /// B^T (6x6) times 6 vectors.
     #[inline(always)]
