@@ -3,7 +3,8 @@
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::GpuBackend;
-use crate::backend::{cuda_probe, Backend};
+use crate::backend::cuda::probe as cuda_probe;
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::kernels;
 

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use cda_engine::backend::cpu::{cpu_features, CpuBackend};
-use cda_engine::backend::{cuda_probe, Backend};
+use cda_engine::backend::cuda::probe as cuda_probe;
+use cda_engine::backend::Backend;
 use cda_engine::error::{Error, Result};
 use cda_engine::kernels;
 use cda_engine::model::{BlockKind, ResNet};

@@ -3,10 +3,6 @@
 
 pub mod cpu;
 pub mod cuda;
-pub mod cuda_device;
-pub mod cuda_params;
-pub mod cuda_probe;
-pub mod emu;
 
 use crate::error::Result;
 use crate::ops::conv2d::{ConvProblem, DgradEpilogue, FpropEpilogue};

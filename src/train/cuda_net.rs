@@ -15,7 +15,7 @@ use super::model::TrainModel;
 use super::net::{problem, Mode, Plan, Src};
 use super::optim::OptimKind;
 use crate::backend::cuda::{CudaBackend, CudaBuf, CudaIntBuf};
-use crate::backend::cuda_device::Device;
+use crate::backend::cuda::runtime::CudaDevice;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::ops::adamw::AdamWConfig;
@@ -31,7 +31,7 @@ pub struct DeviceOptim {
     pub weight_decay: f64,
 }
 
-pub struct CudaTrainNet<D: Device> {
+pub struct CudaTrainNet<D: CudaDevice> {
     pub max_n: usize,
     pub h: usize,
     pub w: usize,
@@ -64,7 +64,7 @@ pub struct CudaTrainNet<D: Device> {
     mode: Mode,
 }
 
-fn upload<D: Device>(g: &CudaBackend<D>, v: &[f32]) -> Result<CudaBuf<D>> {
+fn upload<D: CudaDevice>(g: &CudaBackend<D>, v: &[f32]) -> Result<CudaBuf<D>> {
     let mut b = g.alloc(v.len())?;
     g.upload(v, &mut b)?;
     Ok(b)
@@ -94,7 +94,7 @@ fn two_mut<T>(v: &mut [T], i: usize, j: usize) -> (&mut T, &mut T) {
     }
 }
 
-impl<D: Device> CudaTrainNet<D> {
+impl<D: CudaDevice> CudaTrainNet<D> {
     /// Uploads `model` and allocates activations for batches of up to `max_n` images of h x w.
     /// With `optim`, gradients and optimizer state are allocated too.
     pub fn new(g: &CudaBackend<D>, model: &TrainModel, max_n: usize, h: usize, w: usize, optim: Option<DeviceOptim>) -> Result<CudaTrainNet<D>> {
@@ -401,7 +401,7 @@ impl<D: Device> CudaTrainNet<D> {
 /// BN backward of conv i: dout (gradient of its fused output) -> dy; dgamma, dbeta; the shortcut's
 /// gradient into `dres` when given.
 #[allow(clippy::too_many_arguments)]
-fn bn_backward<D: Device>(
+fn bn_backward<D: CudaDevice>(
     g: &CudaBackend<D>,
     model: &TrainModel,
     plan: &Plan,

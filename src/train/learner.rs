@@ -12,7 +12,7 @@ use super::model::TrainModel;
 use super::net::{Mode, TrainNet};
 use super::optim::{OptimKind, Optimizer};
 use crate::backend::cuda::{CudaBackend, CudaBuf, EmulatedBackend, GpuBackend};
-use crate::backend::cuda_device::Device;
+use crate::backend::cuda::runtime::CudaDevice;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 
@@ -91,7 +91,7 @@ impl Learner for CpuLearner<'_> {
     }
 }
 
-pub struct CudaLearner<'a, D: Device> {
+pub struct CudaLearner<'a, D: CudaDevice> {
     g: &'a CudaBackend<D>,
     model: &'a mut TrainModel,
     net: CudaTrainNet<D>,
@@ -101,7 +101,7 @@ pub struct CudaLearner<'a, D: Device> {
     synced: bool,
 }
 
-impl<'a, D: Device> CudaLearner<'a, D> {
+impl<'a, D: CudaDevice> CudaLearner<'a, D> {
     pub fn new(g: &'a CudaBackend<D>, model: &'a mut TrainModel, max_n: usize, size: usize, optim: Option<(OptimKind, f64)>) -> Result<Self> {
         let net = CudaTrainNet::new(g, model, max_n, size, size, optim.map(|(kind, weight_decay)| DeviceOptim { kind, weight_decay }))?;
         Ok(CudaLearner { x: g.alloc(max_n * model.in_channels * size * size)?, dlogits: g.alloc(max_n * model.num_classes)?, g, model, net, synced: true })
@@ -116,7 +116,7 @@ impl<'a, D: Device> CudaLearner<'a, D> {
     }
 }
 
-impl<D: Device> Learner for CudaLearner<'_, D> {
+impl<D: CudaDevice> Learner for CudaLearner<'_, D> {
     fn forward_train(&mut self, x: &[f32], n: usize) -> Result<Vec<f32>> {
         // Train mode updates the running statistics on the device.
         self.synced = false;

@@ -5,7 +5,7 @@
 
 use cda_engine::backend::cpu::CpuBackend;
 use cda_engine::backend::cuda::{ConvVersion, CropBackwardVersion, CudaBackend, CudaBuf};
-use cda_engine::backend::cuda_device::Device;
+use cda_engine::backend::cuda::runtime::CudaDevice;
 use cda_engine::backend::Backend;
 use cda_engine::bench::random_resnet;
 use cda_engine::model::{ResNet, Stem};
@@ -77,13 +77,13 @@ pub fn randn(rng: &mut StdRng, len: usize, scale: f32) -> Vec<f32> {
     (0..len).map(|_| scale * (rng.random::<f32>() * 2.0 - 1.0)).collect()
 }
 
-pub fn up<D: Device>(g: &CudaBackend<D>, data: &[f32]) -> CudaBuf<D> {
+pub fn up<D: CudaDevice>(g: &CudaBackend<D>, data: &[f32]) -> CudaBuf<D> {
     let mut b = g.alloc(data.len()).unwrap();
     g.upload(data, &mut b).unwrap();
     b
 }
 
-pub fn down<D: Device>(g: &CudaBackend<D>, b: &CudaBuf<D>, len: usize) -> Vec<f32> {
+pub fn down<D: CudaDevice>(g: &CudaBackend<D>, b: &CudaBuf<D>, len: usize) -> Vec<f32> {
     let mut v = vec![0.0; len];
     g.download(b, &mut v).unwrap();
     v
@@ -137,7 +137,7 @@ pub fn conv_shapes() -> Vec<(&'static str, ConvProblem)> {
 
 /// Conv fprop with every epilogue output against the CPU: out, y and [mean, var].
 #[allow(clippy::too_many_arguments)]
-pub fn check_conv_fprop<D: Device>(g: &CudaBackend<D>, version: ConvVersion, name: &str, p: &ConvProblem, residual: bool, relu: bool, seed: u64) {
+pub fn check_conv_fprop<D: CudaDevice>(g: &CudaBackend<D>, version: ConvVersion, name: &str, p: &ConvProblem, residual: bool, relu: bool, seed: u64) {
     g.set_conv_version(version);
     let c = cpu();
     let mut r = rng(seed);
@@ -190,7 +190,7 @@ pub enum DgradKind {
 }
 
 /// Conv dgrad with one epilogue against the CPU.
-pub fn check_conv_dgrad<D: Device>(g: &CudaBackend<D>, version: ConvVersion, name: &str, p: &ConvProblem, kind: DgradKind, seed: u64) {
+pub fn check_conv_dgrad<D: CudaDevice>(g: &CudaBackend<D>, version: ConvVersion, name: &str, p: &ConvProblem, kind: DgradKind, seed: u64) {
     g.set_conv_version(version);
     let c = cpu();
     let mut r = rng(seed);
@@ -227,7 +227,7 @@ pub fn check_conv_dgrad<D: Device>(g: &CudaBackend<D>, version: ConvVersion, nam
 }
 
 /// The tensor-core GEMM check kernel against float64 GEMMs.
-pub fn check_mma<D: Device>(g: &CudaBackend<D>, m: usize, n: usize, k: usize) {
+pub fn check_mma<D: CudaDevice>(g: &CudaBackend<D>, m: usize, n: usize, k: usize) {
     let mut r = rng(7);
     let a = randn(&mut r, m * k, 1.0);
     let b = randn(&mut r, k * n, 1.0);
@@ -256,7 +256,7 @@ pub fn check_mma<D: Device>(g: &CudaBackend<D>, m: usize, n: usize, k: usize) {
     assert_close(&format!("mma {m}x{n}x{k} vs f64 GEMM"), &got, &full, TF32_TOL);
 }
 
-pub fn check_bn_match_and_backward<D: Device>(g: &CudaBackend<D>) {
+pub fn check_bn_match_and_backward<D: CudaDevice>(g: &CudaBackend<D>) {
     let c = cpu();
     let mut r = rng(11);
     let (n, k, hw) = (3usize, 37usize, 5usize);
@@ -296,7 +296,7 @@ pub fn check_bn_match_and_backward<D: Device>(g: &CudaBackend<D>) {
     assert_close("bn_backward", &down(g, &dy_g, len), &dy_c, FP32_TOL);
 }
 
-pub fn check_pools<D: Device>(g: &CudaBackend<D>) {
+pub fn check_pools<D: CudaDevice>(g: &CudaBackend<D>) {
     let c = cpu();
     let mut r = rng(13);
     for (n, ch, h, w) in [(2usize, 3usize, 11usize, 12usize), (1, 2, 8, 8)] {
@@ -354,7 +354,7 @@ pub fn check_pools<D: Device>(g: &CudaBackend<D>) {
     assert_close("avgpool bwd", &down(g, &dx_g, nc * hw), &dx_c, 0.0);
 }
 
-pub fn check_linear_and_softmax<D: Device>(g: &CudaBackend<D>) {
+pub fn check_linear_and_softmax<D: CudaDevice>(g: &CudaBackend<D>) {
     let c = cpu();
     let mut r = rng(17);
     let (n, f, j) = (3usize, 45usize, 11usize);
@@ -407,7 +407,7 @@ pub fn crop_cases(n: usize, h: usize, w: usize) -> Vec<(&'static str, Vec<CropPa
     ]
 }
 
-pub fn check_crop_resize<D: Device>(g: &CudaBackend<D>) {
+pub fn check_crop_resize<D: CudaDevice>(g: &CudaBackend<D>) {
     let c = cpu();
     let mut r = rng(19);
     let (n, ch, h, w) = (2usize, 3usize, 13usize, 11usize);
@@ -438,7 +438,7 @@ pub fn check_crop_resize<D: Device>(g: &CudaBackend<D>) {
     g.set_crop_backward_version(CropBackwardVersion::Gather);
 }
 
-pub fn check_adam<D: Device>(g: &CudaBackend<D>) {
+pub fn check_adam<D: CudaDevice>(g: &CudaBackend<D>) {
     let c = cpu();
     let mut r = rng(23);
     let (n, ch, hw) = (2usize, 3usize, 37usize);
@@ -466,7 +466,7 @@ pub fn check_adam<D: Device>(g: &CudaBackend<D>) {
 }
 
 /// The shim check kernels give exactly the values CUDA defines (see kernels/shim_check.cu).
-pub fn check_shim<D: Device>(g: &CudaBackend<D>) {
+pub fn check_shim<D: CudaDevice>(g: &CudaBackend<D>) {
     let r = g.shim_check().unwrap();
     for tid in 0..64usize {
         let (lane, base) = (tid % 32, tid - tid % 32);
@@ -494,7 +494,7 @@ pub fn check_shim<D: Device>(g: &CudaBackend<D>) {
     assert_eq!(r.dsum, 0.25 * 384.0, "double atomicAdd");
 }
 
-pub fn check_image_prior<D: Device>(g: &CudaBackend<D>) {
+pub fn check_image_prior<D: CudaDevice>(g: &CudaBackend<D>) {
     let c = cpu();
     let mut r = rng(47);
     for (n, ch, h, w, tv, l2) in [(2usize, 3usize, 9usize, 11usize, 1e-2, 1e-3), (1, 1, 5, 4, 0.3, 0.0), (3, 2, 1, 7, 0.5, 0.2), (2, 2, 6, 6, 0.0, 0.7)] {
@@ -534,7 +534,7 @@ pub const NET_TF32: NetTol = NetTol { forward: 2e-2, stats: 2e-2, losses: 2e-2, 
 
 /// Net forward (logits, BN statistics), losses and backward on the CUDA backend against the CPU
 /// backend (and the forward against the PyTorch fixture).
-pub fn check_net<D: Device>(g: &CudaBackend<D>, version: ConvVersion, weights: &str, io: &str, tol: NetTol) {
+pub fn check_net<D: CudaDevice>(g: &CudaBackend<D>, version: ConvVersion, weights: &str, io: &str, tol: NetTol) {
     g.set_conv_version(version);
     let model = ResNet::load(&fixture(weights)).unwrap();
     let io = load(io);
@@ -745,7 +745,7 @@ pub fn run_net<B: Backend>(b: &B, model: &ResNet, x: &B::Buf, n: usize, res: usi
 
 /// A random-weight torchvision-layout teacher (ImageNet stem, 1000 classes) on the CUDA backend (fp32
 /// and TF32) against the CPU backend; with `export`, the fp32 case for benches/gpu/pytorch_check.py.
-pub fn check_large<D: Device>(g: &CudaBackend<D>, arch: &str, res: usize, n: usize, export: Option<std::path::PathBuf>) {
+pub fn check_large<D: CudaDevice>(g: &CudaBackend<D>, arch: &str, res: usize, n: usize, export: Option<std::path::PathBuf>) {
     let model = random_resnet(arch, Stem::ImageNet, 3, 1000, 64, 5).unwrap();
     let mut r = rng(37);
     let x = randn(&mut r, n * 3 * res * res, 1.5);

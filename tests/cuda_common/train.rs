@@ -2,7 +2,7 @@
 //! tests/train_ops.rs checks against PyTorch. Shared by tests/cuda_emulated.rs and tests/cuda_gpu.rs.
 
 use cda_engine::backend::cuda::CudaBackend;
-use cda_engine::backend::cuda_device::Device;
+use cda_engine::backend::cuda::runtime::CudaDevice;
 use cda_engine::backend::Backend;
 use cda_engine::ops::adamw::{cpu as adamw_cpu, AdamWConfig};
 use cda_engine::ops::batchnorm::{cpu as bn_cpu, BnProblem, BN_EPS, BN_MOMENTUM};
@@ -27,7 +27,7 @@ pub fn wgrad_shapes() -> Vec<(&'static str, ConvProblem)> {
 }
 
 /// conv wgrad against `conv_train::cpu::wgrad`.
-pub fn check_conv_wgrad<D: Device>(g: &CudaBackend<D>, name: &str, p: &ConvProblem, seed: u64) {
+pub fn check_conv_wgrad<D: CudaDevice>(g: &CudaBackend<D>, name: &str, p: &ConvProblem, seed: u64) {
     let mut r = rng(seed);
     let x = randn(&mut r, p.input_len(), 1.0);
     let dy = randn(&mut r, p.output_len(), 1.0);
@@ -44,7 +44,7 @@ pub fn check_conv_wgrad<D: Device>(g: &CudaBackend<D>, name: &str, p: &ConvProbl
 
 /// BatchNorm train forward (with and without residual / ReLU), eval forward and train backward
 /// against `batchnorm::cpu`.
-pub fn check_batchnorm<D: Device>(g: &CudaBackend<D>) {
+pub fn check_batchnorm<D: CudaDevice>(g: &CudaBackend<D>) {
     for (case, (p, residual, relu)) in [
         (BnProblem { n: 3, c: 5, hw: 37 }, true, true),
         (BnProblem { n: 2, c: 3, hw: 64 }, false, true),
@@ -111,7 +111,7 @@ pub fn check_batchnorm<D: Device>(g: &CudaBackend<D>) {
 }
 
 /// fc parameter gradients against `linear_grad::cpu::wgrad`.
-pub fn check_linear_wgrad<D: Device>(g: &CudaBackend<D>) {
+pub fn check_linear_wgrad<D: CudaDevice>(g: &CudaBackend<D>) {
     let mut r = rng(51);
     let (n, in_f, out_f) = (13usize, 37usize, 11usize);
     let x = randn(&mut r, n * in_f, 1.0);
@@ -126,7 +126,7 @@ pub fn check_linear_wgrad<D: Device>(g: &CudaBackend<D>) {
 }
 
 /// The distillation loss and its gradient against `kd_loss::cpu::kl_div`.
-pub fn check_kd_loss<D: Device>(g: &CudaBackend<D>) {
+pub fn check_kd_loss<D: CudaDevice>(g: &CudaBackend<D>) {
     for (n, classes, t, seed) in [(5usize, 10usize, 4.0f64, 61u64), (3, 300, 20.0, 62), (2, 7, 1.0, 63)] {
         let mut r = rng(seed);
         let student = randn(&mut r, n * classes, 8.0);
@@ -146,7 +146,7 @@ pub fn check_kd_loss<D: Device>(g: &CudaBackend<D>) {
 /// SGD (plain, momentum, Nesterov, weight decay) and AdamW (with and without decay) over three steps
 /// against the CPU twins: the same correctly rounded IEEE operations in the same order, so the bits
 /// must be identical.
-pub fn check_optimizers<D: Device>(g: &CudaBackend<D>) {
+pub fn check_optimizers<D: CudaDevice>(g: &CudaBackend<D>) {
     let len = 1000usize;
     let mut r = rng(71);
     let grads: Vec<Vec<f32>> = (0..3).map(|_| randn(&mut r, len, 0.5)).collect();
@@ -182,7 +182,7 @@ pub fn check_optimizers<D: Device>(g: &CudaBackend<D>) {
 }
 
 /// Wrong buffer sizes and options are errors, not launches.
-pub fn check_train_errors<D: Device>(g: &CudaBackend<D>) {
+pub fn check_train_errors<D: CudaDevice>(g: &CudaBackend<D>) {
     let p = conv_problem(2, 3, 8, 8, 4, 3, 1, 1);
     let (x, dy) = (g.alloc(p.input_len()).unwrap(), g.alloc(p.output_len()).unwrap());
     let mut small = g.alloc(p.weight_len() - 1).unwrap();
@@ -203,7 +203,7 @@ pub fn check_train_errors<D: Device>(g: &CudaBackend<D>) {
 /// logits, loss, every parameter gradient, and the parameters and running statistics after the
 /// optimizer step, against PyTorch; then an eval-mode forward against the CPU executor.
 /// `tf32`: the convolutions on TF32 tensor cores (10-bit mantissas): the forward only (see the body).
-pub fn check_train_step_fixture<D: Device>(g: &CudaBackend<D>, name: &str, tf32: bool) {
+pub fn check_train_step_fixture<D: CudaDevice>(g: &CudaBackend<D>, name: &str, tf32: bool) {
     use cda_engine::backend::cuda::ConvVersion;
     use cda_engine::model::ResNet;
     use cda_engine::train::cuda_net::{CudaTrainNet, DeviceOptim};

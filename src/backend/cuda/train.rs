@@ -18,7 +18,7 @@ const WGRAD_TILE: usize = 64;
 /// CTAs a wgrad launch aims for (about two per SM on the largest GPUs).
 const WGRAD_TARGET_CTAS: usize = 264;
 
-impl<D: Device> CudaBackend<D> {
+impl<D: CudaDevice> CudaBackend<D> {
     /// dw = the weight gradient of conv `p` for input x and output gradient dy (overwrites dw).
     pub fn conv_wgrad(&self, p: &ConvProblem, x: &CudaBuf<D>, dy: &CudaBuf<D>, dw: &mut CudaBuf<D>) -> Result<()> {
         check_len("conv wgrad x", x.len, p.input_len())?;

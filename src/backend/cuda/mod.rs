@@ -1,6 +1,6 @@
 //! The CUDA backend: every op of a recover iteration as a launch of the kernels in kernels/*.cu.
 //!
-//! `CudaBackend<D>` is generic over the [`Device`] it launches on: [`GpuDevice`] (a real GPU through
+//! `CudaBackend<D>` is generic over the [`CudaDevice`] it launches on: [`GpuDevice`] (a real GPU through
 //! cudarc, kernels from the PTX build.rs embedded) or [`EmuDevice`] (the same kernel sources compiled for
 //! the host). Grid shapes, argument packing, buffer checks and epilogue selection live here once, so
 //! the emulated tests exercise the launch path a GPU runs.
@@ -19,15 +19,19 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;
 
-use super::cuda_device::{ids, Device, GpuDevice, KernelArgs, KernelId, LaunchConfig};
-use super::cuda_params::*;
-use super::emu::EmuDevice;
+use runtime::{ids, CudaDevice, GpuDevice, KernelArgs, KernelId, LaunchConfig};
+use params::*;
+use emulation::EmuDevice;
 use super::Backend;
 use crate::error::{Error, Result};
 use crate::ops::conv2d::{ConvProblem, DgradEpilogue, FpropEpilogue};
 use crate::ops::crop_resize::CropResizeProblem;
 use crate::ops::pool::PoolProblem;
 
+pub mod emulation;
+mod params;
+pub mod probe;
+pub mod runtime;
 mod train;
 
 /// Which convolution kernels run (see kernels/conv2d.cu).
@@ -59,20 +63,20 @@ pub const CONV_DIRECT_DGRAD_MAX_C: usize = 4;
 const THREADS: u32 = 256;
 
 /// A float buffer on the device.
-pub struct CudaBuf<D: Device> {
+pub struct CudaBuf<D: CudaDevice> {
     mem: D::Mem,
     len: usize,
 }
 
 /// An int32 buffer on the device; keeps a copy of what the host last uploaded into it (targets are
 /// checked against it), forgotten when a kernel writes the buffer.
-pub struct CudaIntBuf<D: Device> {
+pub struct CudaIntBuf<D: CudaDevice> {
     mem: D::Mem,
     len: usize,
     uploaded: Option<Vec<i32>>,
 }
 
-impl<D: Device> CudaBuf<D> {
+impl<D: CudaDevice> CudaBuf<D> {
     pub fn len(&self) -> usize {
         self.len
     }
@@ -80,7 +84,7 @@ impl<D: Device> CudaBuf<D> {
         self.len == 0
     }
 }
-impl<D: Device> CudaIntBuf<D> {
+impl<D: CudaDevice> CudaIntBuf<D> {
     pub fn len(&self) -> usize {
         self.len
     }
@@ -89,12 +93,12 @@ impl<D: Device> CudaIntBuf<D> {
     }
 }
 
-struct Workspace<D: Device> {
+struct Workspace<D: CudaDevice> {
     mem: Option<D::Mem>,
     bytes: usize,
 }
 
-pub struct CudaBackend<D: Device> {
+pub struct CudaBackend<D: CudaDevice> {
     dev: D,
     conv_version: AtomicU8,
     crop_bwd_version: AtomicU8,
@@ -159,7 +163,7 @@ fn grid_1d(total: usize, threads: u32) -> Result<LaunchConfig> {
     Ok(LaunchConfig { grid: [blocks, 1, 1], block: [threads, 1, 1], shared_bytes: 0 })
 }
 
-impl<D: Device> CudaBackend<D> {
+impl<D: CudaDevice> CudaBackend<D> {
     /// The backend on any device.
     pub fn on(dev: D) -> Result<Self> {
         Ok(CudaBackend {
@@ -290,7 +294,7 @@ pub struct ShimCheck {
     pub dsum: f64,
 }
 
-impl<D: Device> CudaBackend<D> {
+impl<D: CudaDevice> CudaBackend<D> {
     /// Runs kernels/shim_check.cu (for tests of the host emulation against the hardware).
     pub fn shim_check(&self) -> Result<ShimCheck> {
         let warp = self.alloc(6 * 64)?;
@@ -318,7 +322,7 @@ impl<D: Device> CudaBackend<D> {
     }
 }
 
-impl<D: Device> Backend for CudaBackend<D> {
+impl<D: CudaDevice> Backend for CudaBackend<D> {
     type Buf = CudaBuf<D>;
     type IntBuf = CudaIntBuf<D>;
     type Graph = D::Graph;

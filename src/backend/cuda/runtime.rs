@@ -1,6 +1,6 @@
 //! The device under the CUDA backend: a small trait with two implementations, the real GPU
 //! ([`GpuDevice`], cudarc over the driver API, kernels from the PTX embedded by build.rs) and the
-//! host emulation ([`crate::backend::emu::EmuDevice`], the same kernels compiled as C++). The backend
+//! host emulation ([`crate::backend::cuda::emulation::EmuDevice`], the same kernels compiled as C++). The backend
 //! (`crate::backend::cuda`) computes grids and packs kernel arguments once, for both.
 
 use std::ffi::c_void;
@@ -90,7 +90,7 @@ impl KernelArgs {
 
     /// Appends one parameter (by value). Panics past 16 parameters or 512 bytes: a fixed property of
     /// the kernels, not of the input.
-    pub fn push<T: super::cuda_params::KernelParam>(&mut self, v: T) -> &mut Self {
+    pub fn push<T: super::params::KernelParam>(&mut self, v: T) -> &mut Self {
         let size = std::mem::size_of::<T>();
         let words = size.div_ceil(8);
         assert!(std::mem::align_of::<T>() <= 8, "kernel parameter alignment above 8");
@@ -126,7 +126,7 @@ impl KernelArgs {
 
 /// What the CUDA backend needs from a device. Memory is untyped bytes addressed by 64-bit device
 /// addresses; all operations are ordered on the device's one stream.
-pub trait Device: Send + Sync + 'static {
+pub trait CudaDevice: Send + Sync + 'static {
     /// One device allocation; freed on drop.
     type Mem: Send + Sync;
     /// A captured sequence of launches that can be replayed.
@@ -278,7 +278,7 @@ impl GpuDevice {
     }
 }
 
-impl Device for GpuDevice {
+impl CudaDevice for GpuDevice {
     type Mem = GpuMem;
     type Graph = CudaGraph;
 
@@ -382,7 +382,7 @@ impl Device for GpuDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cuda_params::ConvFpropArgs;
+    use crate::backend::cuda::params::ConvFpropArgs;
 
     #[test]
     fn kernel_args_are_packed_in_8_byte_slots() {

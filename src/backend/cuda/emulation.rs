@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::ptr::NonNull;
 use std::sync::Mutex;
 
-use super::cuda_device::{Device, KernelArgs, KernelId, LaunchConfig};
+use super::runtime::{CudaDevice, KernelArgs, KernelId, LaunchConfig};
 use crate::error::{Error, Result};
 
 const GUARD: usize = 256;
@@ -91,7 +91,7 @@ pub struct EmuDevice {
 impl EmuDevice {
     /// Err when this binary was built without host emulation (no C++17 compiler at build time).
     pub fn new() -> Result<EmuDevice> {
-        if !super::cuda_device::EMULATION_BUILT {
+        if !super::runtime::EMULATION_BUILT {
             return Err(Error::Cuda("this binary was built without host emulation of the CUDA kernels (build.rs found no C++17 compiler)".into()));
         }
         Ok(EmuDevice { capture: Mutex::new(None) })
@@ -116,14 +116,14 @@ impl EmuDevice {
 #[cfg(cda_emu)]
 fn run_kernel(kernel: KernelId, cfg: &LaunchConfig, args: &KernelArgs) -> Result<()> {
     let _serial = LAUNCH.lock().unwrap_or_else(|e| e.into_inner());
-    let launcher = super::cuda_device::EMU_LAUNCHERS[kernel.0];
+    let launcher = super::runtime::EMU_LAUNCHERS[kernel.0];
     let mut ptrs = args.pointers();
-    // SAFETY: the backend packed `args` for this kernel (Device::launch's contract) and every address
+    // SAFETY: the backend packed `args` for this kernel (CudaDevice::launch's contract) and every address
     // in them points into a live EmuMem; the launcher reads exactly the kernel's parameters.
     let rc = unsafe { launcher(cfg.grid.as_ptr(), cfg.block.as_ptr(), cfg.shared_bytes, ptrs.as_mut_ptr()) };
     if rc != 0 {
         // SAFETY: returns a NUL-terminated string owned by the emulation library (thread-local).
-        let msg = unsafe { std::ffi::CStr::from_ptr(super::cuda_device::cda_emu_last_error()) };
+        let msg = unsafe { std::ffi::CStr::from_ptr(super::runtime::cda_emu_last_error()) };
         return Err(Error::Cuda(format!("emulated {}: {}", kernel.name(), msg.to_string_lossy())));
     }
     let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
@@ -141,7 +141,7 @@ fn run_kernel(kernel: KernelId, _cfg: &LaunchConfig, _args: &KernelArgs) -> Resu
 
 const CAPTURE_COPY: &str = "host-device copies are not allowed while capturing a graph (upload before capture or between replays)";
 
-impl Device for EmuDevice {
+impl CudaDevice for EmuDevice {
     type Mem = EmuMem;
     type Graph = EmuGraph;
 
