@@ -301,7 +301,7 @@ pub struct Ceiling {
 }
 
 pub fn ceiling(backend: &CpuBackend, secs: f64) -> Ceiling {
-    use crate::ops::gemm::microkernel::{ceiling as c, Kernel};
+    use crate::cpu::gemm::microkernel::{ceiling as c, Kernel};
     let k = *Kernel::get();
     let threads = backend.threads();
     let all = |f: &(dyn Fn() -> f64 + Sync)| -> f64 { backend.install(|| rayon::broadcast(|_| f()).iter().sum()) };

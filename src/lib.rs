@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod cpu;
 pub mod data;
 pub mod default_teacher;
 pub mod device;

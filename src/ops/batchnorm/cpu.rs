@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use super::BnProblem;
-use crate::ops::par::SyncPtr;
+use crate::cpu::par::SyncPtr;
 
 /// The per-channel parameters of the affine y * alpha + shift.
 #[inline]

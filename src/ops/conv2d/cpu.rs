@@ -8,7 +8,7 @@
 //!   N C H W input while packing, and dgrad split into stride x stride output phases so it needs no
 //!   col2im, [`implicit`].
 //!
-//! Both drive the runtime-selected microkernel of `ops::gemm::microkernel` (AVX-512 / AVX2+FMA /
+//! Both drive the runtime-selected microkernel of `cpu::gemm::microkernel` (AVX-512 / AVX2+FMA /
 //! scalar) and write raw results through [`epilogue`] while they are in cache. Scratch is per thread
 //! and grow-only, so steady-state calls allocate almost nothing.
 //!
@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use super::{ConvProblem, DgradEpilogue, FpropEpilogue};
-use crate::ops::gemm::microkernel::{Isa, Kernel};
-use crate::ops::par::{with_scratch, Scratch, SyncPtr};
+use crate::cpu::gemm::microkernel::{Isa, Kernel};
+use crate::cpu::par::{with_scratch, Scratch, SyncPtr};
 use epilogue::{Dgrad, Fprop, Kind, Moments};
 use implicit::{Epi, Grid, Source};
 
@@ -82,7 +82,7 @@ fn pointwise_gemm<'s>(
                     bbuf
                 }
             };
-            crate::ops::gemm::sgemm(m, ld, kk, raw, lhs, lhs_transposed, b, gemm_threads);
+            crate::cpu::gemm::sgemm(m, ld, kk, raw, lhs, lhs_transposed, b, gemm_threads);
             for j in 0..gn {
                 for row in 0..m {
                     epi(i0 + j, row, &raw[row * ld + j * cols..row * ld + (j + 1) * cols], plane);

@@ -12,8 +12,8 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use crate::ops::conv2d::{BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
-use crate::ops::gemm::sgemm;
-use crate::ops::par::{image_groups, SyncPtr};
+use crate::cpu::gemm::sgemm;
+use crate::cpu::par::{image_groups, SyncPtr};
 
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };

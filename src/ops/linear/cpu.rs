@@ -1,6 +1,6 @@
 //! CPU linear layer on the shared GEMM.
 
-use crate::ops::gemm::{sgemm, sgemm_rhs_transposed};
+use crate::cpu::gemm::{sgemm, sgemm_rhs_transposed};
 
 pub fn fwd(n: usize, in_f: usize, out_f: usize, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
     assert!(x.len() == n * in_f && w.len() == out_f * in_f && b.len() == out_f && y.len() == n * out_f);

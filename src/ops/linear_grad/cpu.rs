@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use crate::ops::gemm::sgemm;
+use crate::cpu::gemm::sgemm;
 
 /// dw[J x F] = dy^T x; db = column sums of dy (f64 accumulation). Both overwritten.
 pub fn wgrad(n: usize, in_f: usize, out_f: usize, x: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32]) {

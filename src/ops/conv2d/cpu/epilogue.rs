@@ -3,8 +3,8 @@
 //! tasks that own disjoint runs may share the output buffers.
 
 use crate::ops::conv2d::DgradEpilogue;
-use crate::ops::gemm::microkernel::{Isa, Kernel};
-use crate::ops::par::SyncPtr;
+use crate::cpu::gemm::microkernel::{Isa, Kernel};
+use crate::cpu::par::SyncPtr;
 
 /// Per-channel sum and sum of squares of raw outputs, f32 within a run, f64 across runs.
 #[derive(Clone, Copy, Default)]

@@ -12,8 +12,8 @@
 use rayon::prelude::*;
 
 use super::epilogue::{Dgrad, Fprop, Moments};
-use crate::ops::gemm::microkernel::Kernel;
-use crate::ops::par::{with_scratch, Scratch, SyncPtr};
+use crate::cpu::gemm::microkernel::Kernel;
+use crate::cpu::par::{with_scratch, Scratch, SyncPtr};
 
 const KC: usize = 256;
 const MC: usize = 240;

@@ -26,8 +26,8 @@ use rayon::prelude::*;
 
 use super::epilogue::{Dgrad, Fprop, Moments};
 use crate::ops::conv2d::ConvProblem;
-use crate::ops::gemm::microkernel::{Isa, Kernel};
-use crate::ops::par::{with_scratch, Scratch, SyncPtr};
+use crate::cpu::gemm::microkernel::{Isa, Kernel};
+use crate::cpu::par::{with_scratch, Scratch, SyncPtr};
 
 const KC: usize = 256;
 /// Lanes of the transforms (tiles per vector).
