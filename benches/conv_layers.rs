@@ -7,15 +7,15 @@
 //!
 //! Each row: median of 3 timed calls after one warm-up call (which also fills the weight cache).
 //! The `v1` columns time the engine's first algorithm on the same shapes, im2col/col2im + the `gemm`
-//! crate without epilogues (`ops::conv_train::cpu::{fprop_im2col, dgrad_im2col}`), as the baseline.
+//! crate without epilogues (`ops::conv::cpu::im2col::{fprop_im2col, dgrad_im2col}`), as the baseline.
 
 use std::time::Instant;
 
 use cda_engine::backend::cpu::CpuBackend;
 use cda_engine::backend::Backend;
 use cda_engine::bench::process_cpu_secs;
-use cda_engine::ops::conv2d::{cpu::algorithm, BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
-use cda_engine::ops::conv_train::cpu as conv_v1;
+use cda_engine::ops::conv::cpu::im2col as conv_v1;
+use cda_engine::ops::conv::{cpu::algorithm, BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
 
 struct Layer {
     case: &'static str,

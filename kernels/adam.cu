@@ -28,6 +28,17 @@ struct AdamArgs {
     int32_t n, c, hw, reserved;
 };
 CDA_PARAMS_SIZE(AdamArgs, 72);
+CDA_PARAMS_OFFSET(AdamArgs, scalars, 0);
+CDA_PARAMS_OFFSET(AdamArgs, x, 8);
+CDA_PARAMS_OFFSET(AdamArgs, g, 16);
+CDA_PARAMS_OFFSET(AdamArgs, m, 24);
+CDA_PARAMS_OFFSET(AdamArgs, v, 32);
+CDA_PARAMS_OFFSET(AdamArgs, lo, 40);
+CDA_PARAMS_OFFSET(AdamArgs, hi, 48);
+CDA_PARAMS_OFFSET(AdamArgs, n, 56);
+CDA_PARAMS_OFFSET(AdamArgs, c, 60);
+CDA_PARAMS_OFFSET(AdamArgs, hw, 64);
+CDA_PARAMS_OFFSET(AdamArgs, reserved, 68);
 
 CDA_GLOBAL void adam_clip_f32(AdamArgs a) {
     const int64_t total = (int64_t)a.n * a.c * a.hw;

@@ -9,7 +9,7 @@
 // Version 1 (this file).
 #include "common.cuh"
 
-// Mirrors `AdamWArgs` in src/backend/cuda_params.rs.
+// Mirrors `AdamWArgs` in src/ops/adamw/mod.rs.
 struct AdamWArgs {
     float* param;
     const float* grad;
@@ -20,6 +20,19 @@ struct AdamWArgs {
     int32_t apply_decay, reserved;
 };
 CDA_PARAMS_SIZE(AdamWArgs, 72);
+CDA_PARAMS_OFFSET(AdamWArgs, param, 0);
+CDA_PARAMS_OFFSET(AdamWArgs, grad, 8);
+CDA_PARAMS_OFFSET(AdamWArgs, m, 16);
+CDA_PARAMS_OFFSET(AdamWArgs, v, 24);
+CDA_PARAMS_OFFSET(AdamWArgs, len, 32);
+CDA_PARAMS_OFFSET(AdamWArgs, beta1, 40);
+CDA_PARAMS_OFFSET(AdamWArgs, beta2, 44);
+CDA_PARAMS_OFFSET(AdamWArgs, step_size, 48);
+CDA_PARAMS_OFFSET(AdamWArgs, bias_correction2_sqrt, 52);
+CDA_PARAMS_OFFSET(AdamWArgs, eps, 56);
+CDA_PARAMS_OFFSET(AdamWArgs, decay, 60);
+CDA_PARAMS_OFFSET(AdamWArgs, apply_decay, 64);
+CDA_PARAMS_OFFSET(AdamWArgs, reserved, 68);
 
 CDA_GLOBAL void adamw_step_f32(AdamWArgs a) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;

@@ -21,7 +21,7 @@
 // batch sizes; a split reduction would be version 2).
 #include "common.cuh"
 
-// Mirrors `BnTrainArgs` in src/backend/cuda_params.rs.
+// Mirrors `BnTrainArgs` in src/ops/batchnorm/mod.rs.
 struct BnTrainArgs {
     const float* y;
     const float* gamma;
@@ -36,8 +36,22 @@ struct BnTrainArgs {
     int32_t n, c, hw, reserved;
 };
 CDA_PARAMS_SIZE(BnTrainArgs, 96);
+CDA_PARAMS_OFFSET(BnTrainArgs, y, 0);
+CDA_PARAMS_OFFSET(BnTrainArgs, gamma, 8);
+CDA_PARAMS_OFFSET(BnTrainArgs, beta, 16);
+CDA_PARAMS_OFFSET(BnTrainArgs, running_mean, 24);
+CDA_PARAMS_OFFSET(BnTrainArgs, running_var, 32);
+CDA_PARAMS_OFFSET(BnTrainArgs, save_mean, 40);
+CDA_PARAMS_OFFSET(BnTrainArgs, save_invstd, 48);
+CDA_PARAMS_OFFSET(BnTrainArgs, coef, 56);
+CDA_PARAMS_OFFSET(BnTrainArgs, momentum, 64);
+CDA_PARAMS_OFFSET(BnTrainArgs, eps, 72);
+CDA_PARAMS_OFFSET(BnTrainArgs, n, 80);
+CDA_PARAMS_OFFSET(BnTrainArgs, c, 84);
+CDA_PARAMS_OFFSET(BnTrainArgs, hw, 88);
+CDA_PARAMS_OFFSET(BnTrainArgs, reserved, 92);
 
-// Mirrors `BnTrainBwdArgs` in src/backend/cuda_params.rs. `dresidual` is null when not wanted.
+// Mirrors `BnTrainBwdArgs` in src/ops/batchnorm/mod.rs. `dresidual` is null when not wanted.
 struct BnTrainBwdArgs {
     const float* dout;
     const float* out;
@@ -53,6 +67,21 @@ struct BnTrainBwdArgs {
     int32_t n, c, hw, relu;
 };
 CDA_PARAMS_SIZE(BnTrainBwdArgs, 104);
+CDA_PARAMS_OFFSET(BnTrainBwdArgs, dout, 0);
+CDA_PARAMS_OFFSET(BnTrainBwdArgs, out, 8);
+CDA_PARAMS_OFFSET(BnTrainBwdArgs, y, 16);
+CDA_PARAMS_OFFSET(BnTrainBwdArgs, gamma, 24);
+CDA_PARAMS_OFFSET(BnTrainBwdArgs, save_mean, 32);
+CDA_PARAMS_OFFSET(BnTrainBwdArgs, save_invstd, 40);
+CDA_PARAMS_OFFSET(BnTrainBwdArgs, dy, 48);
+CDA_PARAMS_OFFSET(BnTrainBwdArgs, dgamma, 56);
+CDA_PARAMS_OFFSET(BnTrainBwdArgs, dbeta, 64);
+CDA_PARAMS_OFFSET(BnTrainBwdArgs, dresidual, 72);
+CDA_PARAMS_OFFSET(BnTrainBwdArgs, coef3, 80);
+CDA_PARAMS_OFFSET(BnTrainBwdArgs, n, 88);
+CDA_PARAMS_OFFSET(BnTrainBwdArgs, c, 92);
+CDA_PARAMS_OFFSET(BnTrainBwdArgs, hw, 96);
+CDA_PARAMS_OFFSET(BnTrainBwdArgs, relu, 100);
 
 CDA_GLOBAL void __launch_bounds__(256) bn_train_stats_f32(BnTrainArgs a) {
     __shared__ double scratch[32];

@@ -24,6 +24,15 @@ struct BnMatchArgs {
     int32_t k, slot;
 };
 CDA_PARAMS_SIZE(BnMatchArgs, 64);
+CDA_PARAMS_OFFSET(BnMatchArgs, stats, 0);
+CDA_PARAMS_OFFSET(BnMatchArgs, running_mean, 8);
+CDA_PARAMS_OFFSET(BnMatchArgs, running_var, 16);
+CDA_PARAMS_OFFSET(BnMatchArgs, coef, 24);
+CDA_PARAMS_OFFSET(BnMatchArgs, losses, 32);
+CDA_PARAMS_OFFSET(BnMatchArgs, count, 40);
+CDA_PARAMS_OFFSET(BnMatchArgs, weight, 48);
+CDA_PARAMS_OFFSET(BnMatchArgs, k, 56);
+CDA_PARAMS_OFFSET(BnMatchArgs, slot, 60);
 
 struct BnBackwardArgs {
     const float* dz;
@@ -34,6 +43,15 @@ struct BnBackwardArgs {
     int32_t n, c, hw, reserved;
 };
 CDA_PARAMS_SIZE(BnBackwardArgs, 56);
+CDA_PARAMS_OFFSET(BnBackwardArgs, dz, 0);
+CDA_PARAMS_OFFSET(BnBackwardArgs, y, 8);
+CDA_PARAMS_OFFSET(BnBackwardArgs, scale, 16);
+CDA_PARAMS_OFFSET(BnBackwardArgs, coef, 24);
+CDA_PARAMS_OFFSET(BnBackwardArgs, dy, 32);
+CDA_PARAMS_OFFSET(BnBackwardArgs, n, 40);
+CDA_PARAMS_OFFSET(BnBackwardArgs, c, 44);
+CDA_PARAMS_OFFSET(BnBackwardArgs, hw, 48);
+CDA_PARAMS_OFFSET(BnBackwardArgs, reserved, 52);
 
 CDA_GLOBAL void __launch_bounds__(256) bn_match_f32(BnMatchArgs a) {
     __shared__ double scratch[32];

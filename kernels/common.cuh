@@ -34,8 +34,17 @@ typedef unsigned long long uint64_t;
 #define CDA_DYNAMIC_SMEM(T, name) T* name = reinterpret_cast<T*>(cda_emu::tl_launch->dyn_smem.data())
 #endif
 
-// Compile-time layout check for a parameter struct mirrored in Rust (`#[repr(C)]`, same size asserted there).
+// Compile-time layout checks for a parameter struct mirrored in Rust (`#[repr(C)]`; the same size and
+// field offsets are asserted there by `assert_kernel_layout!`).
 #define CDA_PARAMS_SIZE(T, bytes) static_assert(sizeof(T) == (bytes), #T " must match its Rust mirror")
+// NVRTC has no offsetof in constant expressions, so the offsets are checked where the same source is
+// compiled as C++ for host emulation (g++: same struct layout rules for these plain structs).
+#ifdef __CUDACC_RTC__
+#define CDA_PARAMS_OFFSET(T, field, bytes)
+#else
+#define CDA_PARAMS_OFFSET(T, field, bytes) \
+    static_assert(__builtin_offsetof(T, field) == (bytes), #T "." #field " must match its Rust mirror")
+#endif
 
 #define CDA_FULL_MASK 0xffffffffu
 

@@ -22,10 +22,14 @@
 //      0. Cost per input pixel ~ (2 / scale + 2)^2 candidate taps (scale = crop / size <= 1).
 #include "common.cuh"
 
-struct CropResizeParams {
+struct CropResizeProblem {
     int32_t n, c, h, w;  // input and output shape (the crop is resized back to h x w)
 };
-CDA_PARAMS_SIZE(CropResizeParams, 16);
+CDA_PARAMS_SIZE(CropResizeProblem, 16);
+CDA_PARAMS_OFFSET(CropResizeProblem, n, 0);
+CDA_PARAMS_OFFSET(CropResizeProblem, c, 4);
+CDA_PARAMS_OFFSET(CropResizeProblem, h, 8);
+CDA_PARAMS_OFFSET(CropResizeProblem, w, 12);
 
 // Per-image parameters, mirrored by `CropParams` in src/ops/crop_resize/mod.rs.
 struct CropParams {
@@ -61,7 +65,7 @@ CDA_DEVICE BilinearTaps crop_taps(const CropParams& cp, int h, int w, int y, int
     return t;
 }
 
-CDA_GLOBAL void crop_resize_fwd_f32(CropResizeParams p, const CropParams* __restrict__ params,
+CDA_GLOBAL void crop_resize_fwd_f32(CropResizeProblem p, const CropParams* __restrict__ params,
                                     const float* __restrict__ in, float* __restrict__ out) {
     int64_t total = (int64_t)p.n * p.c * p.h * p.w;
     int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -79,7 +83,7 @@ CDA_GLOBAL void crop_resize_fwd_f32(CropResizeParams p, const CropParams* __rest
 CDA_EXPORT(crop_resize_fwd_f32)
 
 // grad_in must be zeroed by the caller.
-CDA_GLOBAL void crop_resize_bwd_f32(CropResizeParams p, const CropParams* __restrict__ params,
+CDA_GLOBAL void crop_resize_bwd_f32(CropResizeProblem p, const CropParams* __restrict__ params,
                                     const float* __restrict__ grad_out, float* __restrict__ grad_in) {
     int64_t total = (int64_t)p.n * p.c * p.h * p.w;
     int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -136,7 +140,7 @@ CDA_DEVICE float crop_tap_weight(int crop, int size, int o, int rel) {
     return wgt;
 }
 
-CDA_GLOBAL void crop_resize_bwd_gather_f32(CropResizeParams p, const CropParams* __restrict__ params,
+CDA_GLOBAL void crop_resize_bwd_gather_f32(CropResizeProblem p, const CropParams* __restrict__ params,
                                            const float* __restrict__ grad_out, float* __restrict__ grad_in) {
     int64_t total = (int64_t)p.n * p.c * p.h * p.w;
     int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;

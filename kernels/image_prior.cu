@@ -29,6 +29,15 @@ struct ImagePriorArgs {
     int32_t n, c, h, w;
 };
 CDA_PARAMS_SIZE(ImagePriorArgs, 56);
+CDA_PARAMS_OFFSET(ImagePriorArgs, x, 0);
+CDA_PARAMS_OFFSET(ImagePriorArgs, grad, 8);
+CDA_PARAMS_OFFSET(ImagePriorArgs, ws, 16);
+CDA_PARAMS_OFFSET(ImagePriorArgs, tv_l2, 24);
+CDA_PARAMS_OFFSET(ImagePriorArgs, l2_scale, 32);
+CDA_PARAMS_OFFSET(ImagePriorArgs, n, 40);
+CDA_PARAMS_OFFSET(ImagePriorArgs, c, 44);
+CDA_PARAMS_OFFSET(ImagePriorArgs, h, 48);
+CDA_PARAMS_OFFSET(ImagePriorArgs, w, 52);
 
 namespace prior {
 constexpr int AY[4] = {0, 0, 1, 0}, AX[4] = {0, 0, 0, 0}, BY[4] = {0, 1, 0, 1}, BX[4] = {1, 0, 1, 1};

@@ -11,7 +11,7 @@
 // Version 1 (this file).
 #include "common.cuh"
 
-// Mirrors `KdLossArgs` in src/backend/cuda_params.rs.
+// Mirrors `KdLossArgs` in src/ops/kd_loss/mod.rs.
 struct KdLossArgs {
     const float* student;
     const float* teacher;
@@ -22,6 +22,16 @@ struct KdLossArgs {
     int32_t n, classes, slot, reserved;
 };
 CDA_PARAMS_SIZE(KdLossArgs, 64);
+CDA_PARAMS_OFFSET(KdLossArgs, student, 0);
+CDA_PARAMS_OFFSET(KdLossArgs, teacher, 8);
+CDA_PARAMS_OFFSET(KdLossArgs, dstudent, 16);
+CDA_PARAMS_OFFSET(KdLossArgs, row_loss, 24);
+CDA_PARAMS_OFFSET(KdLossArgs, losses, 32);
+CDA_PARAMS_OFFSET(KdLossArgs, temperature, 40);
+CDA_PARAMS_OFFSET(KdLossArgs, n, 48);
+CDA_PARAMS_OFFSET(KdLossArgs, classes, 52);
+CDA_PARAMS_OFFSET(KdLossArgs, slot, 56);
+CDA_PARAMS_OFFSET(KdLossArgs, reserved, 60);
 
 // log-sum-exp of row / t over the block (every thread gets it).
 CDA_DEVICE double kd_lse(const float* row, int classes, double t, double* scratch) {

@@ -20,6 +20,16 @@ struct PoolProblem {
     int32_t n, c, h, w, p, q, window, stride, pad, reserved;
 };
 CDA_PARAMS_SIZE(PoolProblem, 40);
+CDA_PARAMS_OFFSET(PoolProblem, n, 0);
+CDA_PARAMS_OFFSET(PoolProblem, c, 4);
+CDA_PARAMS_OFFSET(PoolProblem, h, 8);
+CDA_PARAMS_OFFSET(PoolProblem, w, 12);
+CDA_PARAMS_OFFSET(PoolProblem, p, 16);
+CDA_PARAMS_OFFSET(PoolProblem, q, 20);
+CDA_PARAMS_OFFSET(PoolProblem, window, 24);
+CDA_PARAMS_OFFSET(PoolProblem, stride, 28);
+CDA_PARAMS_OFFSET(PoolProblem, pad, 32);
+CDA_PARAMS_OFFSET(PoolProblem, reserved, 36);
 
 CDA_GLOBAL void maxpool_fwd_f32(PoolProblem p, const float* __restrict__ x, float* __restrict__ out,
                                 int32_t* __restrict__ argmax) {

@@ -7,7 +7,7 @@
 // Version 1 (this file).
 #include "common.cuh"
 
-// Mirrors `SgdArgs` in src/backend/cuda_params.rs. `buf` is null when momentum is 0.
+// Mirrors `SgdArgs` in src/ops/sgd/mod.rs. `buf` is null when momentum is 0.
 struct SgdArgs {
     float* param;
     const float* grad;
@@ -17,6 +17,16 @@ struct SgdArgs {
     int32_t nesterov, first, reserved;
 };
 CDA_PARAMS_SIZE(SgdArgs, 56);
+CDA_PARAMS_OFFSET(SgdArgs, param, 0);
+CDA_PARAMS_OFFSET(SgdArgs, grad, 8);
+CDA_PARAMS_OFFSET(SgdArgs, buf, 16);
+CDA_PARAMS_OFFSET(SgdArgs, len, 24);
+CDA_PARAMS_OFFSET(SgdArgs, lr, 32);
+CDA_PARAMS_OFFSET(SgdArgs, momentum, 36);
+CDA_PARAMS_OFFSET(SgdArgs, weight_decay, 40);
+CDA_PARAMS_OFFSET(SgdArgs, nesterov, 44);
+CDA_PARAMS_OFFSET(SgdArgs, first, 48);
+CDA_PARAMS_OFFSET(SgdArgs, reserved, 52);
 
 CDA_GLOBAL void sgd_step_f32(SgdArgs a) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;

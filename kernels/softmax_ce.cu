@@ -20,6 +20,15 @@ struct SoftmaxCeArgs {
     int32_t n, classes, slot, reserved;
 };
 CDA_PARAMS_SIZE(SoftmaxCeArgs, 56);
+CDA_PARAMS_OFFSET(SoftmaxCeArgs, logits, 0);
+CDA_PARAMS_OFFSET(SoftmaxCeArgs, targets, 8);
+CDA_PARAMS_OFFSET(SoftmaxCeArgs, dlogits, 16);
+CDA_PARAMS_OFFSET(SoftmaxCeArgs, row_loss, 24);
+CDA_PARAMS_OFFSET(SoftmaxCeArgs, losses, 32);
+CDA_PARAMS_OFFSET(SoftmaxCeArgs, n, 40);
+CDA_PARAMS_OFFSET(SoftmaxCeArgs, classes, 44);
+CDA_PARAMS_OFFSET(SoftmaxCeArgs, slot, 48);
+CDA_PARAMS_OFFSET(SoftmaxCeArgs, reserved, 52);
 
 CDA_GLOBAL void __launch_bounds__(256) softmax_ce_rows_f32(SoftmaxCeArgs a) {
     __shared__ float fscratch[32];

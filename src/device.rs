@@ -2,8 +2,8 @@
 //! generic over [`Backend`].
 
 use crate::backend::cpu::CpuBackend;
-use crate::backend::cuda::GpuBackend;
 use crate::backend::cuda::probe as cuda_probe;
+use crate::backend::cuda::GpuBackend;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::kernels;

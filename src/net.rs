@@ -12,7 +12,7 @@
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::{ResNet, Stem};
-use crate::ops::conv2d::{BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
+use crate::ops::conv::{BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
 use crate::ops::pool::PoolProblem;
 
 /// Where a conv reads its input from.

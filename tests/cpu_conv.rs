@@ -13,8 +13,8 @@
 
 mod common;
 
-use cda_engine::ops::conv2d::cpu::{algorithm, dgrad, fprop};
-use cda_engine::ops::conv2d::{BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
+use cda_engine::ops::conv::cpu::{algorithm, dgrad, fprop};
+use cda_engine::ops::conv::{BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
 use common::assert_close;
 
 const TOL: f64 = 2e-5;

@@ -11,7 +11,7 @@ mod cuda_common;
 use cda_engine::backend::cuda::{ConvVersion, CudaBackend, EmulatedBackend};
 use cda_engine::backend::Backend;
 use cda_engine::model::ResNet;
-use cda_engine::ops::conv2d::{BnAffine, FpropEpilogue};
+use cda_engine::ops::conv::{BnAffine, FpropEpilogue};
 use cuda_common::*;
 
 /// The emulated backend, or None (with the reason printed) when this build has no host emulation.

@@ -21,7 +21,7 @@ use cda_engine::backend::cuda::{ConvVersion, CudaBackend, GpuBackend};
 use cda_engine::backend::Backend;
 use cda_engine::bench::random_resnet;
 use cda_engine::model::{maxpool_out_hw, ResNet, Stem};
-use cda_engine::ops::conv2d::{BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
+use cda_engine::ops::conv::{BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
 use cuda_common::*;
 
 fn gpu() -> Option<GpuBackend> {

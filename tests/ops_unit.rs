@@ -5,7 +5,7 @@ mod common;
 use cda_engine::model::ConvGeom;
 use cda_engine::ops::adam::{cpu::adam_clip, AdamScalars};
 use cda_engine::ops::bn_match::cpu::{bn_backward, bn_match};
-use cda_engine::ops::conv2d::{cpu as conv, BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
+use cda_engine::ops::conv::{cpu as conv, BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
 use cda_engine::ops::crop_resize::{cpu as crop, CropParams, CropResizeProblem};
 use cda_engine::ops::image_prior::cpu::image_prior;
 use cda_engine::recover::schedule::cosine_lr;

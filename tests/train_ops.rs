@@ -7,11 +7,10 @@ mod common;
 use cda_engine::model::ConvGeom;
 use cda_engine::ops::adamw::{cpu as adamw, AdamWConfig};
 use cda_engine::ops::batchnorm::{cpu as bn, BnProblem};
-use cda_engine::ops::conv2d::ConvProblem;
-use cda_engine::ops::conv_train::cpu as conv;
+use cda_engine::ops::conv::cpu::im2col as conv;
+use cda_engine::ops::conv::ConvProblem;
 use cda_engine::ops::kd_loss::cpu as kd;
 use cda_engine::ops::linear::cpu as linear;
-use cda_engine::ops::linear_grad::cpu as linear_grad;
 use cda_engine::ops::sgd::{cpu as sgd, SgdConfig};
 use common::{assert_close, load, tensor};
 
@@ -100,13 +99,13 @@ fn linear_gradients_and_avgpool_backward_match_pytorch() {
     let t = |k: &str| tensor(&f, k).data.clone();
     let (n, fin, fout) = (5, 7, 3);
     let (mut dw, mut db, mut dx) = (vec![0.0; fout * fin], vec![0.0; fout], vec![0.0; n * fin]);
-    linear_grad::wgrad(n, fin, fout, &t("x"), &t("dy"), &mut dw, &mut db);
+    linear::wgrad(n, fin, fout, &t("x"), &t("dy"), &mut dw, &mut db);
     linear::bwd_data(n, fin, fout, &t("dy"), &t("w"), &mut dx);
     assert_close("linear dw", &dw, &t("dw"), 1e-5);
     assert_close("linear db", &db, &t("db"), 1e-5);
     assert_close("linear dx", &dx, &t("dx"), 1e-5);
     let mut pdx = vec![0.0; n * 4 * 9];
-    linear_grad::avgpool_bwd(9, &t("pool_dout"), &mut pdx);
+    cda_engine::ops::pool::cpu::avgpool_bwd_unmasked(9, &t("pool_dout"), &mut pdx);
     assert_close("avgpool backward", &pdx, &t("pool_dx"), 1e-6);
 }
 

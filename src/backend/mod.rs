@@ -5,7 +5,7 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::error::Result;
-use crate::ops::conv2d::{ConvProblem, DgradEpilogue, FpropEpilogue};
+use crate::ops::conv::{ConvProblem, DgradEpilogue, FpropEpilogue};
 use crate::ops::crop_resize::CropResizeProblem;
 use crate::ops::pool::PoolProblem;
 

@@ -14,13 +14,13 @@
 use super::model::TrainModel;
 use super::net::{problem, Mode, Plan, Src};
 use super::optim::OptimKind;
-use crate::backend::cuda::{CudaBackend, CudaBuf, CudaIntBuf};
 use crate::backend::cuda::runtime::CudaDevice;
+use crate::backend::cuda::{CudaBackend, CudaBuf, CudaIntBuf};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::ops::adamw::AdamWConfig;
 use crate::ops::batchnorm::{BnProblem, BN_EPS, BN_MOMENTUM};
-use crate::ops::conv2d::{BnAffine, DgradEpilogue, FpropEpilogue};
+use crate::ops::conv::{BnAffine, DgradEpilogue, FpropEpilogue};
 use crate::ops::pool::PoolProblem;
 use crate::ops::sgd::SgdConfig;
 

@@ -11,8 +11,8 @@ use super::cuda_net::{CudaTrainNet, DeviceOptim};
 use super::model::TrainModel;
 use super::net::{Mode, TrainNet};
 use super::optim::{OptimKind, Optimizer};
-use crate::backend::cuda::{CudaBackend, CudaBuf, EmulatedBackend, GpuBackend};
 use crate::backend::cuda::runtime::CudaDevice;
+use crate::backend::cuda::{CudaBackend, CudaBuf, EmulatedBackend, GpuBackend};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 

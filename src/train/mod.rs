@@ -1,6 +1,6 @@
 //! Training inside the engine: the squeeze, relabel and validate phases of SRe2L / CDA
-//! (algorithm.md sections 1, 3 and 4) on the training ops (`crate::ops::{conv_train, batchnorm,
-//! linear_grad, sgd, adamw, kd_loss}`, each with a CPU half and a CUDA kernel).
+//! (algorithm.md sections 1, 3 and 4) on the training ops (`crate::ops::{conv, batchnorm,
+//! linear, sgd, adamw, kd_loss}`, each with a CPU half and a CUDA kernel).
 //!
 //! Map: `model` (trainable ResNet, torchvision names) -> `net` (the CPU executor: train/eval forward,
 //! backward to every parameter) or `cuda_net` (the same plan on the CUDA backend) -> `optim` (SGD /

@@ -13,10 +13,9 @@
 use crate::error::{Error, Result};
 use crate::model::Stem;
 use crate::ops::batchnorm::{cpu as bn, BnProblem, BN_EPS, BN_MOMENTUM};
-use crate::ops::conv2d::ConvProblem;
-use crate::ops::conv_train::cpu as conv;
+use crate::ops::conv::cpu::im2col as conv;
+use crate::ops::conv::ConvProblem;
 use crate::ops::linear::cpu as linear;
-use crate::ops::linear_grad::cpu as linear_grad;
 use crate::ops::pool::{cpu as pool, PoolProblem};
 
 use super::model::TrainModel;
@@ -277,13 +276,13 @@ impl TrainNet {
         }
         {
             let (fw, rest) = model.params.split_at_mut(model.fc_bias);
-            linear_grad::wgrad(n, f, k, &self.feat[..n * f], dlogits, &mut fw[model.fc_weight].grad, &mut rest[0].grad);
+            linear::wgrad(n, f, k, &self.feat[..n * f], dlogits, &mut fw[model.fc_weight].grad, &mut rest[0].grad);
         }
         linear::bwd_data(n, f, k, dlogits, &model.params[model.fc_weight].data, &mut self.g_feat[..n * f]);
         // Scratch slots: g (block output gradient), a/b (ping-pong), r (shortcut), gin (block input).
         let (mut g, mut gin) = (0usize, 1usize);
         let (a, b, r) = (2usize, 3usize, 4usize);
-        linear_grad::avgpool_bwd(self.plan.last_hw, &self.g_feat[..n * f], &mut self.scratch[g][..n * f * self.plan.last_hw]);
+        pool::avgpool_bwd_unmasked(self.plan.last_hw, &self.g_feat[..n * f], &mut self.scratch[g][..n * f * self.plan.last_hw]);
         let mut scratch = std::mem::take(&mut self.scratch);
         let out_lens: Vec<usize> =
             (0..self.plan.layers.len()).map(|i| n * model.convs[i].geom.k * self.plan.layers[i].out_hw.0 * self.plan.layers[i].out_hw.1).collect();

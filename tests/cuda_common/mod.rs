@@ -4,14 +4,14 @@
 #![allow(dead_code)]
 
 use cda_engine::backend::cpu::CpuBackend;
-use cda_engine::backend::cuda::{ConvVersion, CropBackwardVersion, CudaBackend, CudaBuf};
 use cda_engine::backend::cuda::runtime::CudaDevice;
+use cda_engine::backend::cuda::{ConvVersion, CropBackwardVersion, CudaBackend, CudaBuf};
 use cda_engine::backend::Backend;
 use cda_engine::bench::random_resnet;
 use cda_engine::model::{ResNet, Stem};
 use cda_engine::net::Net;
 use cda_engine::ops::adam::AdamScalars;
-use cda_engine::ops::conv2d::{BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
+use cda_engine::ops::conv::{BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
 use cda_engine::ops::crop_resize::{CropParams, CropResizeProblem};
 use cda_engine::ops::pool::PoolProblem;
 use cda_engine::weights::{write_tensor_file, Tensor};

@@ -1,15 +1,15 @@
 //! The training ops on the CUDA backend (src/backend/cuda/train.rs) against their CPU twins, which
 //! tests/train_ops.rs checks against PyTorch. Shared by tests/cuda_emulated.rs and tests/cuda_gpu.rs.
 
-use cda_engine::backend::cuda::CudaBackend;
 use cda_engine::backend::cuda::runtime::CudaDevice;
+use cda_engine::backend::cuda::CudaBackend;
 use cda_engine::backend::Backend;
 use cda_engine::ops::adamw::{cpu as adamw_cpu, AdamWConfig};
 use cda_engine::ops::batchnorm::{cpu as bn_cpu, BnProblem, BN_EPS, BN_MOMENTUM};
-use cda_engine::ops::conv2d::ConvProblem;
-use cda_engine::ops::conv_train::cpu as conv_cpu;
+use cda_engine::ops::conv::cpu::im2col as conv_cpu;
+use cda_engine::ops::conv::ConvProblem;
 use cda_engine::ops::kd_loss::cpu as kd_cpu;
-use cda_engine::ops::linear_grad::cpu as linear_grad_cpu;
+use cda_engine::ops::linear::cpu as linear_cpu;
 use cda_engine::ops::sgd::{cpu as sgd_cpu, SgdConfig};
 
 use super::{conv_problem, down, randn, rng, up};
@@ -26,7 +26,7 @@ pub fn wgrad_shapes() -> Vec<(&'static str, ConvProblem)> {
     ]
 }
 
-/// conv wgrad against `conv_train::cpu::wgrad`.
+/// conv wgrad against `conv::cpu::im2col::wgrad`.
 pub fn check_conv_wgrad<D: CudaDevice>(g: &CudaBackend<D>, name: &str, p: &ConvProblem, seed: u64) {
     let mut r = rng(seed);
     let x = randn(&mut r, p.input_len(), 1.0);
@@ -110,14 +110,14 @@ pub fn check_batchnorm<D: CudaDevice>(g: &CudaBackend<D>) {
     }
 }
 
-/// fc parameter gradients against `linear_grad::cpu::wgrad`.
+/// fc parameter gradients against `linear::cpu::wgrad`.
 pub fn check_linear_wgrad<D: CudaDevice>(g: &CudaBackend<D>) {
     let mut r = rng(51);
     let (n, in_f, out_f) = (13usize, 37usize, 11usize);
     let x = randn(&mut r, n * in_f, 1.0);
     let dy = randn(&mut r, n * out_f, 1.0);
     let (mut dw, mut db) = (vec![0.0; out_f * in_f], vec![0.0; out_f]);
-    linear_grad_cpu::wgrad(n, in_f, out_f, &x, &dy, &mut dw, &mut db);
+    linear_cpu::wgrad(n, in_f, out_f, &x, &dy, &mut dw, &mut db);
     let (mut dwb, mut dbb) = (up(g, &vec![3.0; out_f * in_f]), up(g, &vec![3.0; out_f]));
     g.linear_wgrad(n, in_f, out_f, &up(g, &x), &up(g, &dy), &mut dwb, &mut dbb).unwrap();
     // fp32 sums of 13 products in different orders: a few ulps of the O(sqrt 13) scale.

@@ -9,17 +9,17 @@ use std::time::Instant;
 use super::Backend;
 use crate::error::{Error, Result};
 use crate::ops::adam::AdamScalars;
-use crate::ops::conv2d::{BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
+use crate::ops::conv::{BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
 use crate::ops::crop_resize::{CropParams, CropResizeProblem};
 use crate::ops::pool::PoolProblem;
-use crate::ops::{adam, bn_match, conv2d, crop_resize, image_prior, linear, pool, softmax_ce};
+use crate::ops::{adam, bn_match, conv, crop_resize, image_prior, linear, pool, softmax_ce};
 
 pub struct CpuBackend {
     pool: Arc<rayon::ThreadPool>,
     threads: usize,
     profile: Mutex<Option<Profile>>,
     /// Transformed conv weights (Winograd), reused while the weight buffers are unchanged.
-    weights: conv2d::cpu::WeightCache,
+    weights: conv::cpu::WeightCache,
 }
 
 /// Accumulated time per (op, shape, algorithm), in first-call order.
@@ -96,7 +96,7 @@ impl CpuBackend {
             pool: Arc::new(pool),
             threads,
             profile: Mutex::new(None),
-            weights: conv2d::cpu::WeightCache::new(conv2d::cpu::WeightCache::default_budget()),
+            weights: conv::cpu::WeightCache::new(conv::cpu::WeightCache::default_budget()),
         })
     }
 
@@ -165,7 +165,7 @@ pub fn cpu_features() -> Vec<&'static str> {
 
 /// "3x3/1 64->64 N100 32x32 winograd" for the profile.
 fn conv_key(p: &ConvProblem, dgrad: bool) -> String {
-    format!("{}x{}/{} {}->{} N{} {}x{} {}", p.r, p.s, p.stride, p.c, p.k, p.n, p.h, p.w, conv2d::cpu::algorithm(p, dgrad))
+    format!("{}x{}/{} {}->{} N{} {}x{} {}", p.r, p.s, p.stride, p.c, p.k, p.n, p.h, p.w, conv::cpu::algorithm(p, dgrad))
 }
 
 fn crop_params(raw: &[i32], n: usize) -> &[CropParams] {
@@ -226,7 +226,7 @@ impl Backend for CpuBackend {
         self.op(
             || format!("conv_fprop {}", conv_key(p, false)),
             p.flops(),
-            || conv2d::cpu::fprop_with(Some(&self.weights), p, pre(x, il), pre(w, p.weight_len()), epi, pre_mut(out, ol)),
+            || conv::cpu::fprop_with(Some(&self.weights), p, pre(x, il), pre(w, p.weight_len()), epi, pre_mut(out, ol)),
         );
         Ok(())
     }
@@ -241,7 +241,7 @@ impl Backend for CpuBackend {
         self.op(
             || format!("conv_dgrad {}", conv_key(p, true)),
             p.flops(),
-            || conv2d::cpu::dgrad_with(Some(&self.weights), p, pre(dy, ol), pre(w, p.weight_len()), pre(x, il), epi, pre_mut(dx, il)),
+            || conv::cpu::dgrad_with(Some(&self.weights), p, pre(dy, ol), pre(w, p.weight_len()), pre(x, il), epi, pre_mut(dx, il)),
         );
         Ok(())
     }

@@ -19,14 +19,18 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;
 
-use runtime::{ids, CudaDevice, GpuDevice, KernelArgs, KernelId, LaunchConfig};
-use params::*;
-use emulation::EmuDevice;
 use super::Backend;
 use crate::error::{Error, Result};
-use crate::ops::conv2d::{ConvProblem, DgradEpilogue, FpropEpilogue};
+use crate::ops::adam::AdamArgs;
+use crate::ops::bn_match::{BnBackwardArgs, BnMatchArgs};
+use crate::ops::conv::{ConvDgradArgs, ConvFpropArgs, ConvStatsArgs};
+use crate::ops::conv::{ConvProblem, DgradEpilogue, FpropEpilogue};
 use crate::ops::crop_resize::CropResizeProblem;
+use crate::ops::image_prior::ImagePriorArgs;
 use crate::ops::pool::PoolProblem;
+use crate::ops::softmax_ce::SoftmaxCeArgs;
+use emulation::EmuDevice;
+use runtime::{ids, CudaDevice, GpuDevice, KernelArgs, KernelId, LaunchConfig};
 
 pub mod emulation;
 mod params;
@@ -34,7 +38,7 @@ pub mod probe;
 pub mod runtime;
 mod train;
 
-/// Which convolution kernels run (see kernels/conv2d.cu).
+/// Which convolution kernels run (see kernels/conv.cuh).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvVersion {
     /// Version 1: fp32 FMA on CUDA cores.
@@ -52,7 +56,7 @@ pub enum CropBackwardVersion {
     Gather = 2,
 }
 
-/// Rows (GEMM_M) and columns (GEMM_N) of one conv CTA tile, as in kernels/conv2d.cu.
+/// Rows (GEMM_M) and columns (GEMM_N) of one conv CTA tile, as in kernels/conv.cuh.
 pub const CONV_TILE_M: usize = 64;
 pub const CONV_TILE_N: usize = 64;
 const CONV_THREADS: u32 = 128;

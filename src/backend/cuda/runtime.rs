@@ -382,7 +382,7 @@ impl CudaDevice for GpuDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cuda::params::ConvFpropArgs;
+    use crate::ops::conv::ConvFpropArgs;
 
     #[test]
     fn kernel_args_are_packed_in_8_byte_slots() {

@@ -7,13 +7,14 @@
 //! the CUDA training executor (`crate::train::cuda_net`) calls them directly.
 
 use super::*;
-use crate::ops::adamw::{AdamScalars, AdamWConfig};
-use crate::ops::batchnorm::BnProblem;
-use crate::ops::sgd::SgdConfig;
+use crate::ops::adamw::{AdamScalars, AdamWArgs, AdamWConfig};
+use crate::ops::batchnorm::{BnProblem, BnTrainArgs, BnTrainBwdArgs};
+use crate::ops::kd_loss::KdLossArgs;
+use crate::ops::sgd::{SgdArgs, SgdConfig};
 
 /// Minimum GEMM_K terms per wgrad split (32 chunks of 16), so a split's fixed costs stay small.
 const WGRAD_MIN_PER_SPLIT: usize = 512;
-/// Rows and columns of a wgrad CTA tile (kernels/conv_train.cu).
+/// Rows and columns of a wgrad CTA tile (kernels/conv_wgrad.cu).
 const WGRAD_TILE: usize = 64;
 /// CTAs a wgrad launch aims for (about two per SM on the largest GPUs).
 const WGRAD_TARGET_CTAS: usize = 264;

@@ -38,3 +38,23 @@ impl AdamScalars {
         AdamScalars { beta1: s[0], beta2: s[1], step_size: s[2], bias_correction2_sqrt: s[3], eps: s[4] }
     }
 }
+
+// ---- The CUDA kernels' argument structs (device pointers as 64-bit addresses, 0 when absent). ----
+
+/// Mirrors `AdamArgs` in kernels/adam.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AdamArgs {
+    pub scalars: u64,
+    pub x: u64,
+    pub g: u64,
+    pub m: u64,
+    pub v: u64,
+    pub lo: u64,
+    pub hi: u64,
+    pub n: i32,
+    pub c: i32,
+    pub hw: i32,
+    pub reserved: i32,
+}
+crate::assert_kernel_layout!(AdamArgs, size 72, { scalars: 0, x: 8, g: 16, m: 24, v: 32, lo: 40, hi: 48, n: 56, c: 60, hw: 64, reserved: 68 });

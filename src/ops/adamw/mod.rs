@@ -28,3 +28,25 @@ impl AdamWConfig {
         AdamWConfig { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay }
     }
 }
+
+// ---- The CUDA kernels' argument structs (device pointers as 64-bit addresses, 0 when absent). ----
+
+/// Mirrors `AdamWArgs` in kernels/adamw.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AdamWArgs {
+    pub param: u64,
+    pub grad: u64,
+    pub m: u64,
+    pub v: u64,
+    pub len: i64,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub step_size: f32,
+    pub bias_correction2_sqrt: f32,
+    pub eps: f32,
+    pub decay: f32,
+    pub apply_decay: i32,
+    pub reserved: i32,
+}
+crate::assert_kernel_layout!(AdamWArgs, size 72, { param: 0, grad: 8, m: 16, v: 24, len: 32, beta1: 40, beta2: 44, step_size: 48, bias_correction2_sqrt: 52, eps: 56, decay: 60, apply_decay: 64, reserved: 68 });

@@ -47,3 +47,50 @@ impl BnProblem {
         self.n * self.hw
     }
 }
+
+// ---- The CUDA kernels' argument structs (device pointers as 64-bit addresses, 0 when absent). ----
+
+/// Mirrors `BnTrainArgs` in kernels/batchnorm.cu (train-mode statistics, eval-mode affine).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BnTrainArgs {
+    pub y: u64,
+    pub gamma: u64,
+    pub beta: u64,
+    pub running_mean: u64,
+    pub running_var: u64,
+    pub save_mean: u64,
+    pub save_invstd: u64,
+    /// 2C floats: alpha, shift.
+    pub coef: u64,
+    pub momentum: f64,
+    pub eps: f64,
+    pub n: i32,
+    pub c: i32,
+    pub hw: i32,
+    pub reserved: i32,
+}
+crate::assert_kernel_layout!(BnTrainArgs, size 96, { y: 0, gamma: 8, beta: 16, running_mean: 24, running_var: 32, save_mean: 40, save_invstd: 48, coef: 56, momentum: 64, eps: 72, n: 80, c: 84, hw: 88, reserved: 92 });
+
+/// Mirrors `BnTrainBwdArgs` in kernels/batchnorm.cu. `dresidual` is 0 when not wanted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BnTrainBwdArgs {
+    pub dout: u64,
+    pub out: u64,
+    pub y: u64,
+    pub gamma: u64,
+    pub save_mean: u64,
+    pub save_invstd: u64,
+    pub dy: u64,
+    pub dgamma: u64,
+    pub dbeta: u64,
+    pub dresidual: u64,
+    /// 3C floats: grad_mean, k, w.
+    pub coef3: u64,
+    pub n: i32,
+    pub c: i32,
+    pub hw: i32,
+    pub relu: i32,
+}
+crate::assert_kernel_layout!(BnTrainBwdArgs, size 104, { dout: 0, out: 8, y: 16, gamma: 24, save_mean: 32, save_invstd: 40, dy: 48, dgamma: 56, dbeta: 64, dresidual: 72, coef3: 80, n: 88, c: 92, hw: 96, relu: 100 });

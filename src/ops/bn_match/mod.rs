@@ -15,3 +15,37 @@
 //! CPU half: [`cpu`]. CUDA half: `kernels/bn_match.cu`.
 
 pub mod cpu;
+
+// ---- The CUDA kernels' argument structs (device pointers as 64-bit addresses, 0 when absent). ----
+
+/// Mirrors `BnMatchArgs` in kernels/bn_match.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BnMatchArgs {
+    pub stats: u64,
+    pub running_mean: u64,
+    pub running_var: u64,
+    pub coef: u64,
+    pub losses: u64,
+    pub count: f64,
+    pub weight: f64,
+    pub k: i32,
+    pub slot: i32,
+}
+crate::assert_kernel_layout!(BnMatchArgs, size 64, { stats: 0, running_mean: 8, running_var: 16, coef: 24, losses: 32, count: 40, weight: 48, k: 56, slot: 60 });
+
+/// Mirrors `BnBackwardArgs` in kernels/bn_match.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BnBackwardArgs {
+    pub dz: u64,
+    pub y: u64,
+    pub scale: u64,
+    pub coef: u64,
+    pub dy: u64,
+    pub n: i32,
+    pub c: i32,
+    pub hw: i32,
+    pub reserved: i32,
+}
+crate::assert_kernel_layout!(BnBackwardArgs, size 56, { dz: 0, y: 8, scale: 16, coef: 24, dy: 32, n: 40, c: 44, hw: 48, reserved: 52 });

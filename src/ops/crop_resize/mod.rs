@@ -9,7 +9,7 @@
 
 pub mod cpu;
 
-/// Shape passed by value to the kernels (mirrors `CropResizeParams` in kernels/crop_resize.cu).
+/// Shape passed by value to the kernels (mirrors `CropResizeProblem` in kernels/crop_resize.cu).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CropResizeProblem {
@@ -18,7 +18,7 @@ pub struct CropResizeProblem {
     pub h: i32,
     pub w: i32,
 }
-const _: () = assert!(std::mem::size_of::<CropResizeProblem>() == 16);
+crate::assert_kernel_layout!(CropResizeProblem, size 16, { n: 0, c: 4, h: 8, w: 12 });
 
 impl CropResizeProblem {
     pub fn len(&self) -> usize {

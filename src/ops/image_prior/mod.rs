@@ -10,3 +10,22 @@
 //! CPU half: [`cpu`]. CUDA half: `kernels/image_prior.cu`.
 
 pub mod cpu;
+
+// ---- The CUDA kernels' argument structs (device pointers as 64-bit addresses, 0 when absent). ----
+
+/// Mirrors `ImagePriorArgs` in kernels/image_prior.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ImagePriorArgs {
+    pub x: u64,
+    pub grad: u64,
+    /// float64 workspace: [loss][4 TV norms][N image norms][N*C*5 partials].
+    pub ws: u64,
+    pub tv_l2: f64,
+    pub l2_scale: f64,
+    pub n: i32,
+    pub c: i32,
+    pub h: i32,
+    pub w: i32,
+}
+crate::assert_kernel_layout!(ImagePriorArgs, size 56, { x: 0, grad: 8, ws: 16, tv_l2: 24, l2_scale: 32, n: 40, c: 44, h: 48, w: 52 });

@@ -18,3 +18,23 @@
 //! these n x classes losses on the host for every device (src/train/learner.rs).
 
 pub mod cpu;
+
+// ---- The CUDA kernels' argument structs (device pointers as 64-bit addresses, 0 when absent). ----
+
+/// Mirrors `KdLossArgs` in kernels/kd_loss.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KdLossArgs {
+    pub student: u64,
+    pub teacher: u64,
+    pub dstudent: u64,
+    /// float64 workspace, one loss per row.
+    pub row_loss: u64,
+    pub losses: u64,
+    pub temperature: f64,
+    pub n: i32,
+    pub classes: i32,
+    pub slot: i32,
+    pub reserved: i32,
+}
+crate::assert_kernel_layout!(KdLossArgs, size 64, { student: 0, teacher: 8, dstudent: 16, row_loss: 24, losses: 32, temperature: 40, n: 48, classes: 52, slot: 56, reserved: 60 });

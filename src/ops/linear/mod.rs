@@ -1,6 +1,11 @@
-//! linear: the fc head, y[N x J] = x[N x F] * W^T + b with W stored J x F (PyTorch), and its data
-//! gradient dx = dy * W. Recover needs no weight gradient.
+//! linear: the fc head and its gradients, y[N x J] = x[N x F] * W^T + b with W stored J x F (PyTorch).
 //!
-//! CPU half: [`cpu`]. CUDA half: `kernels/linear.cu`.
+//! - fwd: y = x W^T + b (GEMM_M = N, GEMM_N = J, GEMM_K = F);
+//! - bwd_data: dx = dy W (GEMM_M = N, GEMM_N = F, GEMM_K = J): recover needs only this one;
+//! - wgrad: dW[J x F] = dy^T x (GEMM_M = J, GEMM_N = F, GEMM_K = N), db[j] = sum_n dy[n, j] (training).
+//!
+//! CPU half: [`cpu`] (the `gemm` crate). CUDA half: `kernels/linear.cu` (`linear_fwd_f32`,
+//! `linear_bwd_data_f32`, `linear_wgrad_f32`), launched by `CudaBackend::linear_fwd`,
+//! `linear_bwd_data` and `linear_wgrad`; checked in tests/cuda_common.
 
 pub mod cpu;

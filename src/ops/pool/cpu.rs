@@ -68,3 +68,11 @@ pub fn avgpool_bwd(hw: usize, dout: &[f32], x: &[f32], dx: &mut [f32]) {
         }
     });
 }
+
+/// dx[n*C + c, :] = dout[n*C + c] / hw (overwrites dx), without [`avgpool_bwd`]'s ReLU mask (the
+/// training executor's BN+ReLU backward applies it).
+pub fn avgpool_bwd_unmasked(hw: usize, dout: &[f32], dx: &mut [f32]) {
+    assert_eq!(dx.len(), dout.len() * hw, "avgpool backward operands");
+    let inv = 1.0 / hw as f32;
+    dx.par_chunks_mut(hw).zip(dout.par_iter()).for_each(|(d, &g)| d.fill(g * inv));
+}

@@ -25,7 +25,7 @@ pub struct PoolProblem {
     pub pad: i32,
     pub _reserved: i32,
 }
-const _: () = assert!(std::mem::size_of::<PoolProblem>() == 40);
+crate::assert_kernel_layout!(PoolProblem, size 40, { n: 0, c: 4, h: 8, w: 12, p: 16, q: 20, window: 24, stride: 28, pad: 32, _reserved: 36 });
 
 impl PoolProblem {
     /// The ImageNet stem's 3x3 / 2 / 1 max pool on an N C H W input.

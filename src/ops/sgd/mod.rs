@@ -22,3 +22,22 @@ pub struct SgdConfig {
     pub weight_decay: f32,
     pub nesterov: bool,
 }
+
+// ---- The CUDA kernels' argument structs (device pointers as 64-bit addresses, 0 when absent). ----
+
+/// Mirrors `SgdArgs` in kernels/sgd.cu. `buf` is 0 when momentum is 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SgdArgs {
+    pub param: u64,
+    pub grad: u64,
+    pub buf: u64,
+    pub len: i64,
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub nesterov: i32,
+    pub first: i32,
+    pub reserved: i32,
+}
+crate::assert_kernel_layout!(SgdArgs, size 56, { param: 0, grad: 8, buf: 16, len: 24, lr: 32, momentum: 36, weight_decay: 40, nesterov: 44, first: 48, reserved: 52 });

@@ -25,9 +25,9 @@
 use rayon::prelude::*;
 
 use super::epilogue::{Dgrad, Fprop, Moments};
-use crate::ops::conv2d::ConvProblem;
 use crate::cpu::gemm::microkernel::{Isa, Kernel};
 use crate::cpu::par::{with_scratch, Scratch, SyncPtr};
+use crate::ops::conv::ConvProblem;
 
 const KC: usize = 256;
 /// Lanes of the transforms (tiles per vector).

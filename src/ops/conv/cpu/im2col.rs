@@ -1,4 +1,5 @@
-//! CPU training convolutions: im2col + GEMM over groups of images, the groups spread over the rayon
+//! CPU convolution by im2col + GEMM: the weight gradient (wgrad, training) and the first version's
+//! fprop and dgrad, kept as the reference for the faster paths of `super`. im2col + GEMM over groups of images, the groups spread over the rayon
 //! pool; wgrad keeps one partial dw per task and sums them at the end. Scratch is thread-local and only
 //! grows.
 //!
@@ -11,9 +12,9 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::ops::conv2d::{BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
 use crate::cpu::gemm::sgemm;
 use crate::cpu::par::{image_groups, SyncPtr};
+use crate::ops::conv::{BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
 
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -180,7 +181,7 @@ pub fn fprop(p: &ConvProblem, x: &[f32], w: &[f32], y: &mut [f32]) {
     let k = p.k as usize;
     let (zero, one) = (vec![0f32; k], vec![1f32; k]);
     let epi = FpropEpilogue { bn: BnAffine { mean: &zero[..], scale: &one[..], beta: &zero[..] }, residual: None, relu: false, y: None, stats: None };
-    crate::ops::conv2d::cpu::fprop(p, x, w, epi, y);
+    crate::ops::conv::cpu::fprop(p, x, w, epi, y);
 }
 
 /// dx = conv_transpose(dy, w), or dx += that when `accumulate`: the recover convolution's dgrad
@@ -192,10 +193,10 @@ pub fn dgrad(p: &ConvProblem, dy: &[f32], w: &[f32], dx: &mut [f32], accumulate:
     with_scratch(if accumulate { 2 * len } else { len }, |buf| {
         let (x, tmp) = buf.split_at_mut(len);
         if accumulate {
-            crate::ops::conv2d::cpu::dgrad(p, dy, w, x, DgradEpilogue::Store, tmp);
+            crate::ops::conv::cpu::dgrad(p, dy, w, x, DgradEpilogue::Store, tmp);
             dx.iter_mut().zip(tmp.iter()).for_each(|(d, t)| *d += t);
         } else {
-            crate::ops::conv2d::cpu::dgrad(p, dy, w, x, DgradEpilogue::Store, dx);
+            crate::ops::conv::cpu::dgrad(p, dy, w, x, DgradEpilogue::Store, dx);
         }
     });
 }

@@ -234,7 +234,7 @@ fn gemm_block(
 /// dgrad as GEMM + col2im, for convs whose dx has few channels (the stems): per image and block of
 /// dy positions, Z[(c, r, s)][pos] = sum_k W[k][c][r][s] dy[k][pos] (A = `ap`, W^T packed with
 /// M = C*R*S, KK = K; B = dy rows, no gather), scattered into the image's dx; then the epilogue.
-pub fn dgrad_col2im(kern: &Kernel, ap: &[f32], p: &crate::ops::conv2d::ConvProblem, dy: &[f32], epi: &Dgrad) {
+pub fn dgrad_col2im(kern: &Kernel, ap: &[f32], p: &crate::ops::conv::ConvProblem, dy: &[f32], epi: &Dgrad) {
     let (mr, nr) = (kern.mr, kern.nr);
     let (n, c, k) = (p.n as usize, p.c as usize, p.k as usize);
     let (h, w, r, s) = (p.h as usize, p.w as usize, p.r as usize, p.s as usize);
@@ -316,7 +316,7 @@ pub struct Phase {
 /// Strided dgrad: tasks over groups of images; each task runs the GEMM of every phase on its images
 /// into a local raw dx (every position is reached by exactly one phase, or none: zero), then the
 /// epilogue once over contiguous rows.
-pub fn dgrad_phased(kern: &Kernel, ap: &[f32], phases: &[&Phase], p: &crate::ops::conv2d::ConvProblem, dy: &[f32], epi: &Dgrad) {
+pub fn dgrad_phased(kern: &Kernel, ap: &[f32], phases: &[&Phase], p: &crate::ops::conv::ConvProblem, dy: &[f32], epi: &Dgrad) {
     let (mr, nr) = (kern.mr, kern.nr);
     let (n, c, k) = (p.n as usize, p.c as usize, p.k as usize);
     let (h, w, stride) = (p.h as usize, p.w as usize, p.stride as usize);

@@ -1,4 +1,4 @@
-//! CPU conv2d, fprop and dgrad with fused epilogues (BN, residual, ReLU, BN-input statistics; ReLU
+//! CPU convolution, fprop and dgrad with fused epilogues (BN, residual, ReLU, BN-input statistics; ReLU
 //! mask and the BN-matching gradient in dgrad).
 //!
 //! Algorithms (chosen per problem):
@@ -13,9 +13,10 @@
 //! and grow-only, so steady-state calls allocate almost nothing.
 //!
 //! im2col / col2im (the first version's algorithm, kept as the reference the per-layer bench times)
-//! live with the training convolutions in `ops::conv_train::cpu`.
+//! and the weight gradient live in [`im2col`].
 
 mod epilogue;
+pub mod im2col;
 mod implicit;
 mod winograd;
 

@@ -1,5 +1,5 @@
-// conv_train: the convolution pass only training needs, the weight gradient (wgrad)
-// (semantics: src/ops/conv_train/mod.rs, CPU twin src/ops/conv_train/cpu.rs `wgrad`).
+// conv_wgrad: the convolution's weight gradient, the pass only training needs (semantics:
+// src/ops/conv/mod.rs; CPU twin src/ops/conv/cpu/wgrad.rs; the problem struct in conv.cuh).
 //
 //   dw[k][c][r][s] = sum over (n, p, q) of dy[n][k][p][q] * x[n][c][p*stride - pad + r][q*stride - pad + s]
 // GEMM view (CUTLASS's wgrad): GEMM_M = K, GEMM_N = C*R*S, GEMM_K = N*P*Q; A = dy (K x NPQ, gathered per
@@ -12,13 +12,7 @@
 // conv_wgrad_reduce_f32: dw = sum of the partials in split order (no atomics: deterministic). With
 //   one split the first kernel writes dw directly and this one is not launched.
 // Version 1 (this file): fp32 FMA, no tensor cores, no double buffering.
-#include "common.cuh"
-
-// Mirrors `ConvProblem` in src/ops/conv2d/mod.rs (as in conv2d.cu).
-struct ConvProblem {
-    int32_t n, c, h, w, k, r, s, p, q, stride, pad, reserved;
-};
-CDA_PARAMS_SIZE(ConvProblem, 48);
+#include "conv.cuh"
 
 #define WGRAD_TILE 64
 #define WGRAD_CHUNK 16

@@ -2,9 +2,9 @@
 //! land at `dst, dst + step, ...` of an N C H W tensor. Every element is written by exactly one run, so
 //! tasks that own disjoint runs may share the output buffers.
 
-use crate::ops::conv2d::DgradEpilogue;
 use crate::cpu::gemm::microkernel::{Isa, Kernel};
 use crate::cpu::par::SyncPtr;
+use crate::ops::conv::DgradEpilogue;
 
 /// Per-channel sum and sum of squares of raw outputs, f32 within a run, f64 across runs.
 #[derive(Clone, Copy, Default)]
