@@ -4,13 +4,22 @@
 
 mod common;
 
+use cda_engine::backend::cpu::CpuBackend;
+use cda_engine::backend::Backend;
 use cda_engine::model::ResNet;
 use cda_engine::ops::kd_loss::cpu as kd;
 use cda_engine::ops::softmax_ce::cpu::softmax_ce;
+use cda_engine::train::executor::{Mode, TrainNet, TrainOptim};
 use cda_engine::train::model::TrainModel;
-use cda_engine::train::net::{Mode, TrainNet};
-use cda_engine::train::optim::Optimizer;
+use cda_engine::train::optim::OptimKind;
 use common::{assert_close, fixture, load, tensor};
+
+/// `data` in a new buffer of `b`.
+fn buf(b: &CpuBackend, data: &[f32]) -> Vec<f32> {
+    let mut v = b.alloc(data.len()).unwrap();
+    b.upload(data, &mut v).unwrap();
+    v
+}
 
 /// Tolerances (relative to each tensor's scale):
 /// - logits and loss 1e-4: up to 17 fp32 convs and BatchNorms in sequence; BN renormalises each layer,
@@ -28,9 +37,18 @@ fn check_step(name: &str) {
     let (n, h, w) = (x.shape[0], x.shape[2], x.shape[3]);
     let mut tm = TrainModel::from_resnet(&model);
     let k = tm.num_classes;
-    let mut net = TrainNet::new(&tm, n, h, w).unwrap();
-    net.forward(&mut tm, &x.data, n, Mode::Train).unwrap();
-    let logits = net.logits(k).to_vec();
+    let lr = tensor(&r, "lr").data[0] as f64;
+    let wd = tensor(&r, "weight_decay").data[0] as f64;
+    let sgd = r.metadata.get("optimizer").map(String::as_str) == Some("sgd");
+    let optim = Some(TrainOptim { kind: if sgd { OptimKind::Sgd { momentum: 0.9, nesterov: true } } else { OptimKind::ADAMW }, weight_decay: wd });
+    let b = CpuBackend::new(2).unwrap();
+    let xb = buf(&b, &x.data);
+    let mut net = TrainNet::new(&b, &tm, n, h, w, optim).unwrap();
+    net.forward(&b, &tm, &xb, n, Mode::Train).unwrap();
+    // The forward's running statistics, into the model the steps below start from.
+    net.download(&b, &mut tm).unwrap();
+    let mut logits = vec![0.0; n * k];
+    b.download(net.logits(), &mut logits).unwrap();
     assert_close(&format!("{name} logits"), &logits, &tensor(&r, "logits").data, 1e-4);
     let mut dlogits = vec![0.0; n * k];
     let loss = if let Some(t) = r.tensors.get("targets") {
@@ -41,21 +59,21 @@ fn check_step(name: &str) {
         kd::kl_div(n, k, &logits, &tensor(&r, "teacher_logits").data, temp, &mut dlogits)
     };
     assert_close(&format!("{name} loss"), &[loss], &tensor(&r, "loss").data, 1e-4);
-    net.backward(&mut tm, &x.data, &dlogits).unwrap();
+    net.backward(&b, &tm, &xb, &buf(&b, &dlogits)).unwrap();
+    net.download_grads(&b, &mut tm).unwrap();
     for p in &tm.params {
         assert_close(&format!("{name} grad {}", p.name), &p.grad, &tensor(&r, &format!("grad.{}", p.name)).data, 1e-4);
     }
-    let lr = tensor(&r, "lr").data[0] as f64;
-    let wd = tensor(&r, "weight_decay").data[0] as f64;
-    let sgd = r.metadata.get("optimizer").map(String::as_str) == Some("sgd");
-    let make = |tm: &TrainModel| if sgd { Optimizer::sgd(tm, 0.9, true, wd) } else { Optimizer::adamw(tm, wd) };
     // The step on PyTorch's own gradients (rounded to f32) isolates the optimizer and its parameter
     // groups (decay on ndim > 1 only): one fp32 update of O(1) parameters, 1e-5 of the scale.
     let mut on_ref = tm.clone();
     for p in &mut on_ref.params {
         p.grad.copy_from_slice(&tensor(&r, &format!("grad.{}", p.name)).data);
     }
-    make(&on_ref).step(&mut on_ref, lr);
+    let mut ref_net = TrainNet::new(&b, &on_ref, n, h, w, optim).unwrap();
+    ref_net.upload_grads(&b, &on_ref).unwrap();
+    ref_net.step(&b, lr).unwrap();
+    ref_net.download(&b, &mut on_ref).unwrap();
     // The step on the engine's gradients: SGD is linear in the gradient, so the 1e-4 gradient tolerance
     // times lr = 0.1 leaves the parameters within 1e-5 of their scale. AdamW's first step is
     // lr * g / (|g| + 1e-8): for gradients near eps (KD gradients of 1e-9 exist here) fp32 rounding of
@@ -63,7 +81,8 @@ fn check_step(name: &str) {
     // |g| >= 1e-6 the update's sensitivity lr * eps / |g|^2 * dg is below 1e-2 lr * (dg / |g|), and the
     // updated parameter must agree to 1e-5 of the tensor's scale.
     let mut on_own = tm.clone();
-    make(&on_own).step(&mut on_own, lr);
+    net.step(&b, lr).unwrap();
+    net.download(&b, &mut on_own).unwrap();
     let own = on_own.tensors();
     for (tname, t) in on_ref.tensors() {
         let want = &tensor(&r, &format!("after.{tname}")).data;
@@ -102,22 +121,22 @@ fn resnet18_narrow_cross_entropy_sgd_step_matches_pytorch() {
 /// executor's (crate::net) on the same weights.
 #[test]
 fn eval_forward_matches_the_recover_executor() {
-    use cda_engine::backend::cpu::CpuBackend;
-    use cda_engine::backend::Backend;
     use cda_engine::net::Net;
     let model = ResNet::load(&fixture("train/bottleneck_imagenet_kd_adamw.safetensors")).unwrap();
     let r = load("train/bottleneck_imagenet_kd_adamw.ref.safetensors");
     let x = tensor(&r, "input");
     let (n, h, w) = (x.shape[0], x.shape[2], x.shape[3]);
-    let mut tm = TrainModel::from_resnet(&model);
-    let mut net = TrainNet::new(&tm, n + 2, h, w).unwrap();
-    net.forward(&mut tm, &x.data, n, Mode::Eval).unwrap();
+    let tm = TrainModel::from_resnet(&model);
     let backend = CpuBackend::new(1).unwrap();
+    let mut net = TrainNet::new(&backend, &tm, n + 2, h, w, None).unwrap();
+    net.forward(&backend, &tm, &buf(&backend, &x.data), n, Mode::Eval).unwrap();
+    let mut got = vec![0.0; n * model.num_classes];
+    backend.download(net.logits(), &mut got).unwrap();
     let mut reference = Net::new(&backend, &model, n, h, w).unwrap();
     let mut xb = backend.alloc(x.data.len()).unwrap();
     backend.upload(&x.data, &mut xb).unwrap();
     reference.forward(&backend, &xb).unwrap();
     let mut want = vec![0.0; n * model.num_classes];
     backend.download(&reference.logits, &mut want).unwrap();
-    assert_close("eval logits vs recover executor", net.logits(model.num_classes), &want, 1e-5);
+    assert_close("eval logits vs recover executor", &got, &want, 1e-5);
 }

@@ -5,9 +5,12 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::error::Result;
+use crate::ops::adamw::AdamWConfig;
+use crate::ops::batchnorm::BnProblem;
 use crate::ops::conv::{ConvProblem, DgradEpilogue, FpropEpilogue};
 use crate::ops::crop_resize::CropResizeProblem;
 use crate::ops::pool::PoolProblem;
+use crate::ops::sgd::SgdConfig;
 
 /// The ops of a recover iteration. Buffers are flat f32 / i32 arrays in the layouts of `crate::ops`;
 /// a buffer may be longer than an op needs (scratch sized for the largest activation): ops use its prefix.
@@ -109,4 +112,75 @@ pub trait Backend: Send + Sync {
         lo: &Self::Buf,
         hi: &Self::Buf,
     ) -> Result<()>;
+}
+
+/// The tensors of a train-mode BatchNorm forward over an N C (hw) tensor (`BnProblem`), with the
+/// residual add and ReLU fused: batch statistics, the running-statistics update, and the batch mean
+/// and 1/std saved for the backward. `T` is the backend's buffer type.
+pub struct BnTrainFwd<'a, T: ?Sized> {
+    pub y: &'a T,
+    pub gamma: &'a T,
+    pub beta: &'a T,
+    pub running_mean: &'a mut T,
+    pub running_var: &'a mut T,
+    /// Added after the affine, before the ReLU.
+    pub residual: Option<&'a T>,
+    pub relu: bool,
+    pub out: &'a mut T,
+    pub save_mean: &'a mut T,
+    pub save_invstd: &'a mut T,
+}
+
+/// The tensors of an eval-mode BatchNorm forward (running statistics), residual and ReLU fused.
+pub struct BnEvalFwd<'a, T: ?Sized> {
+    pub y: &'a T,
+    pub gamma: &'a T,
+    pub beta: &'a T,
+    pub running_mean: &'a T,
+    pub running_var: &'a T,
+    pub residual: Option<&'a T>,
+    pub relu: bool,
+    pub out: &'a mut T,
+}
+
+/// The tensors of a train-mode BatchNorm backward of the fused op: `dout` (the gradient of `out`)
+/// to `dy`, `dgamma`, `dbeta` (overwritten) and, when given, `dresidual` (the ReLU-masked gradient
+/// that flows to the residual). `out` is the forward's output; its sign is the ReLU mask.
+pub struct BnTrainBwd<'a, T: ?Sized> {
+    pub dout: &'a T,
+    pub out: &'a T,
+    pub relu: bool,
+    pub y: &'a T,
+    pub gamma: &'a T,
+    pub save_mean: &'a T,
+    pub save_invstd: &'a T,
+    pub dy: &'a mut T,
+    pub dgamma: &'a mut T,
+    pub dbeta: &'a mut T,
+    pub dresidual: Option<&'a mut T>,
+}
+
+/// The ops training adds to a recover iteration's (`squeeze`, `relabel`, `validate`): the conv and
+/// fc weight gradients, BatchNorm in train and eval mode and its backward, and the optimizer steps.
+/// The one training executor (`crate::train::executor::TrainNet`) runs on any backend that has them.
+/// Each op's CPU half is `crate::ops::<op>::cpu`, its CUDA half in kernels/<op>*.cu; buffers may be
+/// longer than the op needs (ops use their prefix), as in [`Backend`].
+pub trait TrainBackend: Backend {
+    /// dw = the weight gradient of conv `p` for input `x` and output gradient `dy` (overwrites dw).
+    fn conv_wgrad(&self, p: &ConvProblem, x: &Self::Buf, dy: &Self::Buf, dw: &mut Self::Buf) -> Result<()>;
+    /// Train-mode BatchNorm forward with momentum `momentum` and `eps`.
+    fn bn_fwd_train(&self, p: &BnProblem, momentum: f64, eps: f64, t: BnTrainFwd<'_, Self::Buf>) -> Result<()>;
+    /// Eval-mode BatchNorm forward.
+    fn bn_fwd_eval(&self, p: &BnProblem, eps: f64, t: BnEvalFwd<'_, Self::Buf>) -> Result<()>;
+    /// Train-mode BatchNorm backward.
+    fn bn_bwd_train(&self, p: &BnProblem, t: BnTrainBwd<'_, Self::Buf>) -> Result<()>;
+    /// fc parameter gradients for `n` rows: dw[out_f x in_f] = dy^T x, db = column sums of dy
+    /// (both overwritten).
+    fn linear_wgrad(&self, n: usize, in_f: usize, out_f: usize, x: &Self::Buf, dy: &Self::Buf, grads: (&mut Self::Buf, &mut Self::Buf)) -> Result<()>;
+    /// One SGD step on one tensor; `first`: the momentum buffer is not initialised yet (PyTorch
+    /// makes it from the gradient); `buf` may be None when momentum is 0.
+    fn sgd_step(&self, cfg: &SgdConfig, param: &mut Self::Buf, grad: &Self::Buf, buf: Option<&mut Self::Buf>, first: bool) -> Result<()>;
+    /// One AdamW step number `step` (1-based) on one tensor with `cfg.weight_decay` (0 for tensors
+    /// the recipe excludes); `moments` = (m, v).
+    fn adamw_step(&self, cfg: &AdamWConfig, step: u32, param: &mut Self::Buf, grad: &Self::Buf, moments: (&mut Self::Buf, &mut Self::Buf)) -> Result<()>;
 }

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::learner::{learner, TrainDevice};
 use super::model::TrainModel;
-use super::net::{Mode, TrainNet};
 use crate::data::augment::{Crop, MixKind};
 use crate::data::loader::{epoch_order, plan_epoch, EpochLoader, SampleSpec};
 use crate::data::Dataset;
@@ -42,16 +42,16 @@ pub fn evaluate(model: &mut TrainModel, ds: Arc<dyn Dataset>, size: usize, mean:
     let ds_name = ds.describe();
     let spec = SampleSpec { size, crop: Crop::Eval, flip: false, mean: mean.to_vec(), std: std.to_vec() };
     let plans = plan_epoch(&epoch_order(ds.len(), 0, 0, false), batch, false, 0, 0);
-    let mut net = TrainNet::new(model, batch, size, size)?;
     let k = model.num_classes;
+    let mut net = learner(TrainDevice::Cpu, model, batch, size, None)?;
     let (mut correct, mut total, mut loss) = (0usize, 0usize, 0f64);
     for b in EpochLoader::new(ds, spec, MixKind::None, plans, workers, 2) {
         let b = b?;
-        net.forward(model, &b.x, b.n, Mode::Eval)?;
-        if let Some(v) = net.logits(k).iter().find(|v| !v.is_finite()) {
+        let logits = net.forward_eval(&b.x, b.n)?;
+        if let Some(v) = logits.iter().find(|v| !v.is_finite()) {
             return Err(Error::Numeric(format!("the model's logits hold {v} on {} (eval mode): its weights or running statistics have diverged", ds_name)));
         }
-        for (row, &label) in net.logits(k).chunks(k).zip(&b.labels) {
+        for (row, &label) in logits.chunks(k).zip(&b.labels) {
             correct += (argmax(row) == label) as usize;
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
             let lse = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;

@@ -4,25 +4,26 @@
 //! Losses and their gradients are n x classes values, negligible next to the network, so they stay
 //! on the host for every device; the batch goes up once and the logits come down once per step.
 //!
-//! [`CpuLearner`] runs [`TrainNet`] and [`Optimizer`]; [`CudaLearner`] runs the CUDA executor
-//! ([`CudaTrainNet`]), whose weights stay on the device until [`Learner::model`] asks for them.
+//! [`BackendLearner`] runs the one training executor ([`TrainNet`]) on a backend: the CPU, a GPU or
+//! the host emulation of the kernels. Its weights stay in the backend's buffers until
+//! [`Learner::model`] asks for them.
 
-use super::cuda_net::{CudaTrainNet, DeviceOptim};
+use super::executor::{Mode, TrainNet, TrainOptim};
 use super::model::TrainModel;
-use super::net::{Mode, TrainNet};
-use super::optim::{OptimKind, Optimizer};
-use crate::backend::cuda::runtime::CudaDevice;
-use crate::backend::cuda::{CudaBackend, CudaBuf, EmulatedBackend, GpuBackend};
-use crate::backend::Backend;
-use crate::error::{Error, Result};
+use super::optim::OptimKind;
+use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::{EmulatedBackend, GpuBackend};
+use crate::backend::TrainBackend;
+use crate::error::Result;
 
 /// Where a training loop runs its networks.
 #[derive(Clone, Copy)]
 pub enum TrainDevice<'a> {
+    /// The CPU backend on the current rayon pool's thread count.
     Cpu,
-    /// The CUDA training executor on a GPU.
+    /// A GPU.
     Gpu(&'a GpuBackend),
-    /// The same executor on the host emulation of the kernels (for tests).
+    /// The host emulation of the kernels (for tests).
     Emulated(&'a EmulatedBackend),
 }
 
@@ -40,6 +41,8 @@ pub trait Learner {
 
 /// A learner on `device` for batches of up to `max_n` images of `size` x `size`; `optim` None for a
 /// network that only runs forward (a teacher).
+///
+/// Errors: the executor's (sizes, allocation) and, on the CPU, a thread pool that cannot start.
 pub fn learner<'a>(
     device: TrainDevice<'a>,
     model: &'a mut TrainModel,
@@ -48,87 +51,79 @@ pub fn learner<'a>(
     optim: Option<(OptimKind, f64)>,
 ) -> Result<Box<dyn Learner + 'a>> {
     Ok(match device {
-        TrainDevice::Cpu => Box::new(CpuLearner::new(model, max_n, size, optim)?),
-        TrainDevice::Gpu(g) => Box::new(CudaLearner::new(g, model, max_n, size, optim)?),
-        TrainDevice::Emulated(g) => Box::new(CudaLearner::new(g, model, max_n, size, optim)?),
+        // The pool the command runs on decides the thread count, as it did for the CPU ops before.
+        TrainDevice::Cpu => Box::new(BackendLearner::new(Held::Owned(CpuBackend::new(rayon::current_num_threads())?), model, max_n, size, optim)?),
+        TrainDevice::Gpu(g) => Box::new(BackendLearner::new(Held::Borrowed(g), model, max_n, size, optim)?),
+        TrainDevice::Emulated(g) => Box::new(BackendLearner::new(Held::Borrowed(g), model, max_n, size, optim)?),
     })
 }
 
-pub struct CpuLearner<'a> {
+/// A backend the learner owns (a CPU pool made for it) or borrows (a device the command opened).
+pub enum Held<'a, B> {
+    Owned(B),
+    Borrowed(&'a B),
+}
+
+impl<B> std::ops::Deref for Held<'_, B> {
+    type Target = B;
+    fn deref(&self) -> &B {
+        match self {
+            Held::Owned(b) => b,
+            Held::Borrowed(b) => b,
+        }
+    }
+}
+
+/// [`Learner`] over the training executor on backend `B`.
+pub struct BackendLearner<'a, B: TrainBackend> {
+    backend: Held<'a, B>,
     model: &'a mut TrainModel,
-    net: TrainNet,
-    opt: Option<Optimizer>,
-}
-
-impl<'a> CpuLearner<'a> {
-    pub fn new(model: &'a mut TrainModel, max_n: usize, size: usize, optim: Option<(OptimKind, f64)>) -> Result<Self> {
-        let net = TrainNet::new(model, max_n, size, size)?;
-        let opt = optim.map(|(kind, wd)| Optimizer::new(model, kind, wd));
-        Ok(CpuLearner { model, net, opt })
-    }
-}
-
-impl Learner for CpuLearner<'_> {
-    fn forward_train(&mut self, x: &[f32], n: usize) -> Result<Vec<f32>> {
-        self.net.forward(self.model, x, n, Mode::Train)?;
-        Ok(self.net.logits(self.model.num_classes).to_vec())
-    }
-
-    fn backward_step(&mut self, x: &[f32], dlogits: &[f32], lr: f64) -> Result<()> {
-        let opt = self.opt.as_mut().ok_or_else(|| Error::Option("a network built without an optimizer cannot train".into()))?;
-        self.net.backward(self.model, x, dlogits)?;
-        opt.step(self.model, lr);
-        Ok(())
-    }
-
-    fn forward_eval(&mut self, x: &[f32], n: usize) -> Result<Vec<f32>> {
-        self.net.forward(self.model, x, n, Mode::Eval)?;
-        Ok(self.net.logits(self.model.num_classes).to_vec())
-    }
-
-    fn model(&mut self) -> Result<&mut TrainModel> {
-        Ok(self.model)
-    }
-}
-
-pub struct CudaLearner<'a, D: CudaDevice> {
-    g: &'a CudaBackend<D>,
-    model: &'a mut TrainModel,
-    net: CudaTrainNet<D>,
-    x: CudaBuf<D>,
-    dlogits: CudaBuf<D>,
+    net: TrainNet<B>,
+    x: B::Buf,
+    dlogits: B::Buf,
     /// The host copy of the model is current.
     synced: bool,
 }
 
-impl<'a, D: CudaDevice> CudaLearner<'a, D> {
-    pub fn new(g: &'a CudaBackend<D>, model: &'a mut TrainModel, max_n: usize, size: usize, optim: Option<(OptimKind, f64)>) -> Result<Self> {
-        let net = CudaTrainNet::new(g, model, max_n, size, size, optim.map(|(kind, weight_decay)| DeviceOptim { kind, weight_decay }))?;
-        Ok(CudaLearner { x: g.alloc(max_n * model.in_channels * size * size)?, dlogits: g.alloc(max_n * model.num_classes)?, g, model, net, synced: true })
+impl<'a, B: TrainBackend> BackendLearner<'a, B> {
+    pub fn new(backend: Held<'a, B>, model: &'a mut TrainModel, max_n: usize, size: usize, optim: Option<(OptimKind, f64)>) -> Result<Self> {
+        let net = TrainNet::new(&*backend, model, max_n, size, size, optim.map(|(kind, weight_decay)| TrainOptim { kind, weight_decay }))?;
+        let x = backend.alloc(max_n * model.in_channels * size * size)?;
+        let dlogits = backend.alloc(max_n * model.num_classes)?;
+        Ok(BackendLearner { backend, model, net, x, dlogits, synced: true })
     }
 
     fn forward(&mut self, x: &[f32], n: usize, mode: Mode) -> Result<Vec<f32>> {
-        self.g.upload(x, &mut self.x)?;
-        self.net.forward(self.g, self.model, &self.x, n, mode)?;
+        let b = &*self.backend;
+        let need = n * self.model.in_channels * self.net.h * self.net.w;
+        if x.len() != need {
+            return Err(crate::error::Error::input(
+                "batch",
+                format!("{} values for {n} images of {}x{}x{}", x.len(), self.model.in_channels, self.net.h, self.net.w),
+            ));
+        }
+        b.upload(x, &mut self.x)?;
+        self.net.forward(b, self.model, &self.x, n, mode)?;
         let mut logits = vec![0f32; n * self.model.num_classes];
-        self.g.download(self.net.logits(), &mut logits)?;
+        b.download(self.net.logits(), &mut logits)?;
         Ok(logits)
     }
 }
 
-impl<D: CudaDevice> Learner for CudaLearner<'_, D> {
+impl<B: TrainBackend> Learner for BackendLearner<'_, B> {
     fn forward_train(&mut self, x: &[f32], n: usize) -> Result<Vec<f32>> {
-        // Train mode updates the running statistics on the device.
+        // Train mode updates the running statistics in the backend's buffers.
         self.synced = false;
         self.forward(x, n, Mode::Train)
     }
 
-    /// `x` was uploaded by `forward_train`; the device copy is used.
+    /// `x` was uploaded by `forward_train`; the backend's copy is used.
     fn backward_step(&mut self, _x: &[f32], dlogits: &[f32], lr: f64) -> Result<()> {
         self.synced = false;
-        self.g.upload(dlogits, &mut self.dlogits)?;
-        self.net.backward(self.g, self.model, &self.x, &self.dlogits)?;
-        self.net.step(self.g, lr)
+        let b = &*self.backend;
+        b.upload(dlogits, &mut self.dlogits)?;
+        self.net.backward(b, self.model, &self.x, &self.dlogits)?;
+        self.net.step(b, lr)
     }
 
     fn forward_eval(&mut self, x: &[f32], n: usize) -> Result<Vec<f32>> {
@@ -137,7 +132,7 @@ impl<D: CudaDevice> Learner for CudaLearner<'_, D> {
 
     fn model(&mut self) -> Result<&mut TrainModel> {
         if !self.synced {
-            self.net.download(self.g, self.model)?;
+            self.net.download(&self.backend, self.model)?;
             self.synced = true;
         }
         Ok(self.model)

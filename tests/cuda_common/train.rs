@@ -3,7 +3,7 @@
 
 use cda_engine::backend::cuda::runtime::CudaDevice;
 use cda_engine::backend::cuda::CudaBackend;
-use cda_engine::backend::Backend;
+use cda_engine::backend::{Backend, BnEvalFwd, BnTrainBwd, BnTrainFwd, TrainBackend};
 use cda_engine::ops::adamw::{cpu as adamw_cpu, AdamWConfig};
 use cda_engine::ops::batchnorm::{cpu as bn_cpu, BnProblem, BN_EPS, BN_MOMENTUM};
 use cda_engine::ops::conv::cpu::im2col as conv_cpu;
@@ -72,7 +72,19 @@ pub fn check_batchnorm<D: CudaDevice>(g: &CudaBackend<D>) {
         let resb = res.as_ref().map(|v| up(g, v));
         let (mut rmb, mut rvb) = (up(g, &rm0), up(g, &rv0));
         let (mut outb, mut smb, mut sib) = (g.alloc(len).unwrap(), g.alloc(p.c).unwrap(), g.alloc(p.c).unwrap());
-        g.bn_fwd_train(&p, &yb, &gb, &bb, BN_MOMENTUM, BN_EPS, &mut rmb, &mut rvb, resb.as_ref(), relu, &mut outb, &mut smb, &mut sib).unwrap();
+        let t = BnTrainFwd {
+            y: &yb,
+            gamma: &gb,
+            beta: &bb,
+            running_mean: &mut rmb,
+            running_var: &mut rvb,
+            residual: resb.as_ref(),
+            relu,
+            out: &mut outb,
+            save_mean: &mut smb,
+            save_invstd: &mut sib,
+        };
+        g.bn_fwd_train(&p, BN_MOMENTUM, BN_EPS, t).unwrap();
         // Statistics: float64 sums on both sides (8 fp32 lanes per plane on the CPU), so they agree to
         // a few fp32 ulps; the outputs inherit that through one affine.
         assert_close(&what("saved mean"), &down(g, &smb, p.c), &sm, 1e-6);
@@ -84,7 +96,9 @@ pub fn check_batchnorm<D: CudaDevice>(g: &CudaBackend<D>) {
         let mut eval_out = vec![0.0; len];
         bn_cpu::fwd_eval(&p, &y, &gamma, &beta, &rm, &rv, BN_EPS, res.as_deref(), relu, &mut eval_out);
         let mut eval_b = g.alloc(len).unwrap();
-        g.bn_fwd_eval(&p, &yb, &gb, &bb, &up(g, &rm), &up(g, &rv), BN_EPS, resb.as_ref(), relu, &mut eval_b).unwrap();
+        let (rmu, rvu) = (up(g, &rm), up(g, &rv));
+        let t = BnEvalFwd { y: &yb, gamma: &gb, beta: &bb, running_mean: &rmu, running_var: &rvu, residual: resb.as_ref(), relu, out: &mut eval_b };
+        g.bn_fwd_eval(&p, BN_EPS, t).unwrap();
         // Same inputs, same fp32 operations in the same order (no contraction on either side).
         assert_close(&what("eval out"), &down(g, &eval_b, len), &eval_out, 0.0);
 
@@ -95,8 +109,21 @@ pub fn check_batchnorm<D: CudaDevice>(g: &CudaBackend<D>) {
         bn_cpu::bwd_train(&p, &dout, &out, relu, &y, &gamma, &sm, &si, &mut dy, &mut dgamma, &mut dbeta, residual.then_some(&mut dres[..]));
         let (mut dyb, mut dgb, mut dbb) = (g.alloc(len).unwrap(), g.alloc(p.c).unwrap(), g.alloc(p.c).unwrap());
         let mut dresb = g.alloc(len).unwrap();
-        g.bn_bwd_train(&p, &up(g, &dout), &up(g, &out), relu, &yb, &gb, &up(g, &sm), &up(g, &si), &mut dyb, &mut dgb, &mut dbb, residual.then_some(&mut dresb))
-            .unwrap();
+        let (doutb, outu, smu, siu) = (up(g, &dout), up(g, &out), up(g, &sm), up(g, &si));
+        let t = BnTrainBwd {
+            dout: &doutb,
+            out: &outu,
+            relu,
+            y: &yb,
+            gamma: &gb,
+            save_mean: &smu,
+            save_invstd: &siu,
+            dy: &mut dyb,
+            dgamma: &mut dgb,
+            dbeta: &mut dbb,
+            dresidual: residual.then_some(&mut dresb),
+        };
+        g.bn_bwd_train(&p, t).unwrap();
         // dgamma / dbeta are sums of M = N*HW terms with cancellation; the scale of the tensor bounds
         // the absolute error of both float64-accumulated sums well below 1e-5 of it. dy subtracts two
         // such per-channel terms from g: the same bound.
@@ -119,7 +146,7 @@ pub fn check_linear_wgrad<D: CudaDevice>(g: &CudaBackend<D>) {
     let (mut dw, mut db) = (vec![0.0; out_f * in_f], vec![0.0; out_f]);
     linear_cpu::wgrad(n, in_f, out_f, &x, &dy, &mut dw, &mut db);
     let (mut dwb, mut dbb) = (up(g, &vec![3.0; out_f * in_f]), up(g, &vec![3.0; out_f]));
-    g.linear_wgrad(n, in_f, out_f, &up(g, &x), &up(g, &dy), &mut dwb, &mut dbb).unwrap();
+    g.linear_wgrad(n, in_f, out_f, &up(g, &x), &up(g, &dy), (&mut dwb, &mut dbb)).unwrap();
     // fp32 sums of 13 products in different orders: a few ulps of the O(sqrt 13) scale.
     assert_close("linear wgrad dw", &down(g, &dwb, out_f * in_f), &dw, 1e-6);
     assert_close("linear wgrad db", &down(g, &dbb, out_f), &db, 1e-6);
@@ -173,7 +200,7 @@ pub fn check_optimizers<D: CudaDevice>(g: &CudaBackend<D>) {
         let (mut pb, mut mb, mut vb) = (up(g, &p0), g.alloc(len).unwrap(), g.alloc(len).unwrap());
         for (t, grad) in grads.iter().enumerate() {
             adamw_cpu::step(&cfg, wd, t as u32 + 1, &mut p, grad, &mut m, &mut v);
-            g.adamw_step(&cfg, wd, t as u32 + 1, &mut pb, &up(g, grad), &mut mb, &mut vb).unwrap();
+            g.adamw_step(&cfg, t as u32 + 1, &mut pb, &up(g, grad), (&mut mb, &mut vb)).unwrap();
         }
         assert_close(&format!("adamw wd {wd} param"), &down(g, &pb, len), &p, 0.0);
         assert_close(&format!("adamw wd {wd} m"), &down(g, &mb, len), &m, 0.0);
@@ -198,17 +225,17 @@ pub fn check_train_errors<D: CudaDevice>(g: &CudaBackend<D>) {
     assert!(e.contains("momentum buffer"), "{e}");
 }
 
-/// One whole training step of the CUDA executor (`train::cuda_net`) on the PyTorch fixtures that
-/// tests/train_step.rs checks the CPU executor with (tests/fixtures/make_train_fixtures.py): train-mode
+/// One whole training step of the training executor (`train::executor`) on the CUDA backend, on the
+/// PyTorch fixtures that tests/train_step.rs checks the CPU backend with (tests/fixtures/make_train_fixtures.py): train-mode
 /// logits, loss, every parameter gradient, and the parameters and running statistics after the
 /// optimizer step, against PyTorch; then an eval-mode forward against the CPU executor.
 /// `tf32`: the convolutions on TF32 tensor cores (10-bit mantissas): the forward only (see the body).
 pub fn check_train_step_fixture<D: CudaDevice>(g: &CudaBackend<D>, name: &str, tf32: bool) {
+    use cda_engine::backend::cpu::CpuBackend;
     use cda_engine::backend::cuda::ConvVersion;
     use cda_engine::model::ResNet;
-    use cda_engine::train::cuda_net::{CudaTrainNet, DeviceOptim};
+    use cda_engine::train::executor::{Mode, TrainNet, TrainOptim};
     use cda_engine::train::model::TrainModel;
-    use cda_engine::train::net::{Mode, TrainNet};
     use cda_engine::train::optim::OptimKind;
 
     g.set_conv_version(if tf32 { ConvVersion::Tf32 } else { ConvVersion::Fp32 });
@@ -222,7 +249,7 @@ pub fn check_train_step_fixture<D: CudaDevice>(g: &CudaBackend<D>, name: &str, t
     let sgd = r.metadata.get("optimizer").map(String::as_str) == Some("sgd");
     let (lr, wd) = (t("lr")[0] as f64, t("weight_decay")[0] as f64);
     let kind = if sgd { OptimKind::Sgd { momentum: 0.9, nesterov: true } } else { OptimKind::ADAMW };
-    let mut net = CudaTrainNet::new(g, &tm, n, h, w, Some(DeviceOptim { kind, weight_decay: wd })).unwrap();
+    let mut net = TrainNet::new(g, &tm, n, h, w, Some(TrainOptim { kind, weight_decay: wd })).unwrap();
     let xb = up(g, &x.data);
     net.forward(g, &tm, &xb, n, Mode::Train).unwrap();
     // Tolerances as tests/train_step.rs (fp32: 1e-4 of each tensor's scale, measured there at most
@@ -275,10 +302,14 @@ pub fn check_train_step_fixture<D: CudaDevice>(g: &CudaBackend<D>, name: &str, t
             }
         }
     }
-    // Eval mode with the updated weights and running statistics, against the CPU executor.
+    // Eval mode with the updated weights and running statistics, against the CPU backend.
     net.forward(g, &tm, &xb, n, Mode::Eval).unwrap();
-    let mut cpu_model = tm.clone();
-    let mut cpu_net = TrainNet::new(&cpu_model, n, h, w).unwrap();
-    cpu_net.forward(&mut cpu_model, &x.data, n, Mode::Eval).unwrap();
-    assert_close(&what("eval logits vs the CPU executor"), &down(g, net.logits(), n * k), cpu_net.logits(k), tol);
+    let cpu = CpuBackend::new(2).unwrap();
+    let mut cpu_net = TrainNet::new(&cpu, &tm, n, h, w, None).unwrap();
+    let mut cx = cpu.alloc(x.data.len()).unwrap();
+    cpu.upload(&x.data, &mut cx).unwrap();
+    cpu_net.forward(&cpu, &tm, &cx, n, Mode::Eval).unwrap();
+    let mut want = vec![0.0; n * k];
+    cpu.download(cpu_net.logits(), &mut want).unwrap();
+    assert_close(&what("eval logits vs the CPU backend"), &down(g, net.logits(), n * k), &want, tol);
 }

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+mod train;
+
 use super::Backend;
 use crate::error::{Error, Result};
 use crate::ops::adam::AdamScalars;
@@ -164,7 +166,7 @@ pub fn cpu_features() -> Vec<&'static str> {
 }
 
 /// "3x3/1 64->64 N100 32x32 winograd" for the profile.
-fn conv_key(p: &ConvProblem, dgrad: bool) -> String {
+pub(super) fn conv_key(p: &ConvProblem, dgrad: bool) -> String {
     format!("{}x{}/{} {}->{} N{} {}x{} {}", p.r, p.s, p.stride, p.c, p.k, p.n, p.h, p.w, conv::cpu::algorithm(p, dgrad))
 }
 
@@ -173,10 +175,19 @@ fn crop_params(raw: &[i32], n: usize) -> &[CropParams] {
 }
 
 /// The first `len` elements: buffers may be longer than an op needs (shared scratch).
-fn pre<T>(v: &[T], len: usize) -> &[T] {
+/// The first `len` elements of a buffer, or an error naming it when it is shorter.
+fn prefix<'a, T>(what: &str, v: &'a [T], len: usize) -> Result<&'a [T]> {
+    v.get(..len).ok_or_else(|| Error::input(what, format!("a buffer of {} values where {len} are needed", v.len())))
+}
+fn prefix_mut<'a, T>(what: &str, v: &'a mut [T], len: usize) -> Result<&'a mut [T]> {
+    let have = v.len();
+    v.get_mut(..len).ok_or_else(|| Error::input(what, format!("a buffer of {have} values where {len} are needed")))
+}
+
+pub(super) fn pre<T>(v: &[T], len: usize) -> &[T] {
     &v[..len]
 }
-fn pre_mut<T>(v: &mut [T], len: usize) -> &mut [T] {
+pub(super) fn pre_mut<T>(v: &mut [T], len: usize) -> &mut [T] {
     &mut v[..len]
 }
 
@@ -194,20 +205,22 @@ impl Backend for CpuBackend {
     fn alloc_int(&self, len: usize) -> Result<Vec<i32>> {
         Ok(vec![0; len])
     }
+    // Transfers fill or read a buffer's prefix, as the CUDA backend's do (buffers are sized for the
+    // largest batch).
     fn upload(&self, src: &[f32], dst: &mut Vec<f32>) -> Result<()> {
-        dst.copy_from_slice(src);
+        prefix_mut("upload destination", dst, src.len())?.copy_from_slice(src);
         Ok(())
     }
     fn upload_int(&self, src: &[i32], dst: &mut Vec<i32>) -> Result<()> {
-        dst.copy_from_slice(src);
+        prefix_mut("upload destination", dst, src.len())?.copy_from_slice(src);
         Ok(())
     }
     fn download(&self, src: &Vec<f32>, dst: &mut [f32]) -> Result<()> {
-        dst.copy_from_slice(src);
+        dst.copy_from_slice(prefix("download source", src, dst.len())?);
         Ok(())
     }
     fn download_int(&self, src: &Vec<i32>, dst: &mut [i32]) -> Result<()> {
-        dst.copy_from_slice(src);
+        dst.copy_from_slice(prefix("download source", src, dst.len())?);
         Ok(())
     }
     fn synchronize(&self) -> Result<()> {

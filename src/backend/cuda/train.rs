@@ -3,10 +3,12 @@
 //! Each launches `kernels/<op>.cu` and has its CPU twin in `crate::ops::<op>::cpu`; the tests
 //! (tests/cuda_common/train.rs) compare the two on the host emulation and, where there is one, a GPU.
 //!
-//! These are inherent methods rather than `Backend` methods: the recover executor does not need them;
-//! the CUDA training executor (`crate::train::cuda_net`) calls them directly.
+//! They implement [`TrainBackend`], which the one training executor (`crate::train::executor`) runs
+//! on; the distillation loss (`kd_kl_div`) is an inherent method, as the training loops compute their
+//! n x classes losses on the host.
 
 use super::*;
+use crate::backend::{BnEvalFwd, BnTrainBwd, BnTrainFwd, TrainBackend};
 use crate::ops::adamw::{AdamScalars, AdamWArgs, AdamWConfig};
 use crate::ops::batchnorm::{BnProblem, BnTrainArgs, BnTrainBwdArgs};
 use crate::ops::kd_loss::KdLossArgs;
@@ -19,9 +21,9 @@ const WGRAD_TILE: usize = 64;
 /// CTAs a wgrad launch aims for (about two per SM on the largest GPUs).
 const WGRAD_TARGET_CTAS: usize = 264;
 
-impl<D: CudaDevice> CudaBackend<D> {
+impl<D: CudaDevice> TrainBackend for CudaBackend<D> {
     /// dw = the weight gradient of conv `p` for input x and output gradient dy (overwrites dw).
-    pub fn conv_wgrad(&self, p: &ConvProblem, x: &CudaBuf<D>, dy: &CudaBuf<D>, dw: &mut CudaBuf<D>) -> Result<()> {
+    fn conv_wgrad(&self, p: &ConvProblem, x: &CudaBuf<D>, dy: &CudaBuf<D>, dw: &mut CudaBuf<D>) -> Result<()> {
         check_len("conv wgrad x", x.len, p.input_len())?;
         check_len("conv wgrad dy", dy.len, p.output_len())?;
         check_len("conv wgrad dw", dw.len, p.weight_len())?;
@@ -50,23 +52,8 @@ impl<D: CudaDevice> CudaBackend<D> {
 
     /// Train-mode BatchNorm forward: batch statistics, running-statistics update (momentum),
     /// `out = act(bn(y) [+ residual])`, the batch mean and invstd saved for the backward.
-    #[allow(clippy::too_many_arguments)]
-    pub fn bn_fwd_train(
-        &self,
-        p: &BnProblem,
-        y: &CudaBuf<D>,
-        gamma: &CudaBuf<D>,
-        beta: &CudaBuf<D>,
-        momentum: f64,
-        eps: f64,
-        running_mean: &mut CudaBuf<D>,
-        running_var: &mut CudaBuf<D>,
-        residual: Option<&CudaBuf<D>>,
-        relu: bool,
-        out: &mut CudaBuf<D>,
-        save_mean: &mut CudaBuf<D>,
-        save_invstd: &mut CudaBuf<D>,
-    ) -> Result<()> {
+    fn bn_fwd_train(&self, p: &BnProblem, momentum: f64, eps: f64, t: BnTrainFwd<'_, CudaBuf<D>>) -> Result<()> {
+        let BnTrainFwd { y, gamma, beta, running_mean, running_var, residual, relu, out, save_mean, save_invstd } = t;
         self.check_bn(p, y, gamma, beta, residual, out)?;
         check_len("batchnorm running mean", running_mean.len, p.c)?;
         check_len("batchnorm running var", running_var.len, p.c)?;
@@ -99,20 +86,8 @@ impl<D: CudaDevice> CudaBackend<D> {
     }
 
     /// Eval-mode BatchNorm forward with the running statistics.
-    #[allow(clippy::too_many_arguments)]
-    pub fn bn_fwd_eval(
-        &self,
-        p: &BnProblem,
-        y: &CudaBuf<D>,
-        gamma: &CudaBuf<D>,
-        beta: &CudaBuf<D>,
-        running_mean: &CudaBuf<D>,
-        running_var: &CudaBuf<D>,
-        eps: f64,
-        residual: Option<&CudaBuf<D>>,
-        relu: bool,
-        out: &mut CudaBuf<D>,
-    ) -> Result<()> {
+    fn bn_fwd_eval(&self, p: &BnProblem, eps: f64, t: BnEvalFwd<'_, CudaBuf<D>>) -> Result<()> {
+        let BnEvalFwd { y, gamma, beta, running_mean, running_var, residual, relu, out } = t;
         self.check_bn(p, y, gamma, beta, residual, out)?;
         check_len("batchnorm running mean", running_mean.len, p.c)?;
         check_len("batchnorm running var", running_var.len, p.c)?;
@@ -136,44 +111,11 @@ impl<D: CudaDevice> CudaBackend<D> {
         self.bn_apply(p, y, coef, residual, relu, out)
     }
 
-    fn check_bn(&self, p: &BnProblem, y: &CudaBuf<D>, gamma: &CudaBuf<D>, beta: &CudaBuf<D>, residual: Option<&CudaBuf<D>>, out: &CudaBuf<D>) -> Result<()> {
-        check_len("batchnorm y", y.len, p.len())?;
-        check_len("batchnorm gamma", gamma.len, p.c)?;
-        check_len("batchnorm beta", beta.len, p.c)?;
-        check_len("batchnorm out", out.len, p.len())?;
-        if let Some(r) = residual {
-            check_len("batchnorm residual", r.len, p.len())?;
-        }
-        Ok(())
-    }
-
-    /// out = act(y * coef[c] + coef[C + c] [+ residual]) with the affine in the workspace at `coef`.
-    fn bn_apply(&self, p: &BnProblem, y: &CudaBuf<D>, coef: u64, residual: Option<&CudaBuf<D>>, relu: bool, out: &mut CudaBuf<D>) -> Result<()> {
-        let mut a = KernelArgs::new();
-        a.push(self.addr(y)).push(coef).push(residual.map_or(0, |r| self.addr(r))).push(self.addr(out));
-        a.push(to_i32("batchnorm n", p.n)?).push(to_i32("batchnorm c", p.c)?).push(to_i32("batchnorm hw", p.hw)?).push(relu as i32);
-        self.launch(ids::BN_APPLY_F32, grid_1d(p.len(), THREADS)?, &a)
-    }
-
     /// Train-mode BatchNorm backward of the fused op: dout (gradient of `out`) -> dy, dgamma, dbeta
     /// (overwritten) and, when given, dresidual (the ReLU-masked gradient). `out` is the forward's
     /// output (its sign is the ReLU mask, ignored when `relu` is false).
-    #[allow(clippy::too_many_arguments)]
-    pub fn bn_bwd_train(
-        &self,
-        p: &BnProblem,
-        dout: &CudaBuf<D>,
-        out: &CudaBuf<D>,
-        relu: bool,
-        y: &CudaBuf<D>,
-        gamma: &CudaBuf<D>,
-        save_mean: &CudaBuf<D>,
-        save_invstd: &CudaBuf<D>,
-        dy: &mut CudaBuf<D>,
-        dgamma: &mut CudaBuf<D>,
-        dbeta: &mut CudaBuf<D>,
-        dresidual: Option<&mut CudaBuf<D>>,
-    ) -> Result<()> {
+    fn bn_bwd_train(&self, p: &BnProblem, t: BnTrainBwd<'_, CudaBuf<D>>) -> Result<()> {
+        let BnTrainBwd { dout, out, relu, y, gamma, save_mean, save_invstd, dy, dgamma, dbeta, dresidual } = t;
         for (what, b) in [("batchnorm dout", dout), ("batchnorm out", out), ("batchnorm y", y)] {
             check_len(what, b.len, p.len())?;
         }
@@ -213,8 +155,8 @@ impl<D: CudaDevice> CudaBackend<D> {
     }
 
     /// fc parameter gradients: dw[J x F] = dy^T x, db = column sums of dy (both overwritten).
-    #[allow(clippy::too_many_arguments)]
-    pub fn linear_wgrad(&self, n: usize, in_f: usize, out_f: usize, x: &CudaBuf<D>, dy: &CudaBuf<D>, dw: &mut CudaBuf<D>, db: &mut CudaBuf<D>) -> Result<()> {
+    fn linear_wgrad(&self, n: usize, in_f: usize, out_f: usize, x: &CudaBuf<D>, dy: &CudaBuf<D>, grads: (&mut CudaBuf<D>, &mut CudaBuf<D>)) -> Result<()> {
+        let (dw, db) = grads;
         check_len("linear wgrad x", x.len, n * in_f)?;
         check_len("linear wgrad dy", dy.len, n * out_f)?;
         check_len("linear wgrad dw", dw.len, out_f * in_f)?;
@@ -226,6 +168,96 @@ impl<D: CudaDevice> CudaBackend<D> {
         a.push(to_i32("n", n)?).push(to_i32("in_f", in_f)?).push(to_i32("out_f", out_f)?);
         a.push(self.addr(x)).push(self.addr(dy)).push(self.addr(dw)).push(self.addr(db));
         self.launch(ids::LINEAR_WGRAD_F32, grid_1d(out_f * in_f + out_f, THREADS)?, &a)
+    }
+
+    /// One SGD step on one tensor. `first`: the momentum buffer is uninitialised (PyTorch creates it
+    /// from the gradient); `buf` may be None when momentum is 0.
+    fn sgd_step(&self, cfg: &SgdConfig, param: &mut CudaBuf<D>, grad: &CudaBuf<D>, buf: Option<&mut CudaBuf<D>>, first: bool) -> Result<()> {
+        let len = param.len;
+        check_len("sgd grad", grad.len, len)?;
+        let buf = match (cfg.momentum != 0.0, buf) {
+            (false, _) => 0,
+            (true, Some(b)) => {
+                check_len("sgd momentum buffer", b.len, len)?;
+                self.addr(b)
+            }
+            (true, None) => return Err(Error::Option("SGD with momentum needs a momentum buffer".into())),
+        };
+        if len == 0 {
+            return Ok(());
+        }
+        let args = SgdArgs {
+            param: self.addr(param),
+            grad: self.addr(grad),
+            buf,
+            len: len as i64,
+            lr: cfg.lr,
+            momentum: cfg.momentum,
+            weight_decay: cfg.weight_decay,
+            nesterov: cfg.nesterov as i32,
+            first: first as i32,
+            reserved: 0,
+        };
+        let mut a = KernelArgs::new();
+        a.push(args);
+        self.launch(ids::SGD_STEP_F32, grid_1d(len, THREADS)?, &a)
+    }
+
+    /// One AdamW step number `step` (1-based) on one tensor with weight decay `cfg.weight_decay` (0
+    /// for tensors the recipe excludes).
+    fn adamw_step(&self, cfg: &AdamWConfig, step: u32, param: &mut CudaBuf<D>, grad: &CudaBuf<D>, moments: (&mut CudaBuf<D>, &mut CudaBuf<D>)) -> Result<()> {
+        let (m, v) = moments;
+        let weight_decay = cfg.weight_decay;
+        let len = param.len;
+        check_len("adamw grad", grad.len, len)?;
+        check_len("adamw m", m.len, len)?;
+        check_len("adamw v", v.len, len)?;
+        if step == 0 {
+            return Err(Error::Option("AdamW steps are numbered from 1".into()));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let s = AdamScalars::new(cfg.lr, cfg.beta1, cfg.beta2, cfg.eps, step);
+        let args = AdamWArgs {
+            param: self.addr(param),
+            grad: self.addr(grad),
+            m: self.addr(m),
+            v: self.addr(v),
+            len: len as i64,
+            beta1: s.beta1,
+            beta2: s.beta2,
+            step_size: s.step_size,
+            bias_correction2_sqrt: s.bias_correction2_sqrt,
+            eps: s.eps,
+            decay: (1.0 - cfg.lr * weight_decay) as f32,
+            apply_decay: (weight_decay != 0.0) as i32,
+            reserved: 0,
+        };
+        let mut a = KernelArgs::new();
+        a.push(args);
+        self.launch(ids::ADAMW_STEP_F32, grid_1d(len, THREADS)?, &a)
+    }
+}
+
+impl<D: CudaDevice> CudaBackend<D> {
+    fn check_bn(&self, p: &BnProblem, y: &CudaBuf<D>, gamma: &CudaBuf<D>, beta: &CudaBuf<D>, residual: Option<&CudaBuf<D>>, out: &CudaBuf<D>) -> Result<()> {
+        check_len("batchnorm y", y.len, p.len())?;
+        check_len("batchnorm gamma", gamma.len, p.c)?;
+        check_len("batchnorm beta", beta.len, p.c)?;
+        check_len("batchnorm out", out.len, p.len())?;
+        if let Some(r) = residual {
+            check_len("batchnorm residual", r.len, p.len())?;
+        }
+        Ok(())
+    }
+
+    /// out = act(y * coef[c] + coef[C + c] [+ residual]) with the affine in the workspace at `coef`.
+    fn bn_apply(&self, p: &BnProblem, y: &CudaBuf<D>, coef: u64, residual: Option<&CudaBuf<D>>, relu: bool, out: &mut CudaBuf<D>) -> Result<()> {
+        let mut a = KernelArgs::new();
+        a.push(self.addr(y)).push(coef).push(residual.map_or(0, |r| self.addr(r))).push(self.addr(out));
+        a.push(to_i32("batchnorm n", p.n)?).push(to_i32("batchnorm c", p.c)?).push(to_i32("batchnorm hw", p.hw)?).push(relu as i32);
+        self.launch(ids::BN_APPLY_F32, grid_1d(p.len(), THREADS)?, &a)
     }
 
     /// Batchmean KL(softmax(teacher / T) || softmax(student / T)) into losses[slot] (not scaled by T^2)
@@ -268,82 +300,5 @@ impl<D: CudaDevice> CudaBackend<D> {
         a.push(args);
         self.launch(ids::KD_KL_DIV_ROWS_F32, LaunchConfig { grid: [n as u32, 1, 1], block: [256, 1, 1], shared_bytes: 0 }, &a)?;
         self.launch(ids::KD_KL_DIV_FINALIZE_F32, LaunchConfig { grid: [1, 1, 1], block: [256, 1, 1], shared_bytes: 0 }, &a)
-    }
-
-    /// One SGD step on one tensor. `first`: the momentum buffer is uninitialised (PyTorch creates it
-    /// from the gradient); `buf` may be None when momentum is 0.
-    pub fn sgd_step(&self, cfg: &SgdConfig, param: &mut CudaBuf<D>, grad: &CudaBuf<D>, buf: Option<&mut CudaBuf<D>>, first: bool) -> Result<()> {
-        let len = param.len;
-        check_len("sgd grad", grad.len, len)?;
-        let buf = match (cfg.momentum != 0.0, buf) {
-            (false, _) => 0,
-            (true, Some(b)) => {
-                check_len("sgd momentum buffer", b.len, len)?;
-                self.addr(b)
-            }
-            (true, None) => return Err(Error::Option("SGD with momentum needs a momentum buffer".into())),
-        };
-        if len == 0 {
-            return Ok(());
-        }
-        let args = SgdArgs {
-            param: self.addr(param),
-            grad: self.addr(grad),
-            buf,
-            len: len as i64,
-            lr: cfg.lr,
-            momentum: cfg.momentum,
-            weight_decay: cfg.weight_decay,
-            nesterov: cfg.nesterov as i32,
-            first: first as i32,
-            reserved: 0,
-        };
-        let mut a = KernelArgs::new();
-        a.push(args);
-        self.launch(ids::SGD_STEP_F32, grid_1d(len, THREADS)?, &a)
-    }
-
-    /// One AdamW step number `step` (1-based) on one tensor with weight decay `weight_decay` (0 for
-    /// tensors the recipe excludes).
-    #[allow(clippy::too_many_arguments)]
-    pub fn adamw_step(
-        &self,
-        cfg: &AdamWConfig,
-        weight_decay: f64,
-        step: u32,
-        param: &mut CudaBuf<D>,
-        grad: &CudaBuf<D>,
-        m: &mut CudaBuf<D>,
-        v: &mut CudaBuf<D>,
-    ) -> Result<()> {
-        let len = param.len;
-        check_len("adamw grad", grad.len, len)?;
-        check_len("adamw m", m.len, len)?;
-        check_len("adamw v", v.len, len)?;
-        if step == 0 {
-            return Err(Error::Option("AdamW steps are numbered from 1".into()));
-        }
-        if len == 0 {
-            return Ok(());
-        }
-        let s = AdamScalars::new(cfg.lr, cfg.beta1, cfg.beta2, cfg.eps, step);
-        let args = AdamWArgs {
-            param: self.addr(param),
-            grad: self.addr(grad),
-            m: self.addr(m),
-            v: self.addr(v),
-            len: len as i64,
-            beta1: s.beta1,
-            beta2: s.beta2,
-            step_size: s.step_size,
-            bias_correction2_sqrt: s.bias_correction2_sqrt,
-            eps: s.eps,
-            decay: (1.0 - cfg.lr * weight_decay) as f32,
-            apply_decay: (weight_decay != 0.0) as i32,
-            reserved: 0,
-        };
-        let mut a = KernelArgs::new();
-        a.push(args);
-        self.launch(ids::ADAMW_STEP_F32, grid_1d(len, THREADS)?, &a)
     }
 }
