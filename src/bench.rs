@@ -14,8 +14,8 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::{ResNet, Stem};
-use crate::recover::augment::{sample_batch, AugmentSpec};
-use crate::recover::schedule::Curriculum;
+use crate::recover::batch_augment::{sample_batch, AugmentSpec};
+use crate::recover::curriculum::Curriculum;
 use crate::recover::{ClipMode, RecoverConfig, Recoverer};
 use crate::weights::{Tensor, TensorFile};
 
@@ -248,7 +248,7 @@ pub fn bench_with<B: Backend>(
     Ok(BenchResult {
         device: backend.describe(),
         arch: model.arch_name(),
-        width: crate::train::model::ArchSpec::of(model).widths[0],
+        width: crate::train::trainable::ArchSpec::of(model).widths[0],
         stem: model.stem.name().into(),
         res,
         batch,
@@ -275,7 +275,7 @@ pub fn bench_model(weights: Option<&Path>, arch: &str, stem: Stem, in_channels: 
             if classes == 0 || in_channels == 0 {
                 return Err(Error::Option(format!("--classes {classes} and --in-channels {in_channels} must be at least 1")));
             }
-            let spec = crate::train::model::ArchSpec::parse(arch, stem, in_channels, classes)?;
+            let spec = crate::train::trainable::ArchSpec::parse(arch, stem, in_channels, classes)?;
             let layout = crate::model::Layout::of_arch(&spec)?;
             // The random weights exist twice while the model is built (tensors, then the model).
             let params = layout.sizes(64, 64).and_then(|s| s.params.checked_mul(8));

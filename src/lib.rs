@@ -18,6 +18,7 @@ pub mod model;
 pub mod net;
 pub mod ops;
 pub mod recover;
+pub mod schedule;
 pub mod train;
 pub mod weights;
 

@@ -23,6 +23,7 @@ struct Cli {
     command: Command,
 }
 
+use cda_engine::default_teacher::load_teacher;
 use cda_engine::device::{with_backend, BackendTask, Device};
 
 #[derive(Subcommand)]
@@ -322,13 +323,6 @@ fn forward(weights: &std::path::Path, input: &std::path::Path, output: &std::pat
     write_tensor_file(output, &refs, None)?;
     eprintln!("wrote {} ({} BN layers)", output.display(), model.num_bn_layers());
     Ok(())
-}
-
-fn load_teacher(weights: Option<&std::path::Path>) -> Result<(ResNet, String)> {
-    match weights {
-        Some(p) => Ok((ResNet::load(p)?, p.display().to_string())),
-        None => Ok((cda_engine::default_teacher::load()?, cda_engine::default_teacher::DEFAULT_TEACHER_NAME.to_string())),
-    }
 }
 
 /// The CPU backend, or an explanation of why a GPU cannot be used here.

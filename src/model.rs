@@ -406,7 +406,7 @@ pub struct Layout {
 impl Layout {
     /// The layout of an architecture spec (`--arch resnet18-w16`, `--student`). Errors: widths
     /// whose doubling per stage overflows (a width no machine could hold).
-    pub fn of_arch(spec: &crate::train::model::ArchSpec) -> Result<Layout> {
+    pub fn of_arch(spec: &crate::train::trainable::ArchSpec) -> Result<Layout> {
         let base = spec.widths.first().copied().unwrap_or(0);
         let stages = spec.widths.len() as u32;
         let widest = 1usize.checked_shl(stages).and_then(|f| base.checked_mul(f)).and_then(|w| w.checked_mul(4));

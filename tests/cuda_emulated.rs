@@ -298,8 +298,8 @@ fn training_commands_on_the_cuda_executor_match_the_cpu() {
     use cda_engine::train::distill::{relabel, validate, AugmentConfig, ValidateConfig};
     use cda_engine::train::labels::LabelFile;
     use cda_engine::train::learner::TrainDevice;
-    use cda_engine::train::model::{ArchSpec, TrainModel};
     use cda_engine::train::squeeze::{squeeze, SqueezeConfig};
+    use cda_engine::train::trainable::{ArchSpec, TrainModel};
     use std::sync::Arc;
 
     let Some(g) = emulated() else { return };

@@ -8,8 +8,8 @@ use cda_engine::ops::bn_match::cpu::{bn_backward, bn_match};
 use cda_engine::ops::conv::{cpu as conv, BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
 use cda_engine::ops::crop_resize::{cpu as crop, CropParams, CropResizeProblem};
 use cda_engine::ops::image_prior::cpu::image_prior;
-use cda_engine::recover::schedule::cosine_lr;
 use cda_engine::recover::ClipMode;
+use cda_engine::schedule::cosine_lr;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

@@ -8,8 +8,9 @@ use cda_engine::backend::cuda::{ConvVersion, EmulatedBackend};
 use cda_engine::backend::Backend;
 use cda_engine::model::ResNet;
 use cda_engine::ops::crop_resize::CropParams;
-use cda_engine::recover::schedule::{cosine_lr, min_crop_scale, Curriculum};
+use cda_engine::recover::curriculum::{min_crop_scale, Curriculum};
 use cda_engine::recover::{ClipMode, RecoverConfig, Recoverer, Residual};
+use cda_engine::schedule::cosine_lr;
 use cda_engine::weights::TensorFile;
 use common::{assert_close, diff, fixture, load, tensor};
 

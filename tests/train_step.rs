@@ -10,8 +10,8 @@ use cda_engine::model::ResNet;
 use cda_engine::ops::kd_loss::cpu as kd;
 use cda_engine::ops::softmax_ce::cpu::softmax_ce;
 use cda_engine::train::executor::{Mode, TrainNet, TrainOptim};
-use cda_engine::train::model::TrainModel;
 use cda_engine::train::optim::OptimKind;
+use cda_engine::train::trainable::TrainModel;
 use common::{assert_close, fixture, load, tensor};
 
 /// `data` in a new buffer of `b`.

@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 
 use super::class_stats::BnTarget;
+use super::curriculum::Curriculum;
 use super::init::{InitKind, InitSpec, Rank};
 use super::output::ImageFormat;
 use super::presets::{Preset, PresetName};
 use super::run::{RealPart, RunSettings};
-use super::schedule::Curriculum;
 use super::{ClipMode, RecoverConfig, Residual, TeacherSchedule};
 use crate::error::{Error, Result};
 use crate::model::{ResNet, Stem};
@@ -302,7 +302,7 @@ pub fn settings(args: &RunArgs, model: &ResNet, teacher: &str) -> Result<(RunSet
         // EDC: 1000 iterations at lr 0.05 with RandomResizedCrop(0.5, 1) throughout.
         Method::Edc => (InitKind::Patches, 2, Some(0.05), Some(1000), Some(0.0)),
     };
-    let m_crop_min_scale = if m == Method::Edc { 0.5 } else { super::schedule::MIN_SCALE };
+    let m_crop_min_scale = if m == Method::Edc { 0.5 } else { super::curriculum::MIN_SCALE };
     let m_bn_stats = if m == Method::Edc { BnStats::Class } else { BnStats::Running };
     // CV-DD: two of the teachers per iteration (all of them when fewer are given).
     let m_per_step = if m == Method::Cvdd { 2.min(args.weights.len().max(1)) } else { 1 };

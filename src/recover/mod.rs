@@ -5,15 +5,15 @@
 //! RandomResizedCrop + flip + roll (shared by the batch unless per-image), forward, loss
 //! CE + r_bn * sum_l w_l (||rv - var|| + ||rm - mean||), backward to x, Adam step, clip.
 
-pub mod augment;
+pub mod batch_augment;
 pub mod class_stats;
 pub mod cli;
+pub mod curriculum;
 pub mod gallery;
 pub mod init;
 pub mod output;
 pub mod presets;
 pub mod run;
-pub mod schedule;
 pub mod select;
 
 use rand::rngs::StdRng;
@@ -27,8 +27,8 @@ use crate::model::ResNet;
 use crate::net::Net;
 use crate::ops::adam::AdamScalars;
 use crate::ops::crop_resize::{CropParams, CropResizeProblem};
-use augment::AugmentSpec;
-use schedule::Curriculum;
+use batch_augment::AugmentSpec;
+use curriculum::Curriculum;
 
 /// How images are kept in range after each step.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -99,11 +99,11 @@ pub struct RecoverConfig {
 }
 
 fn default_crop_min_scale() -> f64 {
-    schedule::MIN_SCALE
+    curriculum::MIN_SCALE
 }
 
 fn is_default_crop_min_scale(v: &f64) -> bool {
-    *v == schedule::MIN_SCALE
+    *v == curriculum::MIN_SCALE
 }
 
 impl RecoverConfig {
@@ -419,7 +419,7 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         if chosen.is_empty() || chosen.iter().any(|&k| k >= self.teachers.len()) {
             return Err(Error::Option(format!("teachers {chosen:?} of {}", self.teachers.len())));
         }
-        let lr = schedule::cosine_lr(cfg.lr, t, cfg.iterations);
+        let lr = crate::schedule::cosine_lr(cfg.lr, t, cfg.iterations);
         b.upload_int(&CropParams::flatten(aug), &mut self.bufs.params)?;
         let (beta1, beta2) = cfg.adam_betas;
         let scalars = AdamScalars::new(lr, beta1, beta2, cfg.adam_eps, (t + 1) as u32).to_array();
@@ -569,8 +569,8 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         let mut trace = Vec::new();
         let mut first_layers = Vec::new();
         for t in 0..cfg.iterations {
-            let min_crop = schedule::min_crop_scale_to(cfg.crop_min_scale, cfg.easy2hard_mode, cfg.milestone, t, cfg.iterations, cfg.reverse_curriculum);
-            let aug = augment::sample_batch(rng, &spec, self.n, self.h, self.w, min_crop, cfg.per_image_augment);
+            let min_crop = curriculum::min_crop_scale_to(cfg.crop_min_scale, cfg.easy2hard_mode, cfg.milestone, t, cfg.iterations, cfg.reverse_curriculum);
+            let aug = batch_augment::sample_batch(rng, &spec, self.n, self.h, self.w, min_crop, cfg.per_image_augment);
             // Drawn after the augmentation, and only with several teachers: one teacher's stream is
             // the official one.
             let chosen = self.choose_teachers(t, rng);

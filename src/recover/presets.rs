@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::schedule::Curriculum;
+use super::curriculum::Curriculum;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]

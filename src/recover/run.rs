@@ -249,7 +249,7 @@ pub fn run_with_teachers<B: Backend>(
     remove_stale_temps_in(out);
     let record_path = out.join(RECORD_FILE);
     // Several teachers: their fingerprints joined with '+', main one first.
-    let fingerprint = models.iter().map(|m| crate::train::model::TrainModel::from_resnet(m).fingerprint()).collect::<Vec<_>>().join("+");
+    let fingerprint = models.iter().map(|m| crate::train::trainable::TrainModel::from_resnet(m).fingerprint()).collect::<Vec<_>>().join("+");
     // A new folder's record is written just before its first images: a folder with images and no
     // record is then never a run's, and a run refused before any image leaves no record.
     let mut record_written = true;

@@ -125,7 +125,7 @@ fn write_selection<B: Backend>(backend: &B, model: &ResNet, s: &SelectSettings, 
     let record = SelectRecord {
         engine: format!("cda-engine {}", env!("CARGO_PKG_VERSION")),
         teacher: s.teacher.clone(),
-        teacher_fingerprint: crate::train::model::TrainModel::from_resnet(model).fingerprint(),
+        teacher_fingerprint: crate::train::trainable::TrainModel::from_resnet(model).fingerprint(),
         init: s.init.clone(),
         classes: s.classes,
         ipc_start: s.ipc_start,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::model::{ArchSpec, TrainModel};
+use super::trainable::{ArchSpec, TrainModel};
 use crate::data::augment::{Crop, MixKind};
 use crate::data::{self, Dataset, Split};
 use crate::error::{Error, Result};
@@ -318,11 +318,9 @@ pub fn squeeze(a: &SqueezeArgs) -> Result<()> {
 }
 
 /// Loads a teacher (default: the shipped one) as a trainable model in eval mode.
-pub fn load_teacher(path: Option<&std::path::Path>) -> Result<(TrainModel, crate::model::ResNet, String)> {
-    let (m, name) = match path {
-        Some(p) => (crate::model::ResNet::load(p)?, p.display().to_string()),
-        None => (crate::default_teacher::load()?, crate::default_teacher::DEFAULT_TEACHER_NAME.to_string()),
-    };
+/// The teacher ([`crate::default_teacher::load_teacher`]) and its trainable form.
+pub fn load_trainable_teacher(path: Option<&std::path::Path>) -> Result<(TrainModel, crate::model::ResNet, String)> {
+    let (m, name) = crate::default_teacher::load_teacher(path)?;
     Ok((TrainModel::from_resnet(&m), m, name))
 }
 
@@ -411,7 +409,7 @@ type DistillInputs = (TrainModel, crate::model::ResNet, String, Arc<dyn Dataset>
 
 impl DistillArgs {
     fn open(&self) -> Result<DistillInputs> {
-        let (mut tm, m, name) = load_teacher(self.teacher.as_deref())?;
+        let (mut tm, m, name) = load_trainable_teacher(self.teacher.as_deref())?;
         // The normalisation is settled first: it is an option, and a teacher without it fails here,
         // before any images are read.
         let (mean, std) = teacher_norm(&m, self.mean.clone(), self.std.clone())?;
@@ -609,8 +607,8 @@ pub struct ValidateArgs {
     /// The student's initial weights: torchvision (its ResNet's kaiming_normal fan_out convs, what
     /// the official code uses) or pytorch (the layers' own default, kaiming_uniform a = sqrt(5):
     /// U(+-1/sqrt(fan_in)) for convs).
-    #[arg(long, value_enum, default_value_t = super::model::InitScheme::Torchvision)]
-    pub student_init: super::model::InitScheme,
+    #[arg(long, value_enum, default_value_t = super::trainable::InitScheme::Torchvision)]
+    pub student_init: super::trainable::InitScheme,
 }
 
 pub fn validate(a: &ValidateArgs) -> Result<()> {

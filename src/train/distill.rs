@@ -19,16 +19,16 @@ use serde::Serialize;
 use super::eval::{evaluate, EvalResult};
 use super::labels::{EpochLabels, LabelFile, LabelMeta, LabelWriter};
 use super::learner::{learner, Learner, TrainDevice};
-use super::model::TrainModel;
 use super::optim::OptimKind;
 use super::progress::Progress;
-use super::schedule::Cosine;
+use super::trainable::TrainModel;
 use crate::data::augment::{Crop, MixKind};
 use crate::data::loader::{epoch_order, plan_epoch, BatchPlan, EpochLoader, SampleSpec};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::io::{check_writable, write_atomic};
 use crate::ops::kd_loss::cpu::kl_div;
+use crate::schedule::Cosine;
 
 /// Augmentation and batching shared by relabel and online validate.
 #[derive(Clone, Debug, Serialize)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::learner::{learner, TrainDevice};
-use super::model::TrainModel;
+use super::trainable::TrainModel;
 use crate::data::augment::{Crop, MixKind};
 use crate::data::loader::{epoch_order, plan_epoch, EpochLoader, SampleSpec};
 use crate::data::Dataset;

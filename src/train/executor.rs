@@ -16,8 +16,8 @@
 //! masking twice changes no value. The identity shortcut's gradient is added in that epilogue. All
 //! buffers are allocated once for the largest batch; smaller batches use prefixes.
 
-use super::model::TrainModel;
 use super::optim::OptimKind;
+use super::trainable::TrainModel;
 use crate::backend::{BnEvalFwd, BnTrainBwd, BnTrainFwd, TrainBackend};
 use crate::error::{Error, Result};
 use crate::model::Stem;

@@ -9,8 +9,8 @@
 //! [`Learner::model`] asks for them.
 
 use super::executor::{Mode, TrainNet, TrainOptim};
-use super::model::TrainModel;
 use super::optim::OptimKind;
+use super::trainable::TrainModel;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::{EmulatedBackend, GpuBackend};
 use crate::backend::TrainBackend;

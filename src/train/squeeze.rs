@@ -14,10 +14,9 @@ use serde::Serialize;
 
 use super::eval::{evaluate, EvalResult};
 use super::learner::{learner, TrainDevice};
-use super::model::{ArchSpec, TrainModel};
 use super::optim::OptimKind;
 use super::progress::Progress;
-use super::schedule::Cosine;
+use super::trainable::{ArchSpec, TrainModel};
 use crate::data::augment::{Crop, MixKind};
 use crate::data::loader::{epoch_order, plan_epoch, EpochLoader, SampleSpec};
 use crate::data::Dataset;
@@ -25,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::io::{check_writable, write_atomic};
 use crate::ops::kd_loss::cpu::soft_cross_entropy;
 use crate::ops::softmax_ce::cpu::softmax_ce;
+use crate::schedule::Cosine;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SqueezeConfig {

@@ -235,8 +235,8 @@ pub fn check_train_step_fixture<D: CudaDevice>(g: &CudaBackend<D>, name: &str, t
     use cda_engine::backend::cuda::ConvVersion;
     use cda_engine::model::ResNet;
     use cda_engine::train::executor::{Mode, TrainNet, TrainOptim};
-    use cda_engine::train::model::TrainModel;
     use cda_engine::train::optim::OptimKind;
+    use cda_engine::train::trainable::TrainModel;
 
     g.set_conv_version(if tf32 { ConvVersion::Tf32 } else { ConvVersion::Fp32 });
     let model = ResNet::load(&super::fixture(&format!("train/{name}.safetensors"))).unwrap();

@@ -1,11 +1,7 @@
-//! The recover schedules: cosine learning rate and the CDA crop-scale curriculum.
+//! CDA's crop-scale curriculum (easy2hard-mode, milestone): the lower bound of RandomResizedCrop's
+//! scale at each recover iteration. The learning-rate schedule is `crate::schedule::cosine_lr`.
 
 use serde::{Deserialize, Serialize};
-
-/// Learning rate at iteration t of T, set before the step (SRe2L's `lr_cosine_policy`, no warm-up).
-pub fn cosine_lr(base_lr: f64, t: usize, total: usize) -> f64 {
-    0.5 * (1.0 + (std::f64::consts::PI * t as f64 / total as f64).cos()) * base_lr
-}
 
 /// How the lower bound of RandomResizedCrop's scale moves from 1.0 to `MIN_SCALE` (CDA's easy2hard-mode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -66,15 +62,6 @@ mod tests {
         for t in 0..100 {
             assert_eq!(min_crop_scale_to(MIN_SCALE, Curriculum::Linear, 0.7, t, 100, false), min_crop_scale(Curriculum::Linear, 0.7, t, 100, false));
         }
-    }
-
-    #[test]
-    fn lr_follows_the_official_cosine() {
-        // lr_cosine_policy(0.25, 0, 4000): 0.5 * (1 + cos(pi * e / 4000)) * 0.25
-        assert_eq!(cosine_lr(0.25, 0, 4000), 0.25);
-        assert!((cosine_lr(0.25, 2000, 4000) - 0.125).abs() < 1e-15);
-        assert!((cosine_lr(0.25, 1000, 4000) - 0.5 * (1.0 + (std::f64::consts::FRAC_PI_4).cos()) * 0.25).abs() < 1e-15);
-        assert!(cosine_lr(0.25, 3999, 4000) > 0.0);
     }
 
     #[test]
