@@ -147,7 +147,7 @@ fn main() {
         let (tf1, _) = median3(|| be.install(|| conv_v1::fprop_im2col(&p, &x, &w, &mut out)));
         let (td1, _) = median3(|| be.install(|| conv_v1::dgrad_im2col(&p, &dy, &w, &mut dx, false)));
         let gf = p.flops() / 1e9;
-        let alg = format!("{}|{}", short(algorithm(&p, false)), short(algorithm(&p, true)));
+        let alg = format!("{}|{}", short(algorithm(&p, false, Default::default())), short(algorithm(&p, true, Default::default())));
         println!(
             "{:<4} {:<28} {:<14} {:>9.2} {:>8.2} {:>8.1} {:>9.2} {:>8.2} {:>8.1} {:>8.2} {:>8.2}",
             l.case,

@@ -167,40 +167,36 @@ pub fn check_recover_fits(model: &ResNet, n: usize, h: usize, w: usize) -> Resul
     Ok(estimate.map_or(0, |e| e.0))
 }
 
-/// Times `iters` recover iterations (after `warmup`) with the official CDA augmentation.
-#[allow(clippy::too_many_arguments)]
-pub fn bench<B: Backend>(backend: &B, model: &ResNet, res: usize, batch: usize, iters: usize, warmup: usize, threads: usize) -> Result<BenchResult> {
-    bench_with(backend, model, res, batch, iters, warmup, threads, &mut || {})
+/// What [`bench`] times: `iters` recover iterations, after `warmup` untimed ones, of a batch of
+/// `batch` images of `res` x `res`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchSpec {
+    pub res: usize,
+    pub batch: usize,
+    pub iters: usize,
+    pub warmup: usize,
+    /// Replay the iteration as a recorded graph where the backend has graphs (CUDA); false times
+    /// every iteration's launches eagerly.
+    pub graphs: bool,
+}
+
+/// Times recover iterations of `model` on `backend` (see [`BenchSpec`]); `threads` is reported.
+/// Errors: a batch that does not fit in memory, and the recover loop's own.
+pub fn bench<B: Backend>(backend: &B, model: &ResNet, spec: &BenchSpec, threads: usize) -> Result<BenchResult> {
+    bench_with(backend, model, spec, threads, &mut || {})
 }
 
 /// [`bench`] on the CPU backend; with `profile`, also a per-op table of the timed iterations.
-pub fn bench_cpu(
-    backend: &CpuBackend,
-    model: &ResNet,
-    res: usize,
-    batch: usize,
-    iters: usize,
-    warmup: usize,
-    profile: bool,
-) -> Result<(BenchResult, Option<String>)> {
-    let r = bench_with(backend, model, res, batch, iters, warmup, backend.threads(), &mut || backend.set_profiling(profile))?;
-    let table = backend.profile().map(|p| p.table(iters));
+pub fn bench_cpu(backend: &CpuBackend, model: &ResNet, spec: &BenchSpec, profile: bool) -> Result<(BenchResult, Option<String>)> {
+    let r = bench_with(backend, model, spec, backend.threads(), &mut || backend.set_profiling(profile))?;
+    let table = backend.profile().map(|p| p.table(spec.iters));
     backend.set_profiling(false);
     Ok((r, table))
 }
 
 /// [`bench`], calling `on_warm` when the warm-up iterations are done.
-#[allow(clippy::too_many_arguments)]
-pub fn bench_with<B: Backend>(
-    backend: &B,
-    model: &ResNet,
-    res: usize,
-    batch: usize,
-    iters: usize,
-    warmup: usize,
-    threads: usize,
-    on_warm: &mut dyn FnMut(),
-) -> Result<BenchResult> {
+pub fn bench_with<B: Backend>(backend: &B, model: &ResNet, spec: &BenchSpec, threads: usize, on_warm: &mut dyn FnMut()) -> Result<BenchResult> {
+    let BenchSpec { res, batch, iters, warmup, graphs } = *spec;
     let c = model.in_channels;
     let cfg = RecoverConfig {
         iterations: warmup + iters,
@@ -223,11 +219,12 @@ pub fn bench_with<B: Backend>(
     };
     let estimate = check_recover_fits(model, batch, res, res)?;
     let mut rec = Recoverer::new(backend, model, &cfg, batch, res, res)?;
+    rec.use_graphs = graphs;
     let mut rng = StdRng::seed_from_u64(0);
     let init: Vec<f32> = (0..batch * c * res * res).map(|_| StandardNormal.sample(&mut rng)).collect();
     let targets: Vec<i32> = (0..batch).map(|i| (i % model.num_classes) as i32).collect();
     rec.reset(&init, &targets)?;
-    let spec = AugmentSpec { crop: true, flip: true, jitter: cfg.jitter };
+    let aug_spec = AugmentSpec { crop: true, flip: true, jitter: cfg.jitter };
     let mut t0 = Instant::now();
     let mut cpu0 = None;
     for t in 0..warmup + iters {
@@ -237,7 +234,7 @@ pub fn bench_with<B: Backend>(
             cpu0 = process_cpu_secs();
             t0 = Instant::now();
         }
-        let aug = sample_batch(&mut rng, &spec, batch, res, res, 0.5, false);
+        let aug = sample_batch(&mut rng, &aug_spec, batch, res, res, 0.5, false);
         rec.step(t, &aug, t + 1 == warmup + iters)?;
     }
     backend.synchronize()?;

@@ -27,6 +27,11 @@ pub enum Error {
 
     #[error("numerical failure: {0}")]
     Numeric(String),
+
+    /// A library call made out of order or with parts that do not belong together (a backward before
+    /// any forward, a step on a network without an optimizer): a bug in the caller, not a bad option.
+    #[error("invalid state: {0}")]
+    State(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -95,35 +95,8 @@ enum Command {
     /// Time whole recover iterations (forward, losses, backward, Adam) on a teacher or a random ResNet.
     /// The last stdout line is JSON: device, arch, res, batch, threads, ms_per_iter.
     Bench {
-        /// A teacher file; default: a random-weight model from --arch/--stem/--in-channels/--classes.
-        #[arg(long)]
-        weights: Option<PathBuf>,
-        #[arg(long, default_value = "resnet18")]
-        arch: String,
-        #[arg(long, default_value = "imagenet")]
-        stem: String,
-        #[arg(long, default_value_t = 3)]
-        in_channels: usize,
-        #[arg(long, default_value_t = 1000)]
-        classes: usize,
-        #[arg(long, default_value_t = 224)]
-        res: usize,
-        #[arg(long, default_value_t = 8)]
-        batch: usize,
-        /// Timed iterations (after 2 warm-up iterations).
-        #[arg(long, default_value_t = 5)]
-        iters: usize,
-        #[arg(long, default_value_t = 0)]
-        threads: usize,
-        /// cpu, cuda, or auto (a usable GPU, else the CPU).
-        #[arg(long, value_enum, default_value_t = Device::Cpu)]
-        device: Device,
-        /// Print a per-op time table (op, shape, algorithm) of the timed iterations to stderr.
-        #[arg(long)]
-        profile: bool,
-        /// Instead of iterations, measure the CPU's FMA peak and the GEMM microkernel (GFLOP/s).
-        #[arg(long)]
-        ceiling: bool,
+        #[command(flatten)]
+        args: BenchArgs,
     },
     /// What this machine and binary can do: CPU features, embedded GPU kernels, CUDA driver and GPUs.
     Doctor,
@@ -197,7 +170,7 @@ fn main() -> ExitCode {
         Command::Forward { threads, .. }
         | Command::Run { threads, .. }
         | Command::Evaluate { threads, .. }
-        | Command::Bench { threads, .. }
+        | Command::Bench { args: BenchArgs { threads, .. } }
         | Command::Select { threads, .. } => *threads,
         _ => 0,
     };
@@ -211,12 +184,10 @@ fn main() -> ExitCode {
         Command::Run { args, device, threads, quiet } => run(&args, device, threads, quiet),
         Command::Evaluate { weights, images, mean, std, threads } => evaluate(weights.as_deref(), &images, mean, std, threads),
         Command::Grid { folders, out, rows, classes, scale } => cda_engine::recover::gallery::grid(&folders, &out, rows, classes, scale),
-        Command::Bench { ceiling: true, threads, device, .. } => cpu_for(device, threads).map(|b| {
+        Command::Bench { args: BenchArgs { ceiling: true, threads, device, .. } } => cpu_for(device, threads).map(|b| {
             outln!("{}", serde_json::to_string(&cda_engine::bench::ceiling(&b, 1.0)).expect("result serialises"));
         }),
-        Command::Bench { weights, arch, stem, in_channels, classes, res, batch, iters, threads, device, profile, .. } => {
-            bench(weights.as_deref(), &arch, &stem, in_channels, classes, res, batch, iters, threads, device, profile)
-        }
+        Command::Bench { args } => bench(&args),
         Command::Doctor => {
             doctor();
             Ok(())
@@ -424,49 +395,88 @@ fn evaluate(weights: Option<&std::path::Path>, images: &std::path::Path, mean: O
 }
 
 #[allow(clippy::too_many_arguments)]
-fn bench(
-    weights: Option<&std::path::Path>,
-    arch: &str,
-    stem: &str,
+/// Flags of `cda-engine bench`.
+#[derive(clap::Args, Clone, Debug)]
+struct BenchArgs {
+    /// A teacher file; default: a random-weight model from --arch/--stem/--in-channels/--classes.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Architecture of the random model, as `squeeze --arch` (resnet18, resnet50, resnet18-w8, ...).
+    #[arg(long, default_value = "resnet18")]
+    arch: String,
+    /// Stem of the random model: imagenet (7x7 stride 2 + max pool) or cifar (3x3 stride 1).
+    #[arg(long, default_value = "imagenet")]
+    stem: String,
+    /// Input channels of the random model.
+    #[arg(long, default_value_t = 3)]
     in_channels: usize,
+    /// Classes of the random model.
+    #[arg(long, default_value_t = 1000)]
     classes: usize,
+    /// Image size (pixels per side).
+    #[arg(long, default_value_t = 224)]
     res: usize,
+    /// Images per batch.
+    #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// Timed iterations (after 2 warm-up iterations).
+    #[arg(long, default_value_t = 5)]
     iters: usize,
+    /// CPU threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// cpu, cuda, or auto (a usable GPU, else the CPU).
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
+    /// Print a per-op time table (op, shape, algorithm) of the timed iterations to stderr (CPU).
+    #[arg(long)]
     profile: bool,
-) -> Result<()> {
-    let stem = cda_engine::model::Stem::parse(stem).ok_or_else(|| Error::Option(format!("--stem {stem}: expected imagenet or cifar")))?;
-    if iters == 0 || batch == 0 || res == 0 {
+    /// Instead of iterations, measure the CPU's FMA peak and the GEMM microkernel (GFLOP/s).
+    #[arg(long)]
+    ceiling: bool,
+    /// CPU: never Winograd F(4x4, 3x3) for 3x3 stride-1 convs (to measure what it gives).
+    #[arg(long)]
+    no_winograd: bool,
+    /// CPU: never the `gemm` crate for 1x1 convs (to measure what it gives).
+    #[arg(long)]
+    no_pointwise_gemm: bool,
+    /// CPU: the dgrad of other convs: auto (per problem), phased (implicit GEMM by output phases) or
+    /// col2im (GEMM, then col2im).
+    #[arg(long, value_enum, default_value_t = cda_engine::ops::conv::cpu::DgradPath::Auto)]
+    dgrad: cda_engine::ops::conv::cpu::DgradPath,
+    /// GPU: the convolution kernels, tf32 (version 2, tensor cores; the default) or fp32 (version 1).
+    #[arg(long, value_enum, default_value_t = cda_engine::backend::cuda::ConvVersion::Tf32)]
+    conv_version: cda_engine::backend::cuda::ConvVersion,
+    /// GPU: launch every iteration eagerly instead of replaying it as a CUDA graph.
+    #[arg(long)]
+    no_graph: bool,
+}
+
+fn bench(a: &BenchArgs) -> Result<()> {
+    let stem = cda_engine::model::Stem::parse(&a.stem).ok_or_else(|| Error::Option(format!("--stem {}: expected imagenet or cifar", a.stem)))?;
+    if a.iters == 0 || a.batch == 0 || a.res == 0 {
         return Err(Error::Option("--iters, --batch and --res must be at least 1".into()));
     }
-    let model = cda_engine::bench::bench_model(weights, arch, stem, in_channels, classes)?;
-    let on_cpu = device == Device::Cpu || (device == Device::Auto && cda_engine::device::gpu_usable().is_err());
+    let model = cda_engine::bench::bench_model(a.weights.as_deref(), &a.arch, stem, a.in_channels, a.classes)?;
+    let spec = cda_engine::bench::BenchSpec { res: a.res, batch: a.batch, iters: a.iters, warmup: 2, graphs: !a.no_graph };
+    let (res, batch) = (a.res, a.batch);
+    let on_cpu = a.device == Device::Cpu || (a.device == Device::Auto && cda_engine::device::gpu_usable().is_err());
     let r = if on_cpu {
-        let backend = cpu_for(device, threads)?;
-        let (r, table) = cda_engine::bench::bench_cpu(&backend, &model, res, batch, iters, 2, profile)?;
+        let choice = cda_engine::ops::conv::cpu::ConvChoice { no_winograd: a.no_winograd, no_pointwise_gemm: a.no_pointwise_gemm, dgrad: a.dgrad };
+        let backend = cpu_for(a.device, a.threads)?.with_conv_choice(choice);
+        let (r, table) = cda_engine::bench::bench_cpu(&backend, &model, &spec, a.profile)?;
         if let Some(t) = table {
             eprint!("{t}");
         }
         r
     } else {
-        if profile {
+        if a.profile {
             return Err(Error::Option("--profile times CPU ops; on a GPU use nsys or benches/gpu/run_checks.sh".into()));
         }
-        struct Bench<'a> {
-            model: &'a ResNet,
-            res: usize,
-            batch: usize,
-            iters: usize,
-        }
-        impl BackendTask for Bench<'_> {
-            type Output = cda_engine::bench::BenchResult;
-            fn run<B: Backend>(self, backend: &B) -> Result<Self::Output> {
-                cda_engine::bench::bench(backend, self.model, self.res, self.batch, self.iters, 2, 0)
-            }
-        }
-        with_backend(Device::Cuda, threads, Bench { model: &model, res, batch, iters })?
+        cda_engine::device::use_gpu(Device::Cuda)?;
+        let g = cda_engine::backend::cuda::GpuBackend::new(0)?;
+        g.set_conv_version(a.conv_version);
+        cda_engine::bench::bench(&g, &model, &spec, 0)?
     };
     eprintln!("{} {} {}x{} batch {} on {}: {:.1} ms/iter ({:.1} GFLOP/s)", r.arch, r.stem, res, res, batch, r.device, r.ms_per_iter, r.gflops);
     outln!("{}", serde_json::to_string(&r).expect("result serialises"));

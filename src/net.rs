@@ -9,9 +9,10 @@
 //! The mask on the block input is the ReLU of whatever produced it (the previous block, or the stem,
 //! where masking the max-pool output equals masking the pooled ReLU at each argmax).
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BnBackwardIo, BnMatchIo, LinearProblem, SoftmaxCeIo};
 use crate::error::{Error, Result};
 use crate::model::{ResNet, Stem};
+use crate::ops::batchnorm::BnProblem;
 use crate::ops::conv::{BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
 use crate::ops::pool::PoolProblem;
 
@@ -222,6 +223,11 @@ impl<B: Backend> Net<B> {
         })
     }
 
+    /// The fc head's shape for this batch.
+    fn fc_problem(&self) -> LinearProblem {
+        LinearProblem { n: self.n, in_f: self.feat_dim, out_f: self.classes }
+    }
+
     pub fn num_bn_layers(&self) -> usize {
         self.convs.len()
     }
@@ -306,17 +312,34 @@ impl<B: Backend> Net<B> {
         }
         let last = self.blocks.last().map(|b| *b.convs.last().unwrap()).unwrap_or(0);
         backend.avgpool_fwd(self.n * self.feat_dim, self.last_hw, &self.out[last], &mut self.feat)?;
-        backend.linear_fwd(self.n, self.feat_dim, self.classes, &self.feat, &self.fc_w, &self.fc_b, &mut self.logits)
+        backend.linear_fwd(&self.fc_problem(), &self.feat, &self.fc_w, &self.fc_b, &mut self.logits)
     }
 
     /// Cross-entropy against the targets and every layer's BN-matching term; `bn_weights[l]` is the
     /// factor on layer l's term in the total loss (r_bn times the first-BN multiplier for l = 0).
     pub fn losses(&mut self, backend: &B, bn_weights: &[f64]) -> Result<()> {
         assert_eq!(bn_weights.len(), self.convs.len());
-        backend.softmax_ce(self.n, self.classes, &self.logits, &self.targets, &mut self.g_logits, &mut self.losses, 0)?;
+        backend.softmax_ce(SoftmaxCeIo {
+            n: self.n,
+            classes: self.classes,
+            logits: &self.logits,
+            targets: &self.targets,
+            dlogits: &mut self.g_logits,
+            losses: &mut self.losses,
+            slot: 0,
+        })?;
         for (l, c) in self.convs.iter().enumerate() {
             let count = self.bn_count(l);
-            backend.bn_match(&self.stats[l], &c.target_mean, &c.target_var, count, bn_weights[l], &mut self.coef[l], &mut self.losses, 1 + l)?;
+            backend.bn_match(BnMatchIo {
+                stats: &self.stats[l],
+                target_mean: &c.target_mean,
+                target_var: &c.target_var,
+                count,
+                weight: bn_weights[l],
+                coef: &mut self.coef[l],
+                losses: &mut self.losses,
+                slot: 1 + l,
+            })?;
         }
         Ok(())
     }
@@ -324,7 +347,7 @@ impl<B: Backend> Net<B> {
     /// Gradient of the total loss (after `forward` and `losses`) with respect to the input `x`, into `dx`.
     pub fn backward(&mut self, backend: &B, x: &B::Buf, dx: &mut B::Buf) -> Result<()> {
         let n = self.n;
-        backend.linear_bwd_data(n, self.feat_dim, self.classes, &self.g_logits, &self.fc_w, &mut self.g_feat)?;
+        backend.linear_bwd_data(&self.fc_problem(), &self.g_logits, &self.fc_w, &mut self.g_feat)?;
         let mut g_pre = 0usize; // index into self.g holding the current block's pre-ReLU-sum gradient
         let last = *self.blocks.last().unwrap().convs.last().unwrap();
         backend.avgpool_bwd(n * self.feat_dim, self.last_hw, &self.g_feat, &self.out[last], &mut self.g[g_pre])?;
@@ -342,7 +365,10 @@ impl<B: Backend> Net<B> {
             let (hw_last, k_last) = ((self.convs[lastc].problem.p * self.convs[lastc].problem.q) as usize, self.convs[lastc].problem.k as usize);
             {
                 let ([gp], dst) = split(&mut self.g, [g_pre], s_cur);
-                backend.bn_backward(n, k_last, hw_last, gp, &self.y[lastc], &self.convs[lastc].bn_scale, &self.coef[lastc], dst)?;
+                backend.bn_backward(
+                    &BnProblem { n, c: k_last, hw: hw_last },
+                    BnBackwardIo { dz: gp, y: &self.y[lastc], scale: &self.convs[lastc].bn_scale, coef: &self.coef[lastc], dy: dst },
+                )?;
             }
             let mut cur = s_cur;
             let mut next = s_alt;
@@ -360,7 +386,10 @@ impl<B: Backend> Net<B> {
                     let (hw, k) = ((p.p * p.q) as usize, p.k as usize);
                     {
                         let ([gp], dst) = split(&mut self.g, [g_pre], s_ds);
-                        backend.bn_backward(n, k, hw, gp, &self.y[ds], &self.convs[ds].bn_scale, &self.coef[ds], dst)?;
+                        backend.bn_backward(
+                            &BnProblem { n, c: k, hw },
+                            BnBackwardIo { dz: gp, y: &self.y[ds], scale: &self.convs[ds].bn_scale, coef: &self.coef[ds], dy: dst },
+                        )?;
                     }
                     {
                         let ([dy], dst) = split(&mut self.g, [s_ds], s_in);
@@ -391,7 +420,8 @@ impl<B: Backend> Net<B> {
         let dy_slot = (0..self.g.len()).find(|&s| s != g_act).unwrap();
         {
             let ([ga], dst) = split(&mut self.g, [g_act], dy_slot);
-            backend.bn_backward(n, k0, hw0, ga, &self.y[0], &stem.bn_scale, &self.coef[0], dst)?;
+            backend
+                .bn_backward(&BnProblem { n, c: k0, hw: hw0 }, BnBackwardIo { dz: ga, y: &self.y[0], scale: &stem.bn_scale, coef: &self.coef[0], dy: dst })?;
         }
         backend.conv_dgrad(&stem.problem, &self.g[dy_slot], &stem.w, x, DgradEpilogue::Store, dx)
     }

@@ -120,7 +120,7 @@ fn check(name: &str, p: ConvProblem, seed: u64) {
     let w = rng.vec(p.weight_len(), (3.0 / (c * (p.r * p.s) as usize) as f32).sqrt());
     let (mean, scale, beta) = (rng.vec(k, 0.3), rng.vec(k, 0.5).iter().map(|v| v + 1.0).collect::<Vec<_>>(), rng.vec(k, 0.2));
     let res = rng.vec(ol, 1.0);
-    let tag = format!("{name} [{} | {}]", algorithm(&p, false), algorithm(&p, true));
+    let tag = format!("{name} [{} | {}]", algorithm(&p, false, Default::default()), algorithm(&p, true, Default::default()));
 
     // fprop: y, out with residual + ReLU, statistics.
     let y_ref = conv_ref(&p, &x, &w);

@@ -265,7 +265,8 @@ fn gpu_timings() {
         for v in [ConvVersion::Fp32, ConvVersion::Tf32] {
             g.set_conv_version(v);
             // Eager, through the recover loop itself (per-iteration uploads and all).
-            let eager = cda_engine::bench::bench(&g, &model, res, n, 10, 3, 0).unwrap();
+            let spec = cda_engine::bench::BenchSpec { res, batch: n, iters: 10, warmup: 3, graphs: false };
+            let eager = cda_engine::bench::bench(&g, &model, &spec, 0).unwrap();
             // One captured iteration replayed (crop parameters and Adam scalars uploaded between).
             let mut r = rng(43);
             let x0 = randn(&mut r, n * 3 * res * res, 1.0);

@@ -9,6 +9,7 @@ use crate::ops::adamw::AdamWConfig;
 use crate::ops::batchnorm::BnProblem;
 use crate::ops::conv::{ConvProblem, DgradEpilogue, FpropEpilogue};
 use crate::ops::crop_resize::CropResizeProblem;
+pub use crate::ops::linear::LinearProblem;
 use crate::ops::pool::PoolProblem;
 use crate::ops::sgd::SgdConfig;
 
@@ -48,70 +49,39 @@ pub trait Backend: Send + Sync {
 
     fn conv_fprop(&self, p: &ConvProblem, x: &Self::Buf, w: &Self::Buf, epi: FpropEpilogue<'_, Self::Buf>, out: &mut Self::Buf) -> Result<()>;
     fn conv_dgrad(&self, p: &ConvProblem, dy: &Self::Buf, w: &Self::Buf, x: &Self::Buf, epi: DgradEpilogue<'_, Self::Buf>, dx: &mut Self::Buf) -> Result<()>;
-    /// `stats` = [mean, var] of one BN input -> coef = [a, b, mean], losses[slot] = unweighted r.
-    #[allow(clippy::too_many_arguments)]
-    fn bn_match(
-        &self,
-        stats: &Self::Buf,
-        running_mean: &Self::Buf,
-        running_var: &Self::Buf,
-        count: usize,
-        weight: f64,
-        coef: &mut Self::Buf,
-        losses: &mut Self::Buf,
-        slot: usize,
-    ) -> Result<()>;
-    /// dy = scale * dz + a + b * (y - mean) over an N C (hw) tensor.
-    #[allow(clippy::too_many_arguments)]
-    fn bn_backward(&self, n: usize, c: usize, hw: usize, dz: &Self::Buf, y: &Self::Buf, scale: &Self::Buf, coef: &Self::Buf, dy: &mut Self::Buf) -> Result<()>;
+    /// BN matching of one layer ([`BnMatchIo`]): `stats` = [mean, var] of the BN input -> `coef` =
+    /// [a, b, mean] (the backward's coefficients), `losses[slot]` = the unweighted term r.
+    fn bn_match(&self, t: BnMatchIo<'_, Self::Buf>) -> Result<()>;
+    /// dy = scale * dz + a + b * (y - mean) over an N C (hw) tensor `p` ([`BnBackwardIo`]).
+    fn bn_backward(&self, p: &BnProblem, t: BnBackwardIo<'_, Self::Buf>) -> Result<()>;
     fn maxpool_fwd(&self, p: &PoolProblem, x: &Self::Buf, out: &mut Self::Buf, argmax: &mut Self::IntBuf) -> Result<()>;
     fn maxpool_bwd(&self, p: &PoolProblem, dout: &Self::Buf, argmax: &Self::IntBuf, dx: &mut Self::Buf) -> Result<()>;
     fn avgpool_fwd(&self, nc: usize, hw: usize, x: &Self::Buf, out: &mut Self::Buf) -> Result<()>;
     /// dx = dout / hw broadcast, masked by (x > 0).
     fn avgpool_bwd(&self, nc: usize, hw: usize, dout: &Self::Buf, x: &Self::Buf, dx: &mut Self::Buf) -> Result<()>;
-    #[allow(clippy::too_many_arguments)]
-    fn linear_fwd(&self, n: usize, in_f: usize, out_f: usize, x: &Self::Buf, w: &Self::Buf, b: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
-    fn linear_bwd_data(&self, n: usize, in_f: usize, out_f: usize, dy: &Self::Buf, w: &Self::Buf, dx: &mut Self::Buf) -> Result<()>;
-    /// Mean cross-entropy into losses[slot], its gradient into dlogits.
-    #[allow(clippy::too_many_arguments)]
-    fn softmax_ce(
-        &self,
-        n: usize,
-        classes: usize,
-        logits: &Self::Buf,
-        targets: &Self::IntBuf,
-        dlogits: &mut Self::Buf,
-        losses: &mut Self::Buf,
-        slot: usize,
-    ) -> Result<()>;
+    /// y = x W^T + b for the fc layer `p` (W stored out_f x in_f).
+    fn linear_fwd(&self, p: &LinearProblem, x: &Self::Buf, w: &Self::Buf, b: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
+    /// dx = dy W for the fc layer `p`.
+    fn linear_bwd_data(&self, p: &LinearProblem, dy: &Self::Buf, w: &Self::Buf, dx: &mut Self::Buf) -> Result<()>;
+    /// Mean cross-entropy into losses[slot], its gradient into dlogits ([`SoftmaxCeIo`]).
+    fn softmax_ce(&self, t: SoftmaxCeIo<'_, Self::Buf, Self::IntBuf>) -> Result<()>;
     /// `params`: 8 int32 per image (`CropParams`).
     fn crop_resize_fwd(&self, p: &CropResizeProblem, params: &Self::IntBuf, x: &Self::Buf, out: &mut Self::Buf) -> Result<()>;
     fn crop_resize_bwd(&self, p: &CropResizeProblem, params: &Self::IntBuf, dout: &Self::Buf, dx: &mut Self::Buf) -> Result<()>;
-    /// SRe2L's optional image priors on x (N C H W): adds tv_l2 * d(TV-L2)/dx + l2_scale * d(mean_n ||x_n||)/dx
-    /// to `grad` and returns tv_l2 * TV-L2 + l2_scale * L2 (waits for the device). See `ops::image_prior`.
-    #[allow(clippy::too_many_arguments)]
-    fn image_prior(&self, _n: usize, _c: usize, _h: usize, _w: usize, _x: &Self::Buf, _tv_l2: f64, _l2_scale: f64, _grad: &mut Self::Buf) -> Result<f64> {
+    /// SRe2L's optional image priors on x (N C H W, [`ImagePrior`]): adds tv_l2 * d(TV-L2)/dx +
+    /// l2_scale * d(mean_n ||x_n||)/dx to `grad` and returns tv_l2 * TV-L2 + l2_scale * L2 (waits for
+    /// the device). See `ops::image_prior`. Backends without it say so.
+    fn image_prior(&self, p: &ImagePrior, x: &Self::Buf, grad: &mut Self::Buf) -> Result<f64> {
+        let _ = (p, x, grad);
         Err(crate::error::Error::Option(format!("image priors (--tv-l2, --l2-scale) are not implemented on {}", self.describe())))
     }
     /// Ok when `image_prior` is implemented.
     fn check_image_prior_support(&self) -> Result<()> {
         Err(crate::error::Error::Option(format!("image priors (--tv-l2, --l2-scale) are not implemented on {}", self.describe())))
     }
-    /// One Adam step on x (N C hw) with `scalars` (`AdamScalars`), then x[:, c] = clamp(x, lo[c], hi[c]).
-    #[allow(clippy::too_many_arguments)]
-    fn adam_clip(
-        &self,
-        n: usize,
-        c: usize,
-        hw: usize,
-        scalars: &Self::Buf,
-        x: &mut Self::Buf,
-        g: &Self::Buf,
-        m: &mut Self::Buf,
-        v: &mut Self::Buf,
-        lo: &Self::Buf,
-        hi: &Self::Buf,
-    ) -> Result<()>;
+    /// One Adam step on x (N C hw) with `scalars` (`AdamScalars`), then x[:, c] = clamp(x, lo[c],
+    /// hi[c]) ([`AdamClipIo`]).
+    fn adam_clip(&self, t: AdamClipIo<'_, Self::Buf>) -> Result<()>;
 }
 
 /// The tensors of a train-mode BatchNorm forward over an N C (hw) tensor (`BnProblem`), with the
@@ -176,11 +146,75 @@ pub trait TrainBackend: Backend {
     fn bn_bwd_train(&self, p: &BnProblem, t: BnTrainBwd<'_, Self::Buf>) -> Result<()>;
     /// fc parameter gradients for `n` rows: dw[out_f x in_f] = dy^T x, db = column sums of dy
     /// (both overwritten).
-    fn linear_wgrad(&self, n: usize, in_f: usize, out_f: usize, x: &Self::Buf, dy: &Self::Buf, grads: (&mut Self::Buf, &mut Self::Buf)) -> Result<()>;
+    fn linear_wgrad(&self, p: &LinearProblem, x: &Self::Buf, dy: &Self::Buf, grads: (&mut Self::Buf, &mut Self::Buf)) -> Result<()>;
     /// One SGD step on one tensor; `first`: the momentum buffer is not initialised yet (PyTorch
     /// makes it from the gradient); `buf` may be None when momentum is 0.
     fn sgd_step(&self, cfg: &SgdConfig, param: &mut Self::Buf, grad: &Self::Buf, buf: Option<&mut Self::Buf>, first: bool) -> Result<()>;
     /// One AdamW step number `step` (1-based) on one tensor with `cfg.weight_decay` (0 for tensors
     /// the recipe excludes); `moments` = (m, v).
     fn adamw_step(&self, cfg: &AdamWConfig, step: u32, param: &mut Self::Buf, grad: &Self::Buf, moments: (&mut Self::Buf, &mut Self::Buf)) -> Result<()>;
+}
+
+/// The tensors and numbers of one layer's BN matching (SRe2L's loss term): `stats` = [mean (K),
+/// biased var (K)] of the BN input over `count` values per channel, aimed at `target_mean` and
+/// `target_var` (the running statistics, or class-wise ones), weighted by `weight` in the total
+/// loss. Writes `coef` = [a (K), b (K), mean (K)] for the backward and `losses[slot]` = r.
+pub struct BnMatchIo<'a, T: ?Sized> {
+    pub stats: &'a T,
+    pub target_mean: &'a T,
+    pub target_var: &'a T,
+    pub count: usize,
+    pub weight: f64,
+    pub coef: &'a mut T,
+    pub losses: &'a mut T,
+    pub slot: usize,
+}
+
+/// The tensors of the BN-matching backward: `dz` the gradient of the BN output, `y` the BN input,
+/// `scale` the eval-mode BN scale, `coef` from [`BnMatchIo`]; `dy` receives the BN input's gradient.
+pub struct BnBackwardIo<'a, T: ?Sized> {
+    pub dz: &'a T,
+    pub y: &'a T,
+    pub scale: &'a T,
+    pub coef: &'a T,
+    pub dy: &'a mut T,
+}
+
+/// Softmax cross-entropy over `n` rows of `classes` logits against integer `targets`: the mean
+/// loss into `losses[slot]`, its gradient into `dlogits`. `I` is the integer buffer type.
+pub struct SoftmaxCeIo<'a, T: ?Sized, I: ?Sized> {
+    pub n: usize,
+    pub classes: usize,
+    pub logits: &'a T,
+    pub targets: &'a I,
+    pub dlogits: &'a mut T,
+    pub losses: &'a mut T,
+    pub slot: usize,
+}
+
+/// Shape and weights of SRe2L's image priors on an N C H W batch (`tv_l2`: total variation,
+/// `l2_scale`: the image norm; see `ops::image_prior`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ImagePrior {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub tv_l2: f64,
+    pub l2_scale: f64,
+}
+
+/// One Adam step with clipping on images x (N C hw): `scalars` the step's `AdamScalars`, `g` the
+/// gradient, `m`/`v` the moments, `lo`/`hi` the per-channel clip bounds.
+pub struct AdamClipIo<'a, T: ?Sized> {
+    pub n: usize,
+    pub c: usize,
+    pub hw: usize,
+    pub scalars: &'a T,
+    pub x: &'a mut T,
+    pub g: &'a T,
+    pub m: &'a mut T,
+    pub v: &'a mut T,
+    pub lo: &'a T,
+    pub hi: &'a T,
 }

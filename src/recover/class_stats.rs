@@ -178,7 +178,7 @@ impl ClassBnStats {
     pub fn mixture(&self, classes: &[usize]) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
         let missing = |c: &usize| self.per_class.get(*c).is_none_or(|s| s.is_empty());
         if classes.is_empty() || classes.iter().any(missing) {
-            return Err(Error::Option(format!("class statistics were not measured for every class of the batch {classes:?}")));
+            return Err(Error::State(format!("class statistics were not measured for every class of the batch {classes:?}")));
         }
         let layers = self.per_class[classes[0]].len();
         let inv = 1.0 / classes.len() as f64;

@@ -136,7 +136,7 @@ pub fn grid(folders: &[PathBuf], out: &Path, rows: usize, max_classes: usize, sc
             }
         }
     }
-    let (c, h, w) = shape.ok_or_else(|| Error::Option("no images to draw".into()))?;
+    let (c, h, w) = shape.ok_or_else(|| Error::input("grid", "no images to draw"))?;
     let scale = if scale == 0 { 96usize.div_ceil(h.min(w)).max(1) } else { scale };
     // The enlarged tiles and the RGB canvas, sized before anything is allocated: a large --scale
     // would otherwise abort in the allocator. The PNG encoder takes 32-bit sides.

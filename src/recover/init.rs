@@ -274,7 +274,7 @@ pub fn class_images<B: Backend>(
     let c = model.in_channels;
     let mut rng = class_rng(seed, class);
     match spec.kind {
-        InitKind::Noise => Err(Error::Option("noise needs no starting images".into())),
+        InitKind::Noise => Err(Error::State("noise needs no starting images".into())),
         InitKind::Real => {
             let ids = real.draw_class(class, count, &mut rng)?;
             ids.iter()
@@ -346,7 +346,7 @@ pub fn select_views<B: Backend>(
     let candidates = views.len() / crops.max(1);
     let need = count * f * f;
     if crops == 0 || candidates < need {
-        return Err(Error::Option(format!("{candidates} candidate images for {need} selected views")));
+        return Err(Error::State(format!("{candidates} candidate images for {need} selected views")));
     }
     let (scores, logits) = score_views(backend, model, views, class, res, mean, std)?;
     let best: Vec<(f32, usize, usize)> = (0..candidates)

@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
+use crate::backend::{AdamClipIo, Backend, ImagePrior};
 use crate::error::{Error, Result};
 use crate::model::ResNet;
 use crate::net::Net;
@@ -189,7 +189,7 @@ fn issue_iteration<B: Backend>(b: &B, net: &mut Net<B>, s: &mut StepBuffers<B>, 
     net.backward(b, &s.x_aug, &mut s.g_aug)?;
     b.crop_resize_bwd(&p, &s.params, &s.g_aug, &mut s.g_x)?;
     let (n, c, hw) = (p.n as usize, p.c as usize, (p.h * p.w) as usize);
-    b.adam_clip(n, c, hw, &s.scalars, &mut s.x, &s.g_x, &mut s.m, &mut s.v, &s.lo, &s.hi)
+    b.adam_clip(AdamClipIo { n, c, hw, scalars: &s.scalars, x: &mut s.x, g: &s.g_x, m: &mut s.m, v: &mut s.v, lo: &s.lo, hi: &s.hi })
 }
 
 /// One teacher's executor with its BN-loss weights, its recorded iteration and its loss readback.
@@ -232,7 +232,7 @@ pub struct Recoverer<'a, B: Backend> {
     bufs: StepBuffers<B>,
     /// Unweighted r_l of the first teacher of the last iteration that read its losses back.
     last_layers: Vec<f32>,
-    /// Record and replay iterations as graphs where the backend can (default on; CDA_NO_GRAPH=1 turns it off).
+    /// Record and replay iterations as graphs where the backend can (default on).
     pub use_graphs: bool,
     pub log_every: usize,
     /// FADRM's data residual ("FADRM: Fast and Accurate Data Residual Matching for Dataset
@@ -266,7 +266,7 @@ impl<'a, B: Backend> Recoverer<'a, B> {
     /// the one normalisation in `cfg` is used for all.
     pub fn with_teachers(backend: &'a B, models: &[&ResNet], cfg: &RecoverConfig, n: usize, h: usize, w: usize) -> Result<Recoverer<'a, B>> {
         cfg.validate()?;
-        let model = *models.first().ok_or_else(|| Error::Option("no teacher".into()))?;
+        let model = *models.first().ok_or_else(|| Error::State("no teacher".into()))?;
         let c = model.in_channels;
         if let Some(m) = models.iter().find(|m| m.in_channels != c || m.num_classes != model.num_classes) {
             return Err(Error::Option(format!(
@@ -327,7 +327,7 @@ impl<'a, B: Backend> Recoverer<'a, B> {
             h,
             w,
             bufs,
-            use_graphs: std::env::var("CDA_NO_GRAPH").map(|v| v != "1").unwrap_or(true),
+            use_graphs: true,
             log_every: 50,
             residual: None,
             schedule: TeacherSchedule::Rotate,
@@ -417,7 +417,7 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         let b = self.backend;
         let cfg = &self.cfg;
         if chosen.is_empty() || chosen.iter().any(|&k| k >= self.teachers.len()) {
-            return Err(Error::Option(format!("teachers {chosen:?} of {}", self.teachers.len())));
+            return Err(Error::State(format!("teachers {chosen:?} of {}", self.teachers.len())));
         }
         let lr = crate::schedule::cosine_lr(cfg.lr, t, cfg.iterations);
         b.upload_int(&CropParams::flatten(aug), &mut self.bufs.params)?;
@@ -446,7 +446,8 @@ impl<'a, B: Backend> Recoverer<'a, B> {
                 tch.net.losses(b, &tch.bn_weights)?;
                 tch.net.backward(b, &s.x_aug, &mut s.g_aug)?;
                 if priors {
-                    prior = b.image_prior(self.n, self.c, self.h, self.w, &s.x_aug, cfg.tv_l2, cfg.l2_scale, &mut s.g_aug)?;
+                    let ip = ImagePrior { n: self.n, c: self.c, h: self.h, w: self.w, tv_l2: cfg.tv_l2, l2_scale: cfg.l2_scale };
+                    prior = b.image_prior(&ip, &s.x_aug, &mut s.g_aug)?;
                 }
                 b.crop_resize_bwd(&p, &s.params, &s.g_aug, &mut s.g_x)?;
                 if chosen.len() > 1 {
@@ -460,7 +461,8 @@ impl<'a, B: Backend> Recoverer<'a, B> {
                 sum.iter_mut().for_each(|v| *v *= inv);
                 b.upload(sum, &mut s.g_x)?;
             }
-            b.adam_clip(self.n, self.c, self.h * self.w, &s.scalars, &mut s.x, &s.g_x, &mut s.m, &mut s.v, &s.lo, &s.hi)?;
+            let (n, c, hw) = (self.n, self.c, self.h * self.w);
+            b.adam_clip(AdamClipIo { n, c, hw, scalars: &s.scalars, x: &mut s.x, g: &s.g_x, m: &mut s.m, v: &mut s.v, lo: &s.lo, hi: &s.hi })?;
             prior
         } else {
             let tch = &mut self.teachers[chosen[0]];
@@ -560,7 +562,7 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         let len = self.n * self.c * self.h * self.w;
         let init: Vec<f32> = match start {
             Some(x) if x.len() == len => x.to_vec(),
-            Some(x) => return Err(Error::Option(format!("{} starting values for a batch of {len}", x.len()))),
+            Some(x) => return Err(Error::State(format!("{} starting values for a batch of {len}", x.len()))),
             None => (0..len).map(|_| StandardNormal.sample(rng)).collect(),
         };
         self.reset(&init, targets)?;

@@ -240,9 +240,9 @@ pub fn run_with_teachers<B: Backend>(
     show_progress: bool,
     log_every: usize,
 ) -> Result<RunSummary> {
-    let model = *models.first().ok_or_else(|| Error::Option("no teacher".into()))?;
+    let model = *models.first().ok_or_else(|| Error::State("no teacher".into()))?;
     if models.len() != 1 + settings.extra_teachers.len() {
-        return Err(Error::Option(format!("{} teachers loaded for {} named", models.len(), 1 + settings.extra_teachers.len())));
+        return Err(Error::State(format!("{} teachers loaded for {} named", models.len(), 1 + settings.extra_teachers.len())));
     }
     validate(settings, model)?;
     let _lock = lock_folder(out)?;

@@ -18,7 +18,7 @@
 
 use super::optim::OptimKind;
 use super::trainable::TrainModel;
-use crate::backend::{BnEvalFwd, BnTrainBwd, BnTrainFwd, TrainBackend};
+use crate::backend::{BnEvalFwd, BnTrainBwd, BnTrainFwd, LinearProblem, TrainBackend};
 use crate::error::{Error, Result};
 use crate::model::Stem;
 use crate::ops::adamw::AdamWConfig;
@@ -278,7 +278,7 @@ impl<B: TrainBackend> TrainNet<B> {
     /// updates the running statistics. Logits in [`logits`](Self::logits).
     pub fn forward(&mut self, b: &B, model: &TrainModel, x: &B::Buf, n: usize, mode: Mode) -> Result<()> {
         if n == 0 || n > self.max_n {
-            return Err(Error::Option(format!("batch of {n} images for a network built for at most {}", self.max_n)));
+            return Err(Error::State(format!("batch of {n} images for a network built for at most {}", self.max_n)));
         }
         self.n = n;
         self.mode = mode;
@@ -321,7 +321,7 @@ impl<B: TrainBackend> TrainNet<B> {
         }
         let (f, k) = (model.feat_dim, model.num_classes);
         b.avgpool_fwd(n * f, plan.last_hw, &a.out[plan.last_conv()], &mut a.feat)?;
-        b.linear_fwd(n, f, k, &a.feat, &p.data[model.fc_weight], &p.data[model.fc_bias], &mut a.logits)
+        b.linear_fwd(&LinearProblem { n, in_f: f, out_f: k }, &a.feat, &p.data[model.fc_weight], &p.data[model.fc_bias], &mut a.logits)
     }
 
     /// Logits of the last forward: the first n x classes values.
@@ -336,18 +336,18 @@ impl<B: TrainBackend> TrainNet<B> {
     pub fn backward(&mut self, b: &B, model: &TrainModel, x: &B::Buf, dlogits: &B::Buf) -> Result<()> {
         let n = self.n;
         if self.mode != Mode::Train || n == 0 {
-            return Err(Error::Option("backward needs a train-mode forward first".into()));
+            return Err(Error::State("backward needs a train-mode forward first".into()));
         }
         if self.optim.is_none() {
-            return Err(Error::Option("backward on a network built without an optimizer (a teacher)".into()));
+            return Err(Error::State("backward on a network built without an optimizer (a teacher)".into()));
         }
         let (plan, p, a, s) = (&self.plan, &mut self.params, &self.acts, &mut self.scratch);
         let (f, k) = (model.feat_dim, model.num_classes);
         {
             let [dw, db] = p.grad.get_disjoint_mut([model.fc_weight, model.fc_bias]).expect("fc weight and bias are distinct");
-            b.linear_wgrad(n, f, k, &a.feat, dlogits, (dw, db))?;
+            b.linear_wgrad(&LinearProblem { n, in_f: f, out_f: k }, &a.feat, dlogits, (dw, db))?;
         }
-        b.linear_bwd_data(n, f, k, dlogits, &p.data[model.fc_weight], &mut self.g_feat)?;
+        b.linear_bwd_data(&LinearProblem { n, in_f: f, out_f: k }, dlogits, &p.data[model.fc_weight], &mut self.g_feat)?;
         // Scratch slots: g (block output gradient), a/b (ping-pong), r (shortcut), gin (block input).
         let (mut sg, mut sgin) = (0usize, 1usize);
         let (sa, sb, sr) = (2usize, 3usize, 4usize);
@@ -430,7 +430,7 @@ impl<B: TrainBackend> TrainNet<B> {
     /// more than one dimension only (conv and fc weights; BN parameters and biases excluded), as the
     /// official recipes (algorithm.md section 4). Errors: a network built without an optimizer.
     pub fn step(&mut self, b: &B, lr: f64) -> Result<()> {
-        let o = self.optim.ok_or_else(|| Error::Option("optimizer step on a network built without an optimizer".into()))?;
+        let o = self.optim.ok_or_else(|| Error::State("optimizer step on a network built without an optimizer".into()))?;
         let first = self.steps == 0;
         self.steps += 1;
         let p = &mut self.params;
@@ -467,7 +467,7 @@ impl<B: TrainBackend> TrainNet<B> {
     /// Errors: a network without an optimizer, and the backend's transfer errors.
     pub fn upload_grads(&mut self, b: &B, model: &TrainModel) -> Result<()> {
         if self.optim.is_none() {
-            return Err(Error::Option("a network built without an optimizer keeps no gradients".into()));
+            return Err(Error::State("a network built without an optimizer keeps no gradients".into()));
         }
         for (param, buf) in model.params.iter().zip(&mut self.params.grad) {
             b.upload(&param.grad, buf)?;

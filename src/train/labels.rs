@@ -146,7 +146,7 @@ impl LabelWriter {
         let m = &self.meta;
         let (n, c, k) = (m.images, m.classes, m.topk);
         if self.next_epoch >= m.epochs || e.ids.len() != n || e.views.len() != n || e.logits.len() != n * c || e.mixes.len() != m.batches() {
-            return Err(Error::Option(format!("relabel epoch {} does not match the file layout", self.next_epoch)));
+            return Err(Error::State(format!("relabel epoch {} does not match the file layout", self.next_epoch)));
         }
         let mut buf: Vec<u8> = Vec::new();
         for &id in &e.ids {
@@ -201,7 +201,7 @@ impl LabelWriter {
 
     pub fn finish(mut self) -> Result<()> {
         if self.next_epoch != self.meta.epochs {
-            return Err(Error::Option(format!("relabel file closed after {} of {} epochs", self.next_epoch, self.meta.epochs)));
+            return Err(Error::State(format!("relabel file closed after {} of {} epochs", self.next_epoch, self.meta.epochs)));
         }
         self.file.flush().map_err(|e| Error::output(&self.path, e))?;
         self.file.get_ref().sync_all().map_err(|e| Error::output(&self.path, e))?;

@@ -6,11 +6,12 @@
 use cda_engine::backend::cpu::CpuBackend;
 use cda_engine::backend::cuda::runtime::CudaDevice;
 use cda_engine::backend::cuda::{ConvVersion, CropBackwardVersion, CudaBackend, CudaBuf};
-use cda_engine::backend::Backend;
+use cda_engine::backend::{AdamClipIo, Backend, BnBackwardIo, BnMatchIo, ImagePrior, LinearProblem, SoftmaxCeIo};
 use cda_engine::bench::random_resnet;
 use cda_engine::model::{ResNet, Stem};
 use cda_engine::net::Net;
 use cda_engine::ops::adam::AdamScalars;
+use cda_engine::ops::batchnorm::BnProblem;
 use cda_engine::ops::conv::{BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
 use cda_engine::ops::crop_resize::{CropParams, CropResizeProblem};
 use cda_engine::ops::pool::PoolProblem;
@@ -268,10 +269,10 @@ pub fn check_bn_match_and_backward<D: CudaDevice>(g: &CudaBackend<D>) {
     let rv: Vec<f32> = (0..k).map(|_| 0.5 + r.random::<f32>()).collect();
     let (count, weight) = (n * hw, 0.37);
     let (mut coef_c, mut loss_c) = (vec![0.0; 3 * k], vec![0.0; 4]);
-    c.bn_match(&stats, &rm, &rv, count, weight, &mut coef_c, &mut loss_c, 2).unwrap();
+    c.bn_match(BnMatchIo { stats: &stats, target_mean: &rm, target_var: &rv, count, weight, coef: &mut coef_c, losses: &mut loss_c, slot: 2 }).unwrap();
     let (sb, rmb, rvb) = (up(g, &stats), up(g, &rm), up(g, &rv));
     let (mut coef_g, mut loss_g) = (g.alloc(3 * k).unwrap(), g.alloc(4).unwrap());
-    g.bn_match(&sb, &rmb, &rvb, count, weight, &mut coef_g, &mut loss_g, 2).unwrap();
+    g.bn_match(BnMatchIo { stats: &sb, target_mean: &rmb, target_var: &rvb, count, weight, coef: &mut coef_g, losses: &mut loss_g, slot: 2 }).unwrap();
     // float64 reductions in a different order, rounded to fp32: equal to an ulp or two.
     assert_close("bn_match coef", &down(g, &coef_g, 3 * k), &coef_c, 1e-6);
     assert_close("bn_match losses", &down(g, &loss_g, 4), &loss_c, 1e-6);
@@ -279,7 +280,7 @@ pub fn check_bn_match_and_backward<D: CudaDevice>(g: &CudaBackend<D>) {
     // A layer that already matches: zero loss, zero gradient (no NaN from 0/0).
     let matched: Vec<f32> = rm.iter().chain(&rv).copied().collect();
     let mb = up(g, &matched);
-    g.bn_match(&mb, &rmb, &rvb, count, weight, &mut coef_g, &mut loss_g, 0).unwrap();
+    g.bn_match(BnMatchIo { stats: &mb, target_mean: &rmb, target_var: &rvb, count, weight, coef: &mut coef_g, losses: &mut loss_g, slot: 0 }).unwrap();
     let coef = down(g, &coef_g, 3 * k);
     assert!(coef[..2 * k].iter().all(|&v| v == 0.0), "matched statistics give no gradient");
     assert_eq!(down(g, &loss_g, 1)[0], 0.0);
@@ -289,10 +290,10 @@ pub fn check_bn_match_and_backward<D: CudaDevice>(g: &CudaBackend<D>) {
     let y = randn(&mut r, len, 2.0);
     let scale = randn(&mut r, k, 1.0);
     let mut dy_c = vec![0.0; len];
-    c.bn_backward(n, k, hw, &dz, &y, &scale, &coef_c, &mut dy_c).unwrap();
+    c.bn_backward(&BnProblem { n, c: k, hw }, BnBackwardIo { dz: &dz, y: &y, scale: &scale, coef: &coef_c, dy: &mut dy_c }).unwrap();
     let (dzb, yb, scb, cb) = (up(g, &dz), up(g, &y), up(g, &scale), up(g, &coef_c));
     let mut dy_g = g.alloc(len).unwrap();
-    g.bn_backward(n, k, hw, &dzb, &yb, &scb, &cb, &mut dy_g).unwrap();
+    g.bn_backward(&BnProblem { n, c: k, hw }, BnBackwardIo { dz: &dzb, y: &yb, scale: &scb, coef: &cb, dy: &mut dy_g }).unwrap();
     assert_close("bn_backward", &down(g, &dy_g, len), &dy_c, FP32_TOL);
 }
 
@@ -362,28 +363,28 @@ pub fn check_linear_and_softmax<D: CudaDevice>(g: &CudaBackend<D>) {
     let w = randn(&mut r, j * f, 0.3);
     let b = randn(&mut r, j, 0.5);
     let mut y_c = vec![0.0; n * j];
-    c.linear_fwd(n, f, j, &x, &w, &b, &mut y_c).unwrap();
+    c.linear_fwd(&LinearProblem { n, in_f: f, out_f: j }, &x, &w, &b, &mut y_c).unwrap();
     let (xb, wb, bb) = (up(g, &x), up(g, &w), up(g, &b));
     let mut y_g = g.alloc(n * j).unwrap();
-    g.linear_fwd(n, f, j, &xb, &wb, &bb, &mut y_g).unwrap();
+    g.linear_fwd(&LinearProblem { n, in_f: f, out_f: j }, &xb, &wb, &bb, &mut y_g).unwrap();
     assert_close("linear fwd", &down(g, &y_g, n * j), &y_c, FP32_TOL);
     let dy = randn(&mut r, n * j, 1.0);
     let mut dx_c = vec![0.0; n * f];
-    c.linear_bwd_data(n, f, j, &dy, &w, &mut dx_c).unwrap();
+    c.linear_bwd_data(&LinearProblem { n, in_f: f, out_f: j }, &dy, &w, &mut dx_c).unwrap();
     let mut dx_g = g.alloc(n * f).unwrap();
-    g.linear_bwd_data(n, f, j, &up(g, &dy), &wb, &mut dx_g).unwrap();
+    g.linear_bwd_data(&LinearProblem { n, in_f: f, out_f: j }, &up(g, &dy), &wb, &mut dx_g).unwrap();
     assert_close("linear bwd data", &down(g, &dx_g, n * f), &dx_c, FP32_TOL);
 
     for (n, classes) in [(5usize, 13usize), (1, 300)] {
         let logits = randn(&mut r, n * classes, 8.0);
         let targets: Vec<i32> = (0..n).map(|i| ((i * 7 + 3) % classes) as i32).collect();
         let (mut d_c, mut l_c) = (vec![0.0; n * classes], vec![0.0; 3]);
-        c.softmax_ce(n, classes, &logits, &targets, &mut d_c, &mut l_c, 1).unwrap();
+        c.softmax_ce(SoftmaxCeIo { n, classes, logits: &logits, targets: &targets, dlogits: &mut d_c, losses: &mut l_c, slot: 1 }).unwrap();
         let lb = up(g, &logits);
         let mut tb = g.alloc_int(n).unwrap();
         g.upload_int(&targets, &mut tb).unwrap();
         let (mut d_g, mut l_g) = (g.alloc(n * classes).unwrap(), g.alloc(3).unwrap());
-        g.softmax_ce(n, classes, &lb, &tb, &mut d_g, &mut l_g, 1).unwrap();
+        g.softmax_ce(SoftmaxCeIo { n, classes, logits: &lb, targets: &tb, dlogits: &mut d_g, losses: &mut l_g, slot: 1 }).unwrap();
         // float64 softmax in a different order, rounded to fp32.
         assert_close(&format!("softmax_ce grad {n}x{classes}"), &down(g, &d_g, n * classes), &d_c, 1e-6);
         assert_close(&format!("softmax_ce loss {n}x{classes}"), &down(g, &l_g, 3), &l_c, 1e-6);
@@ -391,7 +392,7 @@ pub fn check_linear_and_softmax<D: CudaDevice>(g: &CudaBackend<D>) {
         let mut bad = targets.clone();
         bad[n - 1] = classes as i32;
         g.upload_int(&bad, &mut tb).unwrap();
-        assert!(g.softmax_ce(n, classes, &lb, &tb, &mut d_g, &mut l_g, 1).is_err());
+        assert!(g.softmax_ce(SoftmaxCeIo { n, classes, logits: &lb, targets: &tb, dlogits: &mut d_g, losses: &mut l_g, slot: 1 }).is_err());
     }
 }
 
@@ -455,9 +456,10 @@ pub fn check_adam<D: CudaDevice>(g: &CudaBackend<D>) {
     for (t, grad) in grads.iter().enumerate() {
         let s = AdamScalars::new(0.25 * (1.0 - t as f64 * 0.1), 0.5, 0.9, 1e-8, t as u32 + 1);
         let sv = s.to_array();
-        c.adam_clip(n, ch, hw, &sv.to_vec(), &mut x_c, grad, &mut m_c, &mut v_c, &lo, &hi).unwrap();
+        c.adam_clip(AdamClipIo { n, c: ch, hw, scalars: &sv.to_vec(), x: &mut x_c, g: grad, m: &mut m_c, v: &mut v_c, lo: &lo, hi: &hi }).unwrap();
         g.upload(&sv, &mut sb).unwrap();
-        g.adam_clip(n, ch, hw, &sb, &mut xb, &up(g, grad), &mut mb, &mut vb, &lob, &hib).unwrap();
+        let gb = up(g, grad);
+        g.adam_clip(AdamClipIo { n, c: ch, hw, scalars: &sb, x: &mut xb, g: &gb, m: &mut mb, v: &mut vb, lo: &lob, hi: &hib }).unwrap();
     }
     // Every operation is a correctly rounded IEEE op in the same order: identical bits.
     assert_close("adam x", &down(g, &xb, len), &x_c, 0.0);
@@ -502,9 +504,9 @@ pub fn check_image_prior<D: CudaDevice>(g: &CudaBackend<D>) {
         let x = randn(&mut r, len, 1.0);
         let g0 = randn(&mut r, len, 0.01);
         let mut grad_c = g0.clone();
-        let loss_c = c.image_prior(n, ch, h, w, &x, tv, l2, &mut grad_c).unwrap();
+        let loss_c = c.image_prior(&ImagePrior { n, c: ch, h, w, tv_l2: tv, l2_scale: l2 }, &x, &mut grad_c).unwrap();
         let mut grad_g = up(g, &g0);
-        let loss_g = g.image_prior(n, ch, h, w, &up(g, &x), tv, l2, &mut grad_g).unwrap();
+        let loss_g = g.image_prior(&ImagePrior { n, c: ch, h, w, tv_l2: tv, l2_scale: l2 }, &up(g, &x), &mut grad_g).unwrap();
         let tag = format!("image prior {n}x{ch}x{h}x{w} tv {tv} l2 {l2}");
         println!("{tag} loss {loss_g} vs {loss_c}");
         // float64 norms summed in another order: equal to ~1e-15; each gradient term rounds to fp32 as
@@ -673,7 +675,18 @@ impl<B: Backend> Iteration<B> {
         self.net.backward(b, &self.x_aug, &mut self.g_aug)?;
         b.crop_resize_bwd(&p, &self.params, &self.g_aug, &mut self.g_x)?;
         let hw = (p.h * p.w) as usize;
-        b.adam_clip(p.n as usize, p.c as usize, hw, &self.scalars, &mut self.x, &self.g_x, &mut self.m, &mut self.v, &self.lo, &self.hi)
+        b.adam_clip(AdamClipIo {
+            n: p.n as usize,
+            c: p.c as usize,
+            hw,
+            scalars: &self.scalars,
+            x: &mut self.x,
+            g: &self.g_x,
+            m: &mut self.m,
+            v: &mut self.v,
+            lo: &self.lo,
+            hi: &self.hi,
+        })
     }
 }
 

@@ -3,7 +3,7 @@
 
 use cda_engine::backend::cuda::runtime::CudaDevice;
 use cda_engine::backend::cuda::CudaBackend;
-use cda_engine::backend::{Backend, BnEvalFwd, BnTrainBwd, BnTrainFwd, TrainBackend};
+use cda_engine::backend::{Backend, BnEvalFwd, BnTrainBwd, BnTrainFwd, LinearProblem, SoftmaxCeIo, TrainBackend};
 use cda_engine::ops::adamw::{cpu as adamw_cpu, AdamWConfig};
 use cda_engine::ops::batchnorm::{cpu as bn_cpu, BnProblem, BN_EPS, BN_MOMENTUM};
 use cda_engine::ops::conv::cpu::im2col as conv_cpu;
@@ -146,7 +146,7 @@ pub fn check_linear_wgrad<D: CudaDevice>(g: &CudaBackend<D>) {
     let (mut dw, mut db) = (vec![0.0; out_f * in_f], vec![0.0; out_f]);
     linear_cpu::wgrad(n, in_f, out_f, &x, &dy, &mut dw, &mut db);
     let (mut dwb, mut dbb) = (up(g, &vec![3.0; out_f * in_f]), up(g, &vec![3.0; out_f]));
-    g.linear_wgrad(n, in_f, out_f, &up(g, &x), &up(g, &dy), (&mut dwb, &mut dbb)).unwrap();
+    g.linear_wgrad(&LinearProblem { n, in_f, out_f }, &up(g, &x), &up(g, &dy), (&mut dwb, &mut dbb)).unwrap();
     // fp32 sums of 13 products in different orders: a few ulps of the O(sqrt 13) scale.
     assert_close("linear wgrad dw", &down(g, &dwb, out_f * in_f), &dw, 1e-6);
     assert_close("linear wgrad db", &down(g, &dbb, out_f), &db, 1e-6);
@@ -269,7 +269,7 @@ pub fn check_train_step_fixture<D: CudaDevice>(g: &CudaBackend<D>, name: &str, t
         let targets: Vec<i32> = tg.data.iter().map(|&v| v as i32).collect();
         let mut tb = g.alloc_int(n).unwrap();
         g.upload_int(&targets, &mut tb).unwrap();
-        g.softmax_ce(n, k, net.logits(), &tb, &mut dlogits, &mut losses, 0).unwrap();
+        g.softmax_ce(SoftmaxCeIo { n, classes: k, logits: net.logits(), targets: &tb, dlogits: &mut dlogits, losses: &mut losses, slot: 0 }).unwrap();
     } else {
         g.kd_kl_div(n, k, net.logits(), &up(g, &t("teacher_logits")), t("temperature")[0] as f64, &mut dlogits, &mut losses, 0).unwrap();
     }

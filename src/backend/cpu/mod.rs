@@ -8,9 +8,10 @@ use std::time::Instant;
 
 mod train;
 
-use super::Backend;
+use super::{AdamClipIo, Backend, BnBackwardIo, BnMatchIo, ImagePrior, LinearProblem, SoftmaxCeIo};
 use crate::error::{Error, Result};
 use crate::ops::adam::AdamScalars;
+use crate::ops::batchnorm::BnProblem;
 use crate::ops::conv::{BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
 use crate::ops::crop_resize::{CropParams, CropResizeProblem};
 use crate::ops::pool::PoolProblem;
@@ -22,6 +23,8 @@ pub struct CpuBackend {
     profile: Mutex<Option<Profile>>,
     /// Transformed conv weights (Winograd), reused while the weight buffers are unchanged.
     weights: conv::cpu::WeightCache,
+    /// Which conv algorithms may run (all, by default).
+    conv_choice: conv::cpu::ConvChoice,
 }
 
 /// Accumulated time per (op, shape, algorithm), in first-call order.
@@ -99,7 +102,18 @@ impl CpuBackend {
             threads,
             profile: Mutex::new(None),
             weights: conv::cpu::WeightCache::new(conv::cpu::WeightCache::default_budget()),
+            conv_choice: conv::cpu::ConvChoice::default(),
         })
+    }
+
+    /// This backend with only the conv algorithms `choice` allows (for measurements).
+    pub fn with_conv_choice(mut self, choice: conv::cpu::ConvChoice) -> CpuBackend {
+        self.conv_choice = choice;
+        self
+    }
+
+    fn conv_context(&self) -> conv::cpu::ConvContext<'_> {
+        conv::cpu::ConvContext { cache: Some(&self.weights), choice: self.conv_choice }
     }
 
     /// Starts (clearing what was recorded) or stops timing every op call.
@@ -166,8 +180,8 @@ pub fn cpu_features() -> Vec<&'static str> {
 }
 
 /// "3x3/1 64->64 N100 32x32 winograd" for the profile.
-pub(super) fn conv_key(p: &ConvProblem, dgrad: bool) -> String {
-    format!("{}x{}/{} {}->{} N{} {}x{} {}", p.r, p.s, p.stride, p.c, p.k, p.n, p.h, p.w, conv::cpu::algorithm(p, dgrad))
+pub(super) fn conv_key(p: &ConvProblem, dgrad: bool, choice: conv::cpu::ConvChoice) -> String {
+    format!("{}x{}/{} {}->{} N{} {}x{} {}", p.r, p.s, p.stride, p.c, p.k, p.n, p.h, p.w, conv::cpu::algorithm(p, dgrad, choice))
 }
 
 fn crop_params(raw: &[i32], n: usize) -> &[CropParams] {
@@ -237,9 +251,9 @@ impl Backend for CpuBackend {
             stats: epi.stats.map(|s| pre_mut(s, 2 * k)),
         };
         self.op(
-            || format!("conv_fprop {}", conv_key(p, false)),
+            || format!("conv_fprop {}", conv_key(p, false, self.conv_choice)),
             p.flops(),
-            || conv::cpu::fprop_with(Some(&self.weights), p, pre(x, il), pre(w, p.weight_len()), epi, pre_mut(out, ol)),
+            || conv::cpu::fprop_with(self.conv_context(), p, pre(x, il), pre(w, p.weight_len()), epi, pre_mut(out, ol)),
         );
         Ok(())
     }
@@ -252,24 +266,15 @@ impl Backend for CpuBackend {
             DgradEpilogue::BnRelu { y_prev, scale, coef } => DgradEpilogue::BnRelu { y_prev: pre(y_prev, il), scale: pre(scale, c), coef: pre(coef, 3 * c) },
         };
         self.op(
-            || format!("conv_dgrad {}", conv_key(p, true)),
+            || format!("conv_dgrad {}", conv_key(p, true, self.conv_choice)),
             p.flops(),
-            || conv::cpu::dgrad_with(Some(&self.weights), p, pre(dy, ol), pre(w, p.weight_len()), pre(x, il), epi, pre_mut(dx, il)),
+            || conv::cpu::dgrad_with(self.conv_context(), p, pre(dy, ol), pre(w, p.weight_len()), pre(x, il), epi, pre_mut(dx, il)),
         );
         Ok(())
     }
 
-    fn bn_match(
-        &self,
-        stats: &Vec<f32>,
-        running_mean: &Vec<f32>,
-        running_var: &Vec<f32>,
-        count: usize,
-        weight: f64,
-        coef: &mut Vec<f32>,
-        losses: &mut Vec<f32>,
-        slot: usize,
-    ) -> Result<()> {
+    fn bn_match(&self, t: BnMatchIo<'_, Vec<f32>>) -> Result<()> {
+        let BnMatchIo { stats, target_mean: running_mean, target_var: running_var, count, weight, coef, losses, slot } = t;
         let k = running_mean.len();
         losses[slot] = self.op(
             || format!("bn_match K{k}"),
@@ -279,7 +284,9 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn bn_backward(&self, n: usize, c: usize, hw: usize, dz: &Vec<f32>, y: &Vec<f32>, scale: &Vec<f32>, coef: &Vec<f32>, dy: &mut Vec<f32>) -> Result<()> {
+    fn bn_backward(&self, p: &BnProblem, t: BnBackwardIo<'_, Vec<f32>>) -> Result<()> {
+        let BnProblem { n, c, hw } = *p;
+        let BnBackwardIo { dz, y, scale, coef, dy } = t;
         let len = n * c * hw;
         self.op(
             || format!("bn_backward {n}x{c}x{hw}"),
@@ -315,7 +322,8 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn linear_fwd(&self, n: usize, in_f: usize, out_f: usize, x: &Vec<f32>, w: &Vec<f32>, b: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+    fn linear_fwd(&self, p: &LinearProblem, x: &Vec<f32>, w: &Vec<f32>, b: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+        let LinearProblem { n, in_f, out_f } = *p;
         self.op(
             || format!("linear_fwd {n}x{in_f}x{out_f}"),
             2.0 * (n * in_f * out_f) as f64,
@@ -324,7 +332,8 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn linear_bwd_data(&self, n: usize, in_f: usize, out_f: usize, dy: &Vec<f32>, w: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
+    fn linear_bwd_data(&self, p: &LinearProblem, dy: &Vec<f32>, w: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
+        let LinearProblem { n, in_f, out_f } = *p;
         self.op(
             || format!("linear_bwd_data {n}x{in_f}x{out_f}"),
             2.0 * (n * in_f * out_f) as f64,
@@ -333,16 +342,8 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn softmax_ce(
-        &self,
-        n: usize,
-        classes: usize,
-        logits: &Vec<f32>,
-        targets: &Vec<i32>,
-        dlogits: &mut Vec<f32>,
-        losses: &mut Vec<f32>,
-        slot: usize,
-    ) -> Result<()> {
+    fn softmax_ce(&self, t: SoftmaxCeIo<'_, Vec<f32>, Vec<i32>>) -> Result<()> {
+        let SoftmaxCeIo { n, classes, logits, targets, dlogits, losses, slot } = t;
         let targets = pre(targets, n);
         if let Some(t) = targets.iter().find(|&&t| t < 0 || t as usize >= classes) {
             return Err(Error::input("targets", format!("class {t} is outside 0..{classes}")));
@@ -375,7 +376,8 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn image_prior(&self, n: usize, c: usize, h: usize, w: usize, x: &Vec<f32>, tv_l2: f64, l2_scale: f64, grad: &mut Vec<f32>) -> Result<f64> {
+    fn image_prior(&self, p: &ImagePrior, x: &Vec<f32>, grad: &mut Vec<f32>) -> Result<f64> {
+        let ImagePrior { n, c, h, w, tv_l2, l2_scale } = *p;
         let len = n * c * h * w;
         Ok(self.op(
             || format!("image_prior {n}x{c}x{h}x{w}"),
@@ -388,19 +390,8 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn adam_clip(
-        &self,
-        n: usize,
-        c: usize,
-        hw: usize,
-        scalars: &Vec<f32>,
-        x: &mut Vec<f32>,
-        g: &Vec<f32>,
-        m: &mut Vec<f32>,
-        v: &mut Vec<f32>,
-        lo: &Vec<f32>,
-        hi: &Vec<f32>,
-    ) -> Result<()> {
+    fn adam_clip(&self, t: AdamClipIo<'_, Vec<f32>>) -> Result<()> {
+        let AdamClipIo { n, c, hw, scalars, x, g, m, v, lo, hi } = t;
         let s = AdamScalars::from_slice(scalars);
         let len = n * c * hw;
         self.op(

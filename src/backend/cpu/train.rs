@@ -2,7 +2,7 @@
 //! prefixes of the buffers it needs, on this backend's thread pool, timed when profiling.
 
 use super::{pre, pre_mut, CpuBackend};
-use crate::backend::{BnEvalFwd, BnTrainBwd, BnTrainFwd, TrainBackend};
+use crate::backend::{BnEvalFwd, BnTrainBwd, BnTrainFwd, LinearProblem, TrainBackend};
 use crate::error::{Error, Result};
 use crate::ops::adamw::AdamWConfig;
 use crate::ops::batchnorm::BnProblem;
@@ -24,7 +24,11 @@ impl TrainBackend for CpuBackend {
         need("conv wgrad x", x.len(), il)?;
         need("conv wgrad dy", dy.len(), ol)?;
         need("conv wgrad dw", dw.len(), wl)?;
-        self.op(|| format!("conv_wgrad {}", super::conv_key(p, false)), p.flops(), || conv::cpu::im2col::wgrad(p, pre(x, il), pre(dy, ol), pre_mut(dw, wl)));
+        self.op(
+            || format!("conv_wgrad {}", super::conv_key(p, false, self.conv_choice)),
+            p.flops(),
+            || conv::cpu::im2col::wgrad(p, pre(x, il), pre(dy, ol), pre_mut(dw, wl)),
+        );
         Ok(())
     }
 
@@ -143,7 +147,8 @@ impl TrainBackend for CpuBackend {
         Ok(())
     }
 
-    fn linear_wgrad(&self, n: usize, in_f: usize, out_f: usize, x: &Vec<f32>, dy: &Vec<f32>, grads: (&mut Vec<f32>, &mut Vec<f32>)) -> Result<()> {
+    fn linear_wgrad(&self, p: &LinearProblem, x: &Vec<f32>, dy: &Vec<f32>, grads: (&mut Vec<f32>, &mut Vec<f32>)) -> Result<()> {
+        let LinearProblem { n, in_f, out_f } = *p;
         let (dw, db) = grads;
         need("linear wgrad x", x.len(), n * in_f)?;
         need("linear wgrad dy", dy.len(), n * out_f)?;
@@ -167,7 +172,7 @@ impl TrainBackend for CpuBackend {
                 need("sgd momentum buffer", b.len(), len)?;
                 b
             }
-            (true, None) => return Err(Error::input("sgd momentum buffer", "SGD with momentum needs a momentum buffer")),
+            (true, None) => return Err(Error::State("SGD with momentum needs a momentum buffer".into())),
         };
         self.op(
             || format!("sgd_step {len}"),
@@ -184,7 +189,7 @@ impl TrainBackend for CpuBackend {
         need("adamw m", m.len(), len)?;
         need("adamw v", v.len(), len)?;
         if step == 0 {
-            return Err(Error::input("adamw step", "AdamW steps are numbered from 1"));
+            return Err(Error::State("AdamW steps are numbered from 1".into()));
         }
         self.op(|| format!("adamw_step {len}"), 0.0, || adamw::cpu::step(cfg, cfg.weight_decay, step, param, pre(grad, len), pre_mut(m, len), pre_mut(v, len)));
         Ok(())

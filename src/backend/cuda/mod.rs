@@ -9,7 +9,7 @@
 //!   (conv statistics partials, per-row losses) that grows on first use and must not grow while a graph
 //!   is being captured (run one iteration before capturing).
 //! - Convolutions run version 2 (TF32 tensor cores) by default; [`ConvVersion::Fp32`] (version 1, CUDA
-//!   cores) is selectable with [`CudaBackend::set_conv_version`] or `CDA_CONV_VERSION=1`. Dgrad into
+//!   cores) is selectable with [`CudaBackend::set_conv_version`] (`cda-engine bench --conv-version`). Dgrad into
 //!   at most 4 channels (the input image) always runs a direct fp32 kernel.
 //! - A whole recover iteration can be captured as a graph ([`CudaBackend::capture`]) and replayed;
 //!   per-iteration inputs (crop parameters, Adam scalars) are uploaded into their buffers between
@@ -19,9 +19,10 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;
 
-use super::Backend;
+use super::{AdamClipIo, Backend, BnBackwardIo, BnMatchIo, ImagePrior, LinearProblem, SoftmaxCeIo};
 use crate::error::{Error, Result};
 use crate::ops::adam::AdamArgs;
+use crate::ops::batchnorm::BnProblem;
 use crate::ops::bn_match::{BnBackwardArgs, BnMatchArgs};
 use crate::ops::conv::{ConvDgradArgs, ConvFpropArgs, ConvStatsArgs};
 use crate::ops::conv::{ConvProblem, DgradEpilogue, FpropEpilogue};
@@ -39,7 +40,7 @@ pub mod runtime;
 mod train;
 
 /// Which convolution kernels run (see kernels/conv.cuh).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ConvVersion {
     /// Version 1: fp32 FMA on CUDA cores.
     Fp32 = 1,
@@ -138,13 +139,6 @@ impl CudaBackend<EmuDevice> {
     }
 }
 
-fn version_from_env() -> ConvVersion {
-    match std::env::var("CDA_CONV_VERSION").ok().as_deref() {
-        Some("1") => ConvVersion::Fp32,
-        _ => ConvVersion::Tf32,
-    }
-}
-
 fn check_len(what: &str, have: usize, need: usize) -> Result<()> {
     if have < need {
         Err(Error::input(what, format!("buffer of {have} elements, the op needs {need}")))
@@ -172,7 +166,7 @@ impl<D: CudaDevice> CudaBackend<D> {
     pub fn on(dev: D) -> Result<Self> {
         Ok(CudaBackend {
             dev,
-            conv_version: AtomicU8::new(version_from_env() as u8),
+            conv_version: AtomicU8::new(ConvVersion::Tf32 as u8),
             crop_bwd_version: AtomicU8::new(CropBackwardVersion::Gather as u8),
             capturing: AtomicBool::new(false),
             workspace: Mutex::new(Workspace { mem: None, bytes: 0 }),
@@ -492,17 +486,8 @@ impl<D: CudaDevice> Backend for CudaBackend<D> {
         self.launch(kernel, cfg, &args)
     }
 
-    fn bn_match(
-        &self,
-        stats: &CudaBuf<D>,
-        running_mean: &CudaBuf<D>,
-        running_var: &CudaBuf<D>,
-        count: usize,
-        weight: f64,
-        coef: &mut CudaBuf<D>,
-        losses: &mut CudaBuf<D>,
-        slot: usize,
-    ) -> Result<()> {
+    fn bn_match(&self, t: BnMatchIo<'_, CudaBuf<D>>) -> Result<()> {
+        let BnMatchIo { stats, target_mean: running_mean, target_var: running_var, count, weight, coef, losses, slot } = t;
         let k = running_mean.len;
         check_len("bn_match stats", stats.len, 2 * k)?;
         check_len("bn_match running_var", running_var.len, k)?;
@@ -524,17 +509,9 @@ impl<D: CudaDevice> Backend for CudaBackend<D> {
         self.launch(ids::BN_MATCH_F32, LaunchConfig { grid: [1, 1, 1], block: [THREADS, 1, 1], shared_bytes: 0 }, &args)
     }
 
-    fn bn_backward(
-        &self,
-        n: usize,
-        c: usize,
-        hw: usize,
-        dz: &CudaBuf<D>,
-        y: &CudaBuf<D>,
-        scale: &CudaBuf<D>,
-        coef: &CudaBuf<D>,
-        dy: &mut CudaBuf<D>,
-    ) -> Result<()> {
+    fn bn_backward(&self, p: &BnProblem, t: BnBackwardIo<'_, CudaBuf<D>>) -> Result<()> {
+        let BnProblem { n, c, hw } = *p;
+        let BnBackwardIo { dz, y, scale, coef, dy } = t;
         let len = n * c * hw;
         check_len("bn_backward dz", dz.len, len)?;
         check_len("bn_backward y", y.len, len)?;
@@ -614,7 +591,8 @@ impl<D: CudaDevice> Backend for CudaBackend<D> {
         self.launch(ids::AVGPOOL_BWD_F32, grid_1d(nc * hw, THREADS)?, &args)
     }
 
-    fn linear_fwd(&self, n: usize, in_f: usize, out_f: usize, x: &CudaBuf<D>, w: &CudaBuf<D>, b: &CudaBuf<D>, y: &mut CudaBuf<D>) -> Result<()> {
+    fn linear_fwd(&self, p: &LinearProblem, x: &CudaBuf<D>, w: &CudaBuf<D>, b: &CudaBuf<D>, y: &mut CudaBuf<D>) -> Result<()> {
+        let LinearProblem { n, in_f, out_f } = *p;
         check_len("linear x", x.len, n * in_f)?;
         check_len("linear w", w.len, in_f * out_f)?;
         check_len("linear b", b.len, out_f)?;
@@ -629,7 +607,8 @@ impl<D: CudaDevice> Backend for CudaBackend<D> {
         self.launch(ids::LINEAR_FWD_F32, grid_1d(n * out_f * 32, THREADS)?, &args)
     }
 
-    fn linear_bwd_data(&self, n: usize, in_f: usize, out_f: usize, dy: &CudaBuf<D>, w: &CudaBuf<D>, dx: &mut CudaBuf<D>) -> Result<()> {
+    fn linear_bwd_data(&self, p: &LinearProblem, dy: &CudaBuf<D>, w: &CudaBuf<D>, dx: &mut CudaBuf<D>) -> Result<()> {
+        let LinearProblem { n, in_f, out_f } = *p;
         check_len("linear dy", dy.len, n * out_f)?;
         check_len("linear w", w.len, in_f * out_f)?;
         check_len("linear dx", dx.len, n * in_f)?;
@@ -642,16 +621,8 @@ impl<D: CudaDevice> Backend for CudaBackend<D> {
         self.launch(ids::LINEAR_BWD_DATA_F32, grid_1d(n * in_f, THREADS)?, &args)
     }
 
-    fn softmax_ce(
-        &self,
-        n: usize,
-        classes: usize,
-        logits: &CudaBuf<D>,
-        targets: &CudaIntBuf<D>,
-        dlogits: &mut CudaBuf<D>,
-        losses: &mut CudaBuf<D>,
-        slot: usize,
-    ) -> Result<()> {
+    fn softmax_ce(&self, t: SoftmaxCeIo<'_, CudaBuf<D>, CudaIntBuf<D>>) -> Result<()> {
+        let SoftmaxCeIo { n, classes, logits, targets, dlogits, losses, slot } = t;
         check_len("softmax_ce logits", logits.len, n * classes)?;
         check_len("softmax_ce targets", targets.len, n)?;
         check_len("softmax_ce dlogits", dlogits.len, n * classes)?;
@@ -714,7 +685,8 @@ impl<D: CudaDevice> Backend for CudaBackend<D> {
         }
     }
 
-    fn image_prior(&self, n: usize, c: usize, h: usize, w: usize, x: &CudaBuf<D>, tv_l2: f64, l2_scale: f64, grad: &mut CudaBuf<D>) -> Result<f64> {
+    fn image_prior(&self, p: &ImagePrior, x: &CudaBuf<D>, grad: &mut CudaBuf<D>) -> Result<f64> {
+        let ImagePrior { n, c, h, w, tv_l2, l2_scale } = *p;
         let len = n * c * h * w;
         check_len("image prior x", x.len, len)?;
         check_len("image prior grad", grad.len, len)?;
@@ -747,19 +719,8 @@ impl<D: CudaDevice> Backend for CudaBackend<D> {
         Ok(())
     }
 
-    fn adam_clip(
-        &self,
-        n: usize,
-        c: usize,
-        hw: usize,
-        scalars: &CudaBuf<D>,
-        x: &mut CudaBuf<D>,
-        g: &CudaBuf<D>,
-        m: &mut CudaBuf<D>,
-        v: &mut CudaBuf<D>,
-        lo: &CudaBuf<D>,
-        hi: &CudaBuf<D>,
-    ) -> Result<()> {
+    fn adam_clip(&self, t: AdamClipIo<'_, CudaBuf<D>>) -> Result<()> {
+        let AdamClipIo { n, c, hw, scalars, x, g, m, v, lo, hi } = t;
         let len = n * c * hw;
         check_len("adam scalars", scalars.len, crate::ops::adam::AdamScalars::LEN)?;
         check_len("adam x", x.len, len)?;

@@ -8,7 +8,7 @@
 //! n x classes losses on the host.
 
 use super::*;
-use crate::backend::{BnEvalFwd, BnTrainBwd, BnTrainFwd, TrainBackend};
+use crate::backend::{BnEvalFwd, BnTrainBwd, BnTrainFwd, LinearProblem, TrainBackend};
 use crate::ops::adamw::{AdamScalars, AdamWArgs, AdamWConfig};
 use crate::ops::batchnorm::{BnProblem, BnTrainArgs, BnTrainBwdArgs};
 use crate::ops::kd_loss::KdLossArgs;
@@ -155,7 +155,8 @@ impl<D: CudaDevice> TrainBackend for CudaBackend<D> {
     }
 
     /// fc parameter gradients: dw[J x F] = dy^T x, db = column sums of dy (both overwritten).
-    fn linear_wgrad(&self, n: usize, in_f: usize, out_f: usize, x: &CudaBuf<D>, dy: &CudaBuf<D>, grads: (&mut CudaBuf<D>, &mut CudaBuf<D>)) -> Result<()> {
+    fn linear_wgrad(&self, p: &LinearProblem, x: &CudaBuf<D>, dy: &CudaBuf<D>, grads: (&mut CudaBuf<D>, &mut CudaBuf<D>)) -> Result<()> {
+        let LinearProblem { n, in_f, out_f } = *p;
         let (dw, db) = grads;
         check_len("linear wgrad x", x.len, n * in_f)?;
         check_len("linear wgrad dy", dy.len, n * out_f)?;
@@ -181,7 +182,7 @@ impl<D: CudaDevice> TrainBackend for CudaBackend<D> {
                 check_len("sgd momentum buffer", b.len, len)?;
                 self.addr(b)
             }
-            (true, None) => return Err(Error::Option("SGD with momentum needs a momentum buffer".into())),
+            (true, None) => return Err(Error::State("SGD with momentum needs a momentum buffer".into())),
         };
         if len == 0 {
             return Ok(());
@@ -213,7 +214,7 @@ impl<D: CudaDevice> TrainBackend for CudaBackend<D> {
         check_len("adamw m", m.len, len)?;
         check_len("adamw v", v.len, len)?;
         if step == 0 {
-            return Err(Error::Option("AdamW steps are numbered from 1".into()));
+            return Err(Error::State("AdamW steps are numbered from 1".into()));
         }
         if len == 0 {
             return Ok(());

@@ -30,19 +30,51 @@ use crate::cpu::par::{with_scratch, Scratch, SyncPtr};
 use epilogue::{Dgrad, Fprop, Kind, Moments};
 use implicit::{Epi, Grid, Source};
 
+/// Which algorithms the CPU convolutions may choose. The defaults pick per problem (below); the
+/// switches turn a path off, to measure what it gives (`cda-engine bench --no-winograd ...`,
+/// benches/conv_layers.rs). Every choice computes the same convolution to fp32 rounding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConvChoice {
+    /// Never Winograd F(4x4, 3x3) (3x3 stride-1 convs then run as implicit GEMMs).
+    pub no_winograd: bool,
+    /// Never the `gemm` crate for pointwise convs (they then run as implicit GEMMs).
+    pub no_pointwise_gemm: bool,
+    /// How the dgrad of other convs runs.
+    pub dgrad: DgradPath,
+}
+
+/// The dgrad of a conv that neither Winograd nor the pointwise GEMM takes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DgradPath {
+    /// Per problem: GEMM + col2im for few input channels or strided convs with K >= C, else phased.
+    #[default]
+    Auto,
+    /// Implicit GEMM split into stride x stride output phases (no col2im).
+    Phased,
+    /// GEMM into columns, then col2im.
+    Col2im,
+}
+
+/// Where the CPU convolutions may keep prepared weights between calls, and which algorithms they
+/// may choose.
+#[derive(Clone, Copy, Default)]
+pub struct ConvContext<'a> {
+    pub cache: Option<&'a WeightCache>,
+    pub choice: ConvChoice,
+}
+
 /// Does this problem take the Winograd path?
-fn use_winograd(p: &ConvProblem) -> bool {
-    p.r == 3 && p.s == 3 && p.stride == 1 && p.pad == 1 && p.c >= 8 && p.k >= 8 && std::env::var_os("CDA_NO_WINOGRAD").is_none()
+fn use_winograd(p: &ConvProblem, ch: ConvChoice) -> bool {
+    p.r == 3 && p.s == 3 && p.stride == 1 && p.pad == 1 && p.c >= 8 && p.k >= 8 && !ch.no_winograd
 }
 
 /// Is this a pointwise conv (1x1, no padding) that runs as plain GEMMs on the `gemm` crate: stride 1 on
 /// planes of at least 128 positions, and every strided one (the downsample convs, after gathering the
 /// strided input). Per layer (2 threads) the `gemm` crate beats our packing there: stride-1 fprop by
 /// 5-10% and dgrad by 3-23% on 14x14..56x56 planes, strided 1x1 convs about 2x. Stride-1 convs on
-/// smaller planes (7x7) keep the implicit GEMM, which was 15-30% faster there. `CDA_NO_POINTWISE_GEMM=1`
-/// turns the path off (for measurements).
-fn use_pointwise_gemm(p: &ConvProblem) -> bool {
-    p.r == 1 && p.s == 1 && p.pad == 0 && (p.stride > 1 || p.h * p.w >= 128) && std::env::var_os("CDA_NO_POINTWISE_GEMM").is_none()
+/// smaller planes (7x7) keep the implicit GEMM, which was 15-30% faster there.
+fn use_pointwise_gemm(p: &ConvProblem, ch: ConvChoice) -> bool {
+    p.r == 1 && p.s == 1 && p.pad == 0 && (p.stride > 1 || p.h * p.w >= 128) && !ch.no_pointwise_gemm
 }
 
 /// Pointwise conv as GEMMs over groups of images placed side by side (so small planes still give wide
@@ -96,25 +128,25 @@ fn pointwise_gemm<'s>(
 /// Does the dgrad of this (non-Winograd) problem go through GEMM + col2im? For few input channels
 /// (the stems), gathering dy for every one of C rows costs more than scattering C*R*S rows.
 /// For strided convs with K >= C the same holds (the phases' gathers cost per input channel what
-/// the scatter costs per output channel). `CDA_DGRAD=phased|col2im` overrides (for measurements).
-fn use_col2im(p: &ConvProblem) -> bool {
-    if use_winograd(p) || p.r * p.s == 1 {
+/// the scatter costs per output channel). [`DgradPath`] overrides (for measurements).
+fn use_col2im(p: &ConvProblem, ch: ConvChoice) -> bool {
+    if use_winograd(p, ch) || p.r * p.s == 1 {
         return false;
     }
-    match std::env::var("CDA_DGRAD").ok().as_deref() {
-        Some("phased") => false,
-        Some("col2im") => true,
-        _ => p.c < 16 || (p.stride > 1 && p.k >= p.c),
+    match ch.dgrad {
+        DgradPath::Phased => false,
+        DgradPath::Col2im => true,
+        DgradPath::Auto => p.c < 16 || (p.stride > 1 && p.k >= p.c),
     }
 }
 
-/// Which algorithm `fprop` / `dgrad` use for `p` (for profiles and benchmarks).
-pub fn algorithm(p: &ConvProblem, dgrad: bool) -> &'static str {
-    if use_winograd(p) {
+/// Which algorithm `fprop` / `dgrad` use for `p` under `choice` (for profiles and benchmarks).
+pub fn algorithm(p: &ConvProblem, dgrad: bool, choice: ConvChoice) -> &'static str {
+    if use_winograd(p, choice) {
         "winograd-f4x4"
-    } else if use_pointwise_gemm(p) {
+    } else if use_pointwise_gemm(p, choice) {
         "pointwise-gemm"
-    } else if dgrad && use_col2im(p) {
+    } else if dgrad && use_col2im(p, choice) {
         "gemm-col2im"
     } else {
         "implicit-gemm"
@@ -260,11 +292,11 @@ fn with_winograd_u<R>(cache: Option<&WeightCache>, kern: &Kernel, p: &ConvProble
 
 /// y = conv(x, w); out = act((y - mean) * scale + beta [+ residual]); optional y and statistics.
 pub fn fprop(p: &ConvProblem, x: &[f32], w: &[f32], epi: FpropEpilogue<'_, [f32]>, out: &mut [f32]) {
-    fprop_with(None, p, x, w, epi, out)
+    fprop_with(ConvContext::default(), p, x, w, epi, out)
 }
 
-/// [`fprop`] with transformed weights kept in `cache`.
-pub fn fprop_with(cache: Option<&WeightCache>, p: &ConvProblem, x: &[f32], w: &[f32], epi: FpropEpilogue<'_, [f32]>, out: &mut [f32]) {
+/// [`fprop`] with the algorithms `ctx.choice` allows and transformed weights kept in `ctx.cache`.
+pub fn fprop_with(ctx: ConvContext<'_>, p: &ConvProblem, x: &[f32], w: &[f32], epi: FpropEpilogue<'_, [f32]>, out: &mut [f32]) {
     let (n, k) = (p.n as usize, p.k as usize);
     assert_eq!(x.len(), p.input_len(), "conv fprop input");
     assert_eq!(w.len(), p.weight_len(), "conv fprop weight");
@@ -285,9 +317,10 @@ pub fn fprop_with(cache: Option<&WeightCache>, p: &ConvProblem, x: &[f32], w: &[
     }
     let mom = stats.is_some().then_some(&mut moments[..]);
     let kern = Kernel::get();
-    if use_winograd(p) {
+    let (cache, choice) = (ctx.cache, ctx.choice);
+    if use_winograd(p, choice) {
         with_winograd_u(cache, kern, p, w, false, |u| winograd::fprop(kern, p, x, u, &f, mom));
-    } else if use_pointwise_gemm(p) {
+    } else if use_pointwise_gemm(p, choice) {
         let (c, h, wd, stride) = (p.c as usize, p.h as usize, p.w as usize, p.stride as usize);
         let (pp, qq) = (p.p as usize, p.q as usize);
         let pq = pp * qq;
@@ -350,11 +383,11 @@ pub fn fprop_with(cache: Option<&WeightCache>, p: &ConvProblem, x: &[f32], w: &[
 
 /// dx_out = epilogue(W^T * dy) for every image.
 pub fn dgrad(p: &ConvProblem, dy: &[f32], w: &[f32], x: &[f32], epi: DgradEpilogue<'_, [f32]>, dx_out: &mut [f32]) {
-    dgrad_with(None, p, dy, w, x, epi, dx_out)
+    dgrad_with(ConvContext::default(), p, dy, w, x, epi, dx_out)
 }
 
-/// [`dgrad`] with transformed weights kept in `cache`.
-pub fn dgrad_with(cache: Option<&WeightCache>, p: &ConvProblem, dy: &[f32], w: &[f32], x: &[f32], epi: DgradEpilogue<'_, [f32]>, dx_out: &mut [f32]) {
+/// [`dgrad`] with the algorithms `ctx.choice` allows and transformed weights kept in `ctx.cache`.
+pub fn dgrad_with(ctx: ConvContext<'_>, p: &ConvProblem, dy: &[f32], w: &[f32], x: &[f32], epi: DgradEpilogue<'_, [f32]>, dx_out: &mut [f32]) {
     let (n, c, k) = (p.n as usize, p.c as usize, p.k as usize);
     assert_eq!(dy.len(), p.output_len(), "conv dgrad dy");
     assert_eq!(w.len(), p.weight_len(), "conv dgrad weight");
@@ -369,12 +402,13 @@ pub fn dgrad_with(cache: Option<&WeightCache>, p: &ConvProblem, dy: &[f32], w: &
     }
     let d = Dgrad { kind: Kind::new(&epi), x, dx: SyncPtr(dx_out.as_mut_ptr()), c, len: p.input_len() };
     let kern = Kernel::get();
-    if use_winograd(p) {
+    let (cache, choice) = (ctx.cache, ctx.choice);
+    if use_winograd(p, choice) {
         with_winograd_u(cache, kern, p, w, true, |u| winograd::dgrad(kern, p, dy, u, &d));
         return;
     }
     let (h, wd, r, s) = (p.h as usize, p.w as usize, p.r as usize, p.s as usize);
-    if use_pointwise_gemm(p) {
+    if use_pointwise_gemm(p, choice) {
         let (hw, stride, pp, qq) = (h * wd, p.stride as usize, p.p as usize, p.q as usize);
         let pq = pp * qq;
         let direct = |img: usize| Some(&dy[img * k * pq..(img + 1) * k * pq]);
@@ -404,7 +438,7 @@ pub fn dgrad_with(cache: Option<&WeightCache>, p: &ConvProblem, dy: &[f32], w: &
         });
         return;
     }
-    if use_col2im(p) {
+    if use_col2im(p, choice) {
         // A[(c, r, s)][k] = w[k][c][r][s]
         let (m, rs) = (c * r * s, r * s);
         let pack = |ap: &mut [f32]| implicit::pack_a(kern, m, k, |row, kj| w[(kj * c + row / rs) * rs + row % rs], ap);

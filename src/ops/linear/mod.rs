@@ -9,3 +9,12 @@
 //! `linear_bwd_data` and `linear_wgrad`; checked in tests/cuda_common.
 
 pub mod cpu;
+
+/// Shape of a fully connected layer: `n` rows of `in_f` features to `out_f` outputs (W stored
+/// out_f x in_f, PyTorch's layout).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearProblem {
+    pub n: usize,
+    pub in_f: usize,
+    pub out_f: usize,
+}
