@@ -317,3 +317,32 @@ pub fn ceiling(backend: &CpuBackend, secs: f64) -> Ceiling {
         kernel_gflops: ker_nt / 1e9,
     }
 }
+
+/// The distinct conv problems of `model` on batches of `n` images of `res` x `res`, in module order:
+/// (the first conv's name, its problem, how many convs share it). What the per-op benchmark times.
+pub fn conv_layer_table(model: &ResNet, n: usize, res: usize) -> Vec<(String, crate::ops::conv::ConvProblem, usize)> {
+    use crate::ops::conv::ConvProblem;
+    let mut out: Vec<(String, ConvProblem, usize)> = Vec::new();
+    let mut add = |name: &str, p: ConvProblem| match out.iter_mut().find(|(_, q, _)| *q == p) {
+        Some(e) => e.2 += 1,
+        None => out.push((name.to_string(), p, 1)),
+    };
+    let stem = ConvProblem::new(n, res, res, &model.stem_conv.geom);
+    add(&model.stem_conv.name, stem);
+    let (mut h, mut w) = (stem.p as usize, stem.q as usize);
+    if model.stem == Stem::ImageNet {
+        (h, w) = crate::model::maxpool_out_hw(h, w);
+    }
+    for b in &model.blocks {
+        let (bh, bw) = (h, w);
+        for c in &b.convs {
+            let p = ConvProblem::new(n, h, w, &c.geom);
+            add(&c.name, p);
+            (h, w) = (p.p as usize, p.q as usize);
+        }
+        if let Some(d) = &b.downsample {
+            add(&d.name, ConvProblem::new(n, bh, bw, &d.geom));
+        }
+    }
+    out
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds, on a development machine, what a GPU machine needs to check and time the CUDA backend: the
-# release binary and the release GPU test binary (with the kernels' PTX embedded, so NVRTC is required
+# release binary, the release GPU test binary and the per-op benchmark (with the kernels' PTX embedded, so NVRTC is required
 # here and only the NVIDIA driver there), the forward fixtures, the PyTorch scripts and run_checks.sh,
 # all in one folder (default gpu-bundle/ at the repository root, ignored by git).
 #
@@ -23,20 +23,25 @@ echo "building the release binary and the GPU test binary (target dir $target)"
 cargo build --release --locked --bin cda-engine
 json=$(mktemp)
 trap 'rm -f "$json"' EXIT
-cargo test --release --locked --no-run --message-format=json --test cuda_gpu >"$json"
-test_bin=$(python3 - "$json" <<'EOF'
+# executable NAME: the path cargo reported in "$json" for the test or bench target NAME.
+executable() {
+    python3 - "$json" "$1" <<'EOF'
 import json, sys
 for line in open(sys.argv[1]):
     try:
         m = json.loads(line)
     except ValueError:
         continue
-    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "cuda_gpu" and m.get("executable"):
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == sys.argv[2] and m.get("executable"):
         print(m["executable"])
 EOF
-)
-if [ -z "$test_bin" ]; then
-    echo "error: cargo did not report the cuda_gpu test executable" >&2
+}
+cargo test --release --locked --no-run --message-format=json --test cuda_gpu >"$json"
+test_bin=$(executable cuda_gpu)
+cargo bench --locked --no-run --message-format=json --bench ops >"$json"
+bench_bin=$(executable ops)
+if [ -z "$test_bin" ] || [ -z "$bench_bin" ]; then
+    echo "error: cargo did not report the cuda_gpu test or the ops bench executable" >&2
     exit 1
 fi
 
@@ -44,6 +49,7 @@ rm -rf "$bundle"
 mkdir -p "$bundle/bin" "$bundle/fixtures" "$bundle/scripts"
 cp "$target/release/cda-engine" "$bundle/bin/cda-engine"
 cp "$test_bin" "$bundle/bin/cuda_gpu_tests"
+cp "$bench_bin" "$bundle/bin/ops_bench"
 cp -r tests/fixtures/forward "$bundle/fixtures/forward"
 cp -r tests/fixtures/train "$bundle/fixtures/train"
 cp weights/fashion_mnist_resnet18_w16.safetensors "$bundle/teacher.safetensors"
@@ -52,7 +58,7 @@ cp benches/gpu/run_checks.sh "$bundle/run_checks.sh"
 chmod +x "$bundle/run_checks.sh" "$bundle/bin/"*
 
 # What was built, and which glibc the binaries need (the GPU machine's must be at least as new).
-glibc=$( (objdump -T "$bundle/bin/cda-engine" "$bundle/bin/cuda_gpu_tests" 2>/dev/null || true) | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)
+glibc=$( (objdump -T "$bundle/bin/cda-engine" "$bundle/bin/cuda_gpu_tests" "$bundle/bin/ops_bench" 2>/dev/null || true) | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)
 {
     echo "built      $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -srm)"
     echo "commit     $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- kernels src build.rs 2>/dev/null || echo ' (with uncommitted changes)')"

@@ -12,7 +12,9 @@
 #   resnet_224                ResNet-18 224px batch 100 and ResNet-50 224px batch 16, forward + losses
 #                             + backward, vs the CPU backend; exports the ResNet-18 case
 #   pytorch_check             that case vs torchvision's ResNet-18 in PyTorch (fp32)
-#   timings                   per-layer conv kernels and whole recover iterations (eager, graph, 2 streams)
+#   timings                   benches/ops.rs: every op (per-layer conv kernels in both versions, the
+#                             memory-bound ops, the optimizers) and whole recover iterations (eager,
+#                             graph, 2 streams), on the CPU backend and the GPU
 #   bench_cli                 `cda-engine bench --device cuda`, ResNet-18 224px batch 100 (its JSON line)
 #   run_cli, validate_cli     the main job on the GPU (`cda-engine run --device cuda`, the shipped
 #                             Fashion-MNIST teacher, IPC 10), then `validate --device cuda` (the CUDA
@@ -64,7 +66,7 @@ if have_torch; then
 else
     echo "pytorch_check SKIPPED (no PyTorch with CUDA, torchvision and safetensors)" | tee -a "$status"
 fi
-CDA_GPU_BENCH=1 step timings 75 "$tests" --test-threads=1 --nocapture gpu_timings
+step timings 90 "$here/bin/ops_bench"
 step bench_cli 40 "$here/bin/cda-engine" bench --device cuda --arch resnet18 --res 224 --batch 100 --iters 10
 step run_cli 40 "$here/bin/cda-engine" run --device cuda --weights "$here/teacher.safetensors" --out "$work/syn" --quiet
 for dev in cuda cpu; do

@@ -78,20 +78,21 @@ def main():
             notes = (notes + "; grad rel_l2 " + ", ".join(grads)) if grads else notes
         print(f"{name:<15} {verdict:<18} {secs:>6}  {notes}")
 
-    convs = [r for r in timings(out, "timings") if r.get("kind") == "conv"]
+    # benches/ops.rs rows of the GPU's conv passes: shape "LAYER xCOUNT ... VERSION", rate in GFLOP/s.
+    convs = {}
+    for r in timings(out, "timings"):
+        if r.get("kind") != "op" or r.get("op") not in ("conv_fprop", "conv_dgrad") or r.get("device", "").startswith("cpu"):
+            continue
+        words = r["shape"].split()
+        layer, count, version = words[0], int(words[1][1:]), words[-1]
+        convs.setdefault(layer, {"count": count})[(r["op"][5:], version)] = r
     if convs:
         print()
         print("conv layers, ResNet-18 224px batch 100: ms (TFLOP/s)   [v1 = fp32 CUDA cores, v2 = TF32 mma.sync]")
         print(f"{'layer':<24} {'x':>2} {'fprop v1':>15} {'fprop v2':>15} {'dgrad v1':>15} {'dgrad v2':>15}")
-        layers = []
-        for r in convs:
-            if r["layer"] not in layers:
-                layers.append(r["layer"])
-        for name in layers:
-            by = {r["version"]: r for r in convs if r["layer"] == name}
-            cell = lambda v, k: f"{by[v][k + '_ms']:.2f} ({by[v][k + '_tflops']:.0f})" if v in by else "-"
-            count = next(iter(by.values()))["count"]
-            print(f"{name:<24} {count:>2} {cell('Fp32', 'fprop'):>15} {cell('Tf32', 'fprop'):>15} {cell('Fp32', 'dgrad'):>15} {cell('Tf32', 'dgrad'):>15}")
+        for name, by in convs.items():
+            cell = lambda v, k: f"{by[(k, v)]['ms']:.2f} ({by[(k, v)]['rate'] / 1000:.0f})" if (k, v) in by else "-"
+            print(f"{name:<24} {by['count']:>2} {cell('Fp32', 'fprop'):>15} {cell('Tf32', 'fprop'):>15} {cell('Fp32', 'dgrad'):>15} {cell('Tf32', 'dgrad'):>15}")
     iters = [r for r in timings(out, "timings") if r.get("kind") == "iteration"]
     peer = {r["arch"]: r for r in timings(out, "pytorch_peer")}
     if iters or peer:

@@ -1,4 +1,4 @@
-//! Recover: the CDA synthesis loop (algorithm.md section 2), generic over the backend.
+//! Recover: the CDA synthesis loop (docs/algorithm.md section 2), generic over the backend.
 //!
 //! Per batch (a chunk of classes, one image each, optionally several IPC indices): x ~ N(0, 1), fresh
 //! Adam (betas 0.5/0.9, eps 1e-8), and for t in 0..T: cosine lr, curriculum crop bound, one sampled

@@ -1,4 +1,4 @@
-//! The official recover settings (algorithm.md's table), plus our Fashion-MNIST preset.
+//! The official recover settings (docs/algorithm.md's table), plus our Fashion-MNIST preset.
 
 use serde::Serialize;
 

@@ -1,4 +1,4 @@
-//! `cda-engine relabel` and `cda-engine validate` (algorithm.md sections 3 and 4).
+//! `cda-engine relabel` and `cda-engine validate` (docs/algorithm.md sections 3 and 4).
 //!
 //! relabel: for each of E epochs, the distilled images in a seeded order, in batches; per image a
 //! RandomResizedCrop (scale min_scale..1) and flip, per batch one mix (CutMix by default); the teacher's

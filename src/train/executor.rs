@@ -428,7 +428,7 @@ impl<B: TrainBackend> TrainNet<B> {
 
     /// One optimizer step of every parameter at learning rate `lr`, weight decay on the tensors with
     /// more than one dimension only (conv and fc weights; BN parameters and biases excluded), as the
-    /// official recipes (algorithm.md section 4). Errors: a network built without an optimizer.
+    /// official recipes (docs/algorithm.md section 4). Errors: a network built without an optimizer.
     pub fn step(&mut self, b: &B, lr: f64) -> Result<()> {
         let o = self.optim.ok_or_else(|| Error::State("optimizer step on a network built without an optimizer".into()))?;
         let first = self.steps == 0;

@@ -1,6 +1,6 @@
 //! The relabel file: per epoch, for every image of the distilled set in the epoch's order, the view
 //! (crop window + flip), the in-batch mix permutation, and the teacher's logits on the mixed view
-//! (fp16, all classes or the top k); per batch the mix lambda and CutMix box (algorithm.md section 3).
+//! (fp16, all classes or the top k); per batch the mix lambda and CutMix box (docs/algorithm.md section 3).
 //!
 //! Format: safetensors (any reader opens it), tensors laid out epoch by epoch so one epoch is read
 //! with a seek and a few reads, never the whole file:

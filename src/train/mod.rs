@@ -1,5 +1,5 @@
 //! Training inside the engine: the squeeze, relabel and validate phases of SRe2L / CDA
-//! (algorithm.md sections 1, 3 and 4) on the training ops (`crate::ops::{conv, batchnorm,
+//! (docs/algorithm.md sections 1, 3 and 4) on the training ops (`crate::ops::{conv, batchnorm,
 //! linear, sgd, adamw, kd_loss}`, each with a CPU half and a CUDA kernel).
 //!
 //! Map: `trainable` (the trainable ResNet, torchvision names) -> `executor` (the one training executor over

@@ -1,7 +1,7 @@
 //! The optimizers the training loops choose from: SGD (momentum, Nesterov) and AdamW. The training
 //! executor (`super::executor::TrainNet::step`) steps every parameter with them, weight decay on
 //! tensors with more than one dimension only (conv and fc weights; BN parameters and biases
-//! excluded), as the recipes here and algorithm.md section 4 say. Per-tensor math:
+//! excluded), as the recipes here and docs/algorithm.md section 4 say. Per-tensor math:
 //! `crate::ops::{sgd, adamw}`.
 
 use serde::Serialize;

@@ -1,7 +1,7 @@
 //! kd_loss: the distillation and classification losses of training, each returning the mean loss and
 //! writing the gradient with respect to the logits.
 //!
-//! - `kl_div`: SRe2L/CDA's knowledge-distillation loss (algorithm.md section 4), PyTorch
+//! - `kl_div`: SRe2L/CDA's knowledge-distillation loss (docs/algorithm.md section 4), PyTorch
 //!   `KLDivLoss(reduction='batchmean')(log_softmax(s / T), softmax(t / T))` with no T^2 factor:
 //!   loss = (1/N) sum_i sum_j p_ij (log p_ij - log q_ij),  p = softmax(t/T), q = softmax(s/T);
 //!   dloss/ds_ij = (q_ij - p_ij) / (N T)
