@@ -23,7 +23,16 @@ NAMES = {
     "sel_hard_whole": "`select --factor 1 --crops 1 --select-min-scale 1 --select-rank hard`",
     "sel_diverse_whole": "the same, `--select-rank diverse` (k-center)",
     "sel_kmeans_whole": "the same, `--select-rank kmeans` (k-means medoids)",
-    "recommended": "**`--method recommended`**: half k-means real, half CDA, PNG",
+    "rec_r3": "30% k-means real, 70% CDA (`--method recommended --real-ipc IPC*3/10`)",
+    "rec_r5": "half k-means real, half CDA (`--method recommended --real-ipc IPC/2`)",
+    "recommended": "**`--method recommended`**: 70% k-means real, 30% CDA, PNG",
+    "rec_r7": "**`--method recommended`**: 70% k-means real, 30% CDA, PNG",
+    "rec_r7_class": "the same, CDA part with class-wise BN statistics (`--bn-stats class`)",
+    "rec_class": "half k-means real, half CDA with class-wise BN statistics",
+    "cda_class": "CDA from noise with class-wise BN statistics (`--bn-stats class`, one class per batch)",
+    "rec_c1000": "half k-means real (k-means over 1000 candidates), half CDA",
+    "rec_it2000": "half k-means real, half CDA with 2000 iterations",
+    "kmeans_c1000": "k-means medoids over 1000 candidates (`select ... --candidates 1000`)",
     "recommended_edc": "`--method recommended` with the three teachers in turn",
 }
 ORDER = list(NAMES)

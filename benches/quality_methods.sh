@@ -13,7 +13,8 @@
 #   cda_patches   cda-engine run --init patches                    CDA from RDED's patches
 #   fadrm         cda-engine run --method fadrm                    + FADRM's data residual
 #   delt          cda-engine run --method delt                     CDA from whole selected crops
-#   recommended   cda-engine run --method recommended              half k-means-selected real, half CDA
+#   recommended   cda-engine run --method recommended              70% k-means-selected real, 30% CDA
+#   rec_r5        --method recommended --real-ipc IPC/2              half k-means-selected real, half CDA
 #   recommended_edc    the same with the three teachers in turn for the CDA half (--weights TEACHERS)
 #   gentle_f1     cda-engine run --init patches --factor 1 --lr 0.05 --iteration 500
 #   real_gentle   cda-engine run --init real --lr 0.05 --iteration 500 --format png
@@ -24,7 +25,7 @@
 #   sel_kmeans_whole   the same with --select-rank kmeans (k-means medoids over the teacher's logits)
 #   edc           cda-engine run --init patches --factor 1 --weights T,T2,T3 (three teachers in turn)
 #   cvdd          as edc with --teachers-per-step 2
-#   rec_r3, rec_r7     --method recommended with --real-ipc 3 or 7 (of 10) instead of half
+#   rec_r3, rec_r7     --method recommended with --real-ipc 3 or 7 (of 10): rec_r7 is the same set as recommended
 #   rec_c1000     --method recommended with --candidates 1000 (k-means over more real images)
 #   rec_it2000    --method recommended with --iteration 2000 for the CDA part
 #   cda_class     cda-engine run --bn-stats class                  CDA from noise, class-wise BN statistics, one class per batch
@@ -108,7 +109,7 @@ PY
         sel_*_whole) local r=${name#sel_}; "$BIN" select "${common[@]}" --factor 1 --crops 1 --select-min-scale 1 --select-rank "${r%_whole}" --threads "$THREADS" ;;
         edc) "$BIN" run "${common[@]}" --init patches --factor 1 --weights "$TEACHERS" --threads "$THREADS" --quiet ;;
         cvdd) "$BIN" run "${common[@]}" --init patches --factor 1 --weights "$TEACHERS" --teachers-per-step 2 --threads "$THREADS" --quiet ;;
-        rec_r3|rec_r7) "$BIN" run "${common[@]}" --method recommended --real-ipc $((ipc * ${name#rec_r} / 10)) --threads "$THREADS" --quiet ;;
+        rec_r3|rec_r5|rec_r7) "$BIN" run "${common[@]}" --method recommended --real-ipc $((ipc * ${name#rec_r} / 10)) --threads "$THREADS" --quiet ;;
         cda_class) "$BIN" run "${common[@]}" --bn-stats class --threads "$THREADS" --quiet ;;
         rec_class) "$BIN" run "${common[@]}" --method recommended --bn-stats class --threads "$THREADS" --quiet ;;
         rec_r7_class) "$BIN" run "${common[@]}" --method recommended --real-ipc $((ipc * 7 / 10)) --bn-stats class --threads "$THREADS" --quiet ;;

@@ -141,7 +141,7 @@ fn run_with_two_teachers() {
     refused(&["run", "--out", dir.path().join("u").to_str().unwrap(), "--weights", &both, "--teachers-per-step", "3"], "exceeds the 2 teachers");
 }
 
-/// `--method recommended`: the first half of each class's images are selected real images written
+/// `--method recommended`: the first 70% of each class's images are selected real images written
 /// as they are (recorded with their sources), the rest recovered; a rerun resumes instead of
 /// refusing its own folder, and a --real-ipc above the IPC or selection flags that nothing uses are
 /// refused before any work.
