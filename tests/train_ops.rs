@@ -4,11 +4,13 @@
 
 mod common;
 
+use cda_engine::backend::cpu::CpuBackend;
+use cda_engine::backend::Backend;
 use cda_engine::model::ConvGeom;
 use cda_engine::ops::adamw::{cpu as adamw, AdamWConfig};
 use cda_engine::ops::batchnorm::{cpu as bn, BnProblem};
 use cda_engine::ops::conv::cpu::im2col as conv;
-use cda_engine::ops::conv::ConvProblem;
+use cda_engine::ops::conv::{BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
 use cda_engine::ops::kd_loss::cpu as kd;
 use cda_engine::ops::linear::cpu as linear;
 use cda_engine::ops::sgd::{cpu as sgd, SgdConfig};
@@ -34,14 +36,21 @@ fn check_convs() {
         let geom = ConvGeom { c: c as usize, k: k as usize, r: r as usize, s: r as usize, stride: stride as usize, pad: pad as usize };
         let p = ConvProblem::new(n as usize, h as usize, w as usize, &geom);
         let t = |k: &str| &tensor(&f, &format!("{case}.{k}")).data;
+        // The training executor's convs: the backend's fprop with an identity BN epilogue, its dgrad
+        // with the plain store and (for a downsample shortcut) the accumulating masked epilogue.
+        let b = CpuBackend::new(rayon::current_num_threads()).unwrap();
+        let (zeros, ones) = (vec![0.0; p.k as usize], vec![1.0; p.k as usize]);
+        let epi = FpropEpilogue { bn: BnAffine { mean: &zeros, scale: &ones, beta: &zeros }, residual: None, relu: false, y: None, stats: None };
         let mut y = vec![0.0; p.output_len()];
-        conv::fprop(&p, t("x"), t("w"), &mut y);
+        b.conv_fprop(&p, t("x"), t("w"), epi, &mut y).unwrap();
         assert_close(&format!("conv {case} fprop"), &y, t("y"), 2e-5);
         let mut dx = vec![0.0; p.input_len()];
-        conv::dgrad(&p, t("dy"), t("w"), &mut dx, false);
+        b.conv_dgrad(&p, t("dy"), t("w"), t("x"), DgradEpilogue::Store, &mut dx).unwrap();
         assert_close(&format!("conv {case} dgrad"), &dx, t("dx"), 2e-5);
-        // accumulate: dx += dgrad again gives twice the reference
-        conv::dgrad(&p, t("dy"), t("w"), &mut dx, true);
+        // accumulate: dx += dgrad again gives twice the reference (the mask passes every value of
+        // an all-positive input).
+        let positive = vec![1.0; p.input_len()];
+        b.conv_dgrad(&p, t("dy"), t("w"), &positive, DgradEpilogue::MaskInput { add: None, accumulate: true }, &mut dx).unwrap();
         let twice: Vec<f32> = t("dx").iter().map(|v| 2.0 * v).collect();
         assert_close(&format!("conv {case} dgrad accumulate"), &dx, &twice, 2e-5);
         let mut y2 = vec![0.0; p.output_len()];

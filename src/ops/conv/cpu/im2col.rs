@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use crate::cpu::gemm::sgemm;
 use crate::cpu::par::{image_groups, SyncPtr};
-use crate::ops::conv::{BnAffine, ConvProblem, DgradEpilogue, FpropEpilogue};
+use crate::ops::conv::ConvProblem;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -174,34 +174,8 @@ fn gemm_acc_rhs_t(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: &[f32], rh
     }
 }
 
-/// y = conv(x, w), no bias: the recover convolution (`conv2d::cpu::fprop`: Winograd F(4x4,3x3) for
-/// 3x3 stride-1 convs, implicit GEMM otherwise) with an identity BN epilogue ((y - 0) * 1 + 0 = y
-/// exactly in fp32).
-pub fn fprop(p: &ConvProblem, x: &[f32], w: &[f32], y: &mut [f32]) {
-    let k = p.k as usize;
-    let (zero, one) = (vec![0f32; k], vec![1f32; k]);
-    let epi = FpropEpilogue { bn: BnAffine { mean: &zero[..], scale: &one[..], beta: &zero[..] }, residual: None, relu: false, y: None, stats: None };
-    crate::ops::conv::cpu::fprop(p, x, w, epi, y);
-}
-
-/// dx = conv_transpose(dy, w), or dx += that when `accumulate`: the recover convolution's dgrad
-/// (`conv2d::cpu::dgrad`, plain store epilogue).
-pub fn dgrad(p: &ConvProblem, dy: &[f32], w: &[f32], dx: &mut [f32], accumulate: bool) {
-    let len = p.input_len();
-    assert!(dy.len() == p.output_len() && w.len() == p.weight_len() && dx.len() == len, "conv dgrad operands");
-    // The store epilogue never reads x; the op only checks its length.
-    with_scratch(if accumulate { 2 * len } else { len }, |buf| {
-        let (x, tmp) = buf.split_at_mut(len);
-        if accumulate {
-            crate::ops::conv::cpu::dgrad(p, dy, w, x, DgradEpilogue::Store, tmp);
-            dx.iter_mut().zip(tmp.iter()).for_each(|(d, t)| *d += t);
-        } else {
-            crate::ops::conv::cpu::dgrad(p, dy, w, x, DgradEpilogue::Store, dx);
-        }
-    });
-}
-
-/// [`fprop`] by im2col + the `gemm` crate over groups of images (the reference path).
+/// y = conv(x, w) by im2col + the `gemm` crate over groups of images: the first version, kept as
+/// the reference the faster paths are checked and timed against.
 pub fn fprop_im2col(p: &ConvProblem, x: &[f32], w: &[f32], y: &mut [f32]) {
     let n = p.n as usize;
     let (in_len, out_len) = (p.input_len() / n, p.output_len() / n);
@@ -238,7 +212,8 @@ pub fn fprop_im2col(p: &ConvProblem, x: &[f32], w: &[f32], y: &mut [f32]) {
     });
 }
 
-/// [`dgrad`] by the `gemm` crate + col2im over groups of images (the reference path).
+/// dx = conv_transpose(dy, w) (dx += that when `accumulate`) by the `gemm` crate + col2im over
+/// groups of images: the first version, kept as the reference.
 pub fn dgrad_im2col(p: &ConvProblem, dy: &[f32], w: &[f32], dx: &mut [f32], accumulate: bool) {
     let n = p.n as usize;
     let (in_len, out_len) = (p.input_len() / n, p.output_len() / n);
