@@ -1,5 +1,5 @@
 // conv_wgrad: the convolution's weight gradient, the pass only training needs (semantics:
-// src/ops/conv/mod.rs; CPU twin src/ops/conv/cpu/wgrad.rs; the problem struct in conv.cuh).
+// src/ops/conv/mod.rs; CPU twin `wgrad` in src/ops/conv/cpu/im2col.rs; the problem struct in conv.cuh).
 //
 //   dw[k][c][r][s] = sum over (n, p, q) of dy[n][k][p][q] * x[n][c][p*stride - pad + r][q*stride - pad + s]
 // GEMM view (CUTLASS's wgrad): GEMM_M = K, GEMM_N = C*R*S, GEMM_K = N*P*Q; A = dy (K x NPQ, gathered per

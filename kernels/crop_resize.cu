@@ -36,6 +36,14 @@ struct CropParams {
     int32_t top, left, crop_h, crop_w, flip, shift_y, shift_x, pad_;
 };
 CDA_PARAMS_SIZE(CropParams, 32);
+CDA_PARAMS_OFFSET(CropParams, top, 0);
+CDA_PARAMS_OFFSET(CropParams, left, 4);
+CDA_PARAMS_OFFSET(CropParams, crop_h, 8);
+CDA_PARAMS_OFFSET(CropParams, crop_w, 12);
+CDA_PARAMS_OFFSET(CropParams, flip, 16);
+CDA_PARAMS_OFFSET(CropParams, shift_y, 20);
+CDA_PARAMS_OFFSET(CropParams, shift_x, 24);
+CDA_PARAMS_OFFSET(CropParams, pad_, 28);
 
 struct BilinearTaps {
     int y0, y1, x0, x1;

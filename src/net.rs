@@ -81,12 +81,16 @@ pub struct Net<B: Backend> {
     last_hw: usize,
 }
 
-/// Borrows `v[w]` mutably and the `reads` immutably; panics if a read aliases the write.
-fn split<T, const R: usize>(v: &mut [T], reads: [usize; R], w: usize) -> ([&T; R], &mut T) {
-    assert!(w < v.len() && reads.iter().all(|&r| r != w && r < v.len()), "aliased buffers");
-    let base = v.as_mut_ptr();
-    // SAFETY: indices are in bounds and the write index differs from every read index.
-    unsafe { (reads.map(|r| &*base.add(r)), &mut *base.add(w)) }
+/// `v[r]` shared and `v[w]` mutable (distinct scratch slots).
+fn split<T>(v: &mut [T], r: usize, w: usize) -> (&T, &mut T) {
+    let [r, w] = v.get_disjoint_mut([r, w]).expect("distinct scratch slots");
+    (r, w)
+}
+
+/// `v[a]`, `v[b]` shared and `v[w]` mutable (distinct scratch slots).
+fn split2<T>(v: &mut [T], a: usize, b: usize, w: usize) -> (&T, &T, &mut T) {
+    let [a, b, w] = v.get_disjoint_mut([a, b, w]).expect("distinct scratch slots");
+    (a, b, w)
 }
 
 fn upload<B: Backend>(backend: &B, data: &[f32]) -> Result<B::Buf> {
@@ -364,7 +368,7 @@ impl<B: Backend> Net<B> {
             let lastc = *b.convs.last().unwrap();
             let (hw_last, k_last) = ((self.convs[lastc].problem.p * self.convs[lastc].problem.q) as usize, self.convs[lastc].problem.k as usize);
             {
-                let ([gp], dst) = split(&mut self.g, [g_pre], s_cur);
+                let (gp, dst) = split(&mut self.g, g_pre, s_cur);
                 backend.bn_backward(
                     &BnProblem { n, c: k_last, hw: hw_last },
                     BnBackwardIo { dz: gp, y: &self.y[lastc], scale: &self.convs[lastc].bn_scale, coef: &self.coef[lastc], dy: dst },
@@ -374,7 +378,7 @@ impl<B: Backend> Net<B> {
             let mut next = s_alt;
             for j in (1..b.convs.len()).rev() {
                 let (cj, prev) = (b.convs[j], b.convs[j - 1]);
-                let ([dy], dst) = split(&mut self.g, [cur], next);
+                let (dy, dst) = split(&mut self.g, cur, next);
                 let epi = DgradEpilogue::BnRelu { y_prev: &self.y[prev], scale: &self.convs[prev].bn_scale, coef: &self.coef[prev] };
                 backend.conv_dgrad(&self.convs[cj].problem, dy, &self.convs[cj].w, &self.out[prev], epi, dst)?;
                 std::mem::swap(&mut cur, &mut next);
@@ -385,22 +389,22 @@ impl<B: Backend> Net<B> {
                     let p = &self.convs[ds].problem;
                     let (hw, k) = ((p.p * p.q) as usize, p.k as usize);
                     {
-                        let ([gp], dst) = split(&mut self.g, [g_pre], s_ds);
+                        let (gp, dst) = split(&mut self.g, g_pre, s_ds);
                         backend.bn_backward(
                             &BnProblem { n, c: k, hw },
                             BnBackwardIo { dz: gp, y: &self.y[ds], scale: &self.convs[ds].bn_scale, coef: &self.coef[ds], dy: dst },
                         )?;
                     }
                     {
-                        let ([dy], dst) = split(&mut self.g, [s_ds], s_in);
+                        let (dy, dst) = split(&mut self.g, s_ds, s_in);
                         backend.conv_dgrad(p, dy, &self.convs[ds].w, input, DgradEpilogue::Store, dst)?;
                     }
-                    let ([dy], dst) = split(&mut self.g, [cur], s_in);
+                    let (dy, dst) = split(&mut self.g, cur, s_in);
                     let epi = DgradEpilogue::MaskInput { add: None, accumulate: true };
                     backend.conv_dgrad(&self.convs[first].problem, dy, &self.convs[first].w, input, epi, dst)?;
                 }
                 None => {
-                    let ([dy, gp], dst) = split(&mut self.g, [cur, g_pre], s_in);
+                    let (dy, gp, dst) = split2(&mut self.g, cur, g_pre, s_in);
                     let epi = DgradEpilogue::MaskInput { add: Some(gp), accumulate: false };
                     backend.conv_dgrad(&self.convs[first].problem, dy, &self.convs[first].w, input, epi, dst)?;
                 }
@@ -413,13 +417,13 @@ impl<B: Backend> Net<B> {
         let mut g_act = g_pre;
         if let Some((pp, _, argmax)) = &self.pool {
             let dst_slot = (0..self.g.len()).find(|&s| s != g_pre).unwrap();
-            let ([gp], dst) = split(&mut self.g, [g_pre], dst_slot);
+            let (gp, dst) = split(&mut self.g, g_pre, dst_slot);
             backend.maxpool_bwd(pp, gp, argmax, dst)?;
             g_act = dst_slot;
         }
         let dy_slot = (0..self.g.len()).find(|&s| s != g_act).unwrap();
         {
-            let ([ga], dst) = split(&mut self.g, [g_act], dy_slot);
+            let (ga, dst) = split(&mut self.g, g_act, dy_slot);
             backend
                 .bn_backward(&BnProblem { n, c: k0, hw: hw0 }, BnBackwardIo { dz: ga, y: &self.y[0], scale: &stem.bn_scale, coef: &self.coef[0], dy: dst })?;
         }

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The PyTorch peer on the GPU: the official recover iteration (VILA-Lab/SRe2L CDA/recover_cda_in1k.py)
-timed on the same card as the engine's `gpu_timings` (tests/cuda_gpu.rs).
+timed on the same card as the engine's whole iterations (benches/ops.rs, `iteration` rows).
 
 Per iteration, as the official code: RandomResizedCrop(scale=(0.08, 1)) + RandomHorizontalFlip on the
 batch, torch.roll by up to 32, forward of an eval-mode torchvision ResNet with BN-statistic hooks,

@@ -1,6 +1,6 @@
 //! The CPU GEMMs: `sgemm` (a cache-blocked, runtime-dispatched SIMD GEMM from the `gemm` crate, used by
 //! the linear layers and training ops) and [`microkernel`], the register-tile kernels that the recover
-//! convolutions (`conv2d::cpu`) drive with their own packing and fused epilogues.
+//! convolutions (`ops::conv::cpu`) drive with their own packing and fused epilogues.
 
 pub mod microkernel;
 

@@ -317,8 +317,8 @@ pub fn squeeze(a: &SqueezeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Loads a teacher (default: the shipped one) as a trainable model in eval mode.
-/// The teacher ([`crate::default_teacher::load_teacher`]) and its trainable form.
+/// The teacher (default: the shipped one, [`crate::default_teacher::load_teacher`]) and its
+/// trainable form.
 pub fn load_trainable_teacher(path: Option<&std::path::Path>) -> Result<(TrainModel, crate::model::ResNet, String)> {
     let (m, name) = crate::default_teacher::load_teacher(path)?;
     Ok((TrainModel::from_resnet(&m), m, name))

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use half::f16;
+
 use serde::Serialize;
 
 use super::eval::{evaluate, EvalResult};
@@ -105,7 +107,16 @@ pub fn relabel(
         let mut rec = EpochLabels { ids: Vec::with_capacity(n), views: Vec::with_capacity(n), mixes: Vec::new(), logits: Vec::with_capacity(n * k) };
         for b in EpochLoader::new(images.clone(), aug.sample_spec(), aug.mix, plans, workers, 2) {
             let b = b?;
-            rec.logits.extend_from_slice(&net.forward_eval(&b.x, b.n)?);
+            let logits = net.forward_eval(&b.x, b.n)?;
+            // Soft labels are stored in fp16: a logit beyond its range (or not finite) would be
+            // written as inf and train every student on garbage.
+            if let Some(v) = logits.iter().find(|v| !v.is_finite() || v.abs() > f16::MAX.to_f32()) {
+                return Err(Error::Numeric(format!(
+                    "the teacher's logits reach {v} at epoch {}, beyond what fp16 soft labels can hold (65504): the teacher's weights or BN statistics are not usable (a diverged training?), or --mean/--std are wrong; no labels were written",
+                    epoch + 1
+                )));
+            }
+            rec.logits.extend_from_slice(&logits);
             rec.ids.extend_from_slice(&b.ids);
             rec.views.extend_from_slice(&b.views);
             rec.mixes.push(b.mix);

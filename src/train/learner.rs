@@ -52,7 +52,10 @@ pub fn learner<'a>(
 ) -> Result<Box<dyn Learner + 'a>> {
     Ok(match device {
         // The pool the command runs on decides the thread count, as it did for the CPU ops before.
-        TrainDevice::Cpu => Box::new(BackendLearner::new(Held::Owned(CpuBackend::new(rayon::current_num_threads())?), model, max_n, size, optim)?),
+        TrainDevice::Cpu => {
+            let cpu = CpuBackend::on_current_pool().without_weight_cache();
+            Box::new(BackendLearner::new(Held::Owned(cpu), model, max_n, size, optim)?)
+        }
         TrainDevice::Gpu(g) => Box::new(BackendLearner::new(Held::Borrowed(g), model, max_n, size, optim)?),
         TrainDevice::Emulated(g) => Box::new(BackendLearner::new(Held::Borrowed(g), model, max_n, size, optim)?),
     })

@@ -156,6 +156,10 @@ pub fn squeeze(
             step += 1;
             progress.step(|| format!("epoch {}/{} loss {:.4}", epoch + 1, cfg.epochs, loss_sum / seen as f64));
         }
+        // A diverged network is a failure now, not a file nothing can load later: a finite loss
+        // does not prove finite weights (BN running variances overflow first at a huge lr).
+        check_finite(net.model()?, epoch + 1)?;
+        check_usable_teacher(net.model()?, &last_batch.0, last_batch.1, cfg.image_size, epoch + 1)?;
         let test_result = match &test {
             Some(t) => Some(evaluate(net.model()?, t.clone(), cfg.image_size, &cfg.mean, &cfg.std, 500, cfg.workers)?),
             None => None,
@@ -178,10 +182,6 @@ pub fn squeeze(
             rec.seconds
         ));
         history.push(rec);
-        // A diverged network is a failure now, not a file nothing can load later: a finite loss
-        // does not prove finite weights (BN running variances overflow first at a huge lr).
-        check_finite(net.model()?, epoch + 1)?;
-        check_usable_teacher(net.model()?, &last_batch.0, last_batch.1, cfg.image_size, epoch + 1)?;
         // The record so far, so a long squeeze can be followed (and its history survives a crash).
         let partial = summary(cfg, spec, out, parameters, train.len(), &history, start);
         write_atomic(&record, serde_json::to_string_pretty(&partial).expect("summary serialises").as_bytes())?;
@@ -245,8 +245,9 @@ fn check_usable_teacher(model: &TrainModel, x: &[f32], n: usize, size: usize, ep
     let mut logits = vec![0.0f32; n * teacher.num_classes];
     backend.download(&net.logits, &mut logits)?;
     let mut bad = Vec::new();
-    if logits.iter().any(|v| !v.is_finite()) {
-        bad.push("the logits".to_string());
+    // relabel stores a teacher's logits in fp16: beyond its range they are inf.
+    if let Some(v) = logits.iter().find(|v| !v.is_finite() || v.abs() > half::f16::MAX.to_f32()) {
+        bad.push(format!("the logits (up to {v}, beyond fp16's 65504)"));
     }
     for l in 0..net.num_bn_layers() {
         let mut stats = vec![0.0f32; 2 * net.bn_channels(l)];
@@ -260,7 +261,7 @@ fn check_usable_teacher(model: &TrainModel, x: &[f32], n: usize, size: usize, ep
         return Ok(());
     }
     Err(Error::Numeric(format!(
-        "training diverged by epoch {epoch}: in eval mode (with its running statistics) {} overflow, so no recover run could use it as a teacher; no teacher was written (lower --lr)",
+        "training diverged by epoch {epoch}: in eval mode (with its running statistics) {} overflow, so neither recover nor relabel could use it as a teacher; no teacher was written (lower --lr)",
         bad.join(" and ")
     )))
 }

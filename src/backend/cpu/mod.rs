@@ -18,13 +18,17 @@ use crate::ops::pool::PoolProblem;
 use crate::ops::{adam, bn_match, conv, crop_resize, image_prior, linear, pool, softmax_ce};
 
 pub struct CpuBackend {
-    pool: Arc<rayon::ThreadPool>,
+    /// The backend's own pool; None runs every op on the caller's rayon pool (`on_current_pool`).
+    pool: Option<Arc<rayon::ThreadPool>>,
     threads: usize,
     profile: Mutex<Option<Profile>>,
     /// Transformed conv weights (Winograd), reused while the weight buffers are unchanged.
     weights: conv::cpu::WeightCache,
     /// Which conv algorithms may run (all, by default).
     conv_choice: conv::cpu::ConvChoice,
+    /// Keep prepared weights between calls (recover: frozen teachers); training turns it off, as
+    /// its weights change every step and the cache would only copy and compare them.
+    cache_weights: bool,
 }
 
 /// Accumulated time per (op, shape, algorithm), in first-call order.
@@ -98,12 +102,33 @@ impl CpuBackend {
             .build()
             .map_err(|e| Error::Option(format!("cannot start {threads} CPU threads: {e}")))?;
         Ok(CpuBackend {
-            pool: Arc::new(pool),
+            pool: Some(Arc::new(pool)),
             threads,
             profile: Mutex::new(None),
             weights: conv::cpu::WeightCache::new(conv::cpu::WeightCache::default_budget()),
             conv_choice: conv::cpu::ConvChoice::default(),
+            cache_weights: true,
         })
+    }
+
+    /// A backend that runs its ops on the caller's rayon pool instead of a pool of its own: the
+    /// training loops already run inside the command's pool, and handing every op to a second pool
+    /// would cost a thread wake-up per op.
+    pub fn on_current_pool() -> CpuBackend {
+        CpuBackend {
+            pool: None,
+            threads: rayon::current_num_threads(),
+            profile: Mutex::new(None),
+            weights: conv::cpu::WeightCache::new(conv::cpu::WeightCache::default_budget()),
+            conv_choice: conv::cpu::ConvChoice::default(),
+            cache_weights: true,
+        }
+    }
+
+    /// This backend without the prepared-weights cache (for weights that change every call).
+    pub fn without_weight_cache(mut self) -> CpuBackend {
+        self.cache_weights = false;
+        self
     }
 
     /// This backend with only the conv algorithms `choice` allows (for measurements).
@@ -113,7 +138,7 @@ impl CpuBackend {
     }
 
     fn conv_context(&self) -> conv::cpu::ConvContext<'_> {
-        conv::cpu::ConvContext { cache: Some(&self.weights), choice: self.conv_choice }
+        conv::cpu::ConvContext { cache: self.cache_weights.then_some(&self.weights), choice: self.conv_choice }
     }
 
     /// Starts (clearing what was recorded) or stops timing every op call.
@@ -130,10 +155,10 @@ impl CpuBackend {
     fn op<R: Send>(&self, key: impl FnOnce() -> String, flops: f64, f: impl FnOnce() -> R + Send) -> R {
         let profiling = self.profile.lock().unwrap_or_else(|e| e.into_inner()).is_some();
         if !profiling {
-            return self.pool.install(f);
+            return self.run_on_pool(f);
         }
         let t = Instant::now();
-        let r = self.pool.install(f);
+        let r = self.run_on_pool(f);
         let secs = t.elapsed().as_secs_f64();
         if let Some(p) = self.profile.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             p.add(key(), secs, flops);
@@ -147,7 +172,14 @@ impl CpuBackend {
 
     /// Runs `f` on this backend's thread pool (used by ops that are not part of the trait).
     pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(f)
+        self.run_on_pool(f)
+    }
+
+    fn run_on_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(p) => p.install(f),
+            None => f(),
+        }
     }
 }
 
@@ -184,12 +216,12 @@ pub(super) fn conv_key(p: &ConvProblem, dgrad: bool, choice: conv::cpu::ConvChoi
     format!("{}x{}/{} {}->{} N{} {}x{} {}", p.r, p.s, p.stride, p.c, p.k, p.n, p.h, p.w, conv::cpu::algorithm(p, dgrad, choice))
 }
 
-fn crop_params(raw: &[i32], n: usize) -> &[CropParams] {
-    bytemuck::cast_slice(&raw[..8 * n])
+fn crop_params(raw: &[i32], n: usize) -> Result<&[CropParams]> {
+    Ok(bytemuck::cast_slice(prefix("crop parameters", raw, 8 * n)?))
 }
 
-/// The first `len` elements: buffers may be longer than an op needs (shared scratch).
-/// The first `len` elements of a buffer, or an error naming it when it is shorter.
+/// The first `len` elements of a buffer (buffers may be longer than an op needs: shared scratch), or
+/// an error naming it when it is shorter.
 fn prefix<'a, T>(what: &str, v: &'a [T], len: usize) -> Result<&'a [T]> {
     v.get(..len).ok_or_else(|| Error::input(what, format!("a buffer of {} values where {len} are needed", v.len())))
 }
@@ -244,17 +276,18 @@ impl Backend for CpuBackend {
     fn conv_fprop(&self, p: &ConvProblem, x: &Vec<f32>, w: &Vec<f32>, epi: FpropEpilogue<'_, Vec<f32>>, out: &mut Vec<f32>) -> Result<()> {
         let (il, ol, k) = (p.input_len(), p.output_len(), p.k as usize);
         let epi = FpropEpilogue {
-            bn: BnAffine { mean: pre(epi.bn.mean, k), scale: pre(epi.bn.scale, k), beta: pre(epi.bn.beta, k) },
-            residual: epi.residual.map(|r| pre(r, ol)),
+            bn: BnAffine {
+                mean: prefix("conv fprop BN mean", epi.bn.mean, k)?,
+                scale: prefix("conv fprop BN scale", epi.bn.scale, k)?,
+                beta: prefix("conv fprop BN beta", epi.bn.beta, k)?,
+            },
+            residual: epi.residual.map(|r| prefix("conv fprop residual", r, ol)).transpose()?,
             relu: epi.relu,
-            y: epi.y.map(|y| pre_mut(y, ol)),
-            stats: epi.stats.map(|s| pre_mut(s, 2 * k)),
+            y: epi.y.map(|y| prefix_mut("conv fprop y", y, ol)).transpose()?,
+            stats: epi.stats.map(|s| prefix_mut("conv fprop stats", s, 2 * k)).transpose()?,
         };
-        self.op(
-            || format!("conv_fprop {}", conv_key(p, false, self.conv_choice)),
-            p.flops(),
-            || conv::cpu::fprop_with(self.conv_context(), p, pre(x, il), pre(w, p.weight_len()), epi, pre_mut(out, ol)),
-        );
+        let (x, w, out) = (prefix("conv fprop x", x, il)?, prefix("conv fprop w", w, p.weight_len())?, prefix_mut("conv fprop out", out, ol)?);
+        self.op(|| format!("conv_fprop {}", conv_key(p, false, self.conv_choice)), p.flops(), || conv::cpu::fprop_with(self.conv_context(), p, x, w, epi, out));
         Ok(())
     }
 
@@ -262,13 +295,25 @@ impl Backend for CpuBackend {
         let (il, ol, c) = (p.input_len(), p.output_len(), p.c as usize);
         let epi = match epi {
             DgradEpilogue::Store => DgradEpilogue::Store,
-            DgradEpilogue::MaskInput { add, accumulate } => DgradEpilogue::MaskInput { add: add.map(|a| pre(a, il)), accumulate },
-            DgradEpilogue::BnRelu { y_prev, scale, coef } => DgradEpilogue::BnRelu { y_prev: pre(y_prev, il), scale: pre(scale, c), coef: pre(coef, 3 * c) },
+            DgradEpilogue::MaskInput { add, accumulate } => {
+                DgradEpilogue::MaskInput { add: add.map(|a| prefix("conv dgrad add", a, il)).transpose()?, accumulate }
+            }
+            DgradEpilogue::BnRelu { y_prev, scale, coef } => DgradEpilogue::BnRelu {
+                y_prev: prefix("conv dgrad y_prev", y_prev, il)?,
+                scale: prefix("conv dgrad scale", scale, c)?,
+                coef: prefix("conv dgrad coef", coef, 3 * c)?,
+            },
         };
+        let (dy, w, x, dx) = (
+            prefix("conv dgrad dy", dy, ol)?,
+            prefix("conv dgrad w", w, p.weight_len())?,
+            prefix("conv dgrad x", x, il)?,
+            prefix_mut("conv dgrad dx", dx, il)?,
+        );
         self.op(
             || format!("conv_dgrad {}", conv_key(p, true, self.conv_choice)),
             p.flops(),
-            || conv::cpu::dgrad_with(self.conv_context(), p, pre(dy, ol), pre(w, p.weight_len()), pre(x, il), epi, pre_mut(dx, il)),
+            || conv::cpu::dgrad_with(self.conv_context(), p, dy, w, x, epi, dx),
         );
         Ok(())
     }
@@ -276,11 +321,10 @@ impl Backend for CpuBackend {
     fn bn_match(&self, t: BnMatchIo<'_, Vec<f32>>) -> Result<()> {
         let BnMatchIo { stats, target_mean: running_mean, target_var: running_var, count, weight, coef, losses, slot } = t;
         let k = running_mean.len();
-        losses[slot] = self.op(
-            || format!("bn_match K{k}"),
-            0.0,
-            || bn_match::cpu::bn_match(pre(stats, 2 * k), running_mean, pre(running_var, k), count as f64, weight, pre_mut(coef, 3 * k)),
-        );
+        let (stats, running_var, coef) =
+            (prefix("bn_match stats", stats, 2 * k)?, prefix("bn_match target var", running_var, k)?, prefix_mut("bn_match coef", coef, 3 * k)?);
+        let loss = self.op(|| format!("bn_match K{k}"), 0.0, || bn_match::cpu::bn_match(stats, running_mean, running_var, count as f64, weight, coef));
+        prefix_mut("bn_match losses", losses, slot + 1)?[slot] = loss;
         Ok(())
     }
 
@@ -288,102 +332,89 @@ impl Backend for CpuBackend {
         let BnProblem { n, c, hw } = *p;
         let BnBackwardIo { dz, y, scale, coef, dy } = t;
         let len = n * c * hw;
-        self.op(
-            || format!("bn_backward {n}x{c}x{hw}"),
-            0.0,
-            || bn_match::cpu::bn_backward(c, hw, pre(dz, len), pre(y, len), pre(scale, c), pre(coef, 3 * c), pre_mut(dy, len)),
+        let (dz, y, scale, coef) = (
+            prefix("bn_backward dz", dz, len)?,
+            prefix("bn_backward y", y, len)?,
+            prefix("bn_backward scale", scale, c)?,
+            prefix("bn_backward coef", coef, 3 * c)?,
         );
+        let dy = prefix_mut("bn_backward dy", dy, len)?;
+        self.op(|| format!("bn_backward {n}x{c}x{hw}"), 0.0, || bn_match::cpu::bn_backward(c, hw, dz, y, scale, coef, dy));
         Ok(())
     }
 
     fn maxpool_fwd(&self, p: &PoolProblem, x: &Vec<f32>, out: &mut Vec<f32>, argmax: &mut Vec<i32>) -> Result<()> {
         let (il, ol) = (p.input_len(), p.output_len());
-        self.op(
-            || format!("maxpool_fwd {}x{}x{}x{}", p.n, p.c, p.h, p.w),
-            0.0,
-            || pool::cpu::maxpool_fwd(p, pre(x, il), pre_mut(out, ol), pre_mut(argmax, ol)),
-        );
+        let (x, out, argmax) = (prefix("maxpool x", x, il)?, prefix_mut("maxpool out", out, ol)?, prefix_mut("maxpool argmax", argmax, ol)?);
+        self.op(|| format!("maxpool_fwd {}x{}x{}x{}", p.n, p.c, p.h, p.w), 0.0, || pool::cpu::maxpool_fwd(p, x, out, argmax));
         Ok(())
     }
 
     fn maxpool_bwd(&self, p: &PoolProblem, dout: &Vec<f32>, argmax: &Vec<i32>, dx: &mut Vec<f32>) -> Result<()> {
         let (il, ol) = (p.input_len(), p.output_len());
-        self.op(|| format!("maxpool_bwd {}x{}x{}x{}", p.n, p.c, p.h, p.w), 0.0, || pool::cpu::maxpool_bwd(p, pre(dout, ol), pre(argmax, ol), pre_mut(dx, il)));
+        let (dout, argmax, dx) = (prefix("maxpool dout", dout, ol)?, prefix("maxpool argmax", argmax, ol)?, prefix_mut("maxpool dx", dx, il)?);
+        self.op(|| format!("maxpool_bwd {}x{}x{}x{}", p.n, p.c, p.h, p.w), 0.0, || pool::cpu::maxpool_bwd(p, dout, argmax, dx));
         Ok(())
     }
 
     fn avgpool_fwd(&self, nc: usize, hw: usize, x: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
-        self.op(|| format!("avgpool_fwd {nc}x{hw}"), 0.0, || pool::cpu::avgpool_fwd(hw, pre(x, nc * hw), pre_mut(out, nc)));
+        let (x, out) = (prefix("avgpool x", x, nc * hw)?, prefix_mut("avgpool out", out, nc)?);
+        self.op(|| format!("avgpool_fwd {nc}x{hw}"), 0.0, || pool::cpu::avgpool_fwd(hw, x, out));
         Ok(())
     }
 
     fn avgpool_bwd(&self, nc: usize, hw: usize, dout: &Vec<f32>, x: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
-        self.op(|| format!("avgpool_bwd {nc}x{hw}"), 0.0, || pool::cpu::avgpool_bwd(hw, pre(dout, nc), pre(x, nc * hw), pre_mut(dx, nc * hw)));
+        let (dout, x, dx) = (prefix("avgpool dout", dout, nc)?, prefix("avgpool x", x, nc * hw)?, prefix_mut("avgpool dx", dx, nc * hw)?);
+        self.op(|| format!("avgpool_bwd {nc}x{hw}"), 0.0, || pool::cpu::avgpool_bwd(hw, dout, x, dx));
         Ok(())
     }
 
     fn linear_fwd(&self, p: &LinearProblem, x: &Vec<f32>, w: &Vec<f32>, b: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
         let LinearProblem { n, in_f, out_f } = *p;
-        self.op(
-            || format!("linear_fwd {n}x{in_f}x{out_f}"),
-            2.0 * (n * in_f * out_f) as f64,
-            || linear::cpu::fwd(n, in_f, out_f, pre(x, n * in_f), pre(w, in_f * out_f), pre(b, out_f), pre_mut(y, n * out_f)),
-        );
+        let (x, w, b, y) =
+            (prefix("linear x", x, n * in_f)?, prefix("linear w", w, in_f * out_f)?, prefix("linear b", b, out_f)?, prefix_mut("linear y", y, n * out_f)?);
+        self.op(|| format!("linear_fwd {n}x{in_f}x{out_f}"), 2.0 * (n * in_f * out_f) as f64, || linear::cpu::fwd(n, in_f, out_f, x, w, b, y));
         Ok(())
     }
 
     fn linear_bwd_data(&self, p: &LinearProblem, dy: &Vec<f32>, w: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
         let LinearProblem { n, in_f, out_f } = *p;
-        self.op(
-            || format!("linear_bwd_data {n}x{in_f}x{out_f}"),
-            2.0 * (n * in_f * out_f) as f64,
-            || linear::cpu::bwd_data(n, in_f, out_f, pre(dy, n * out_f), pre(w, in_f * out_f), pre_mut(dx, n * in_f)),
-        );
+        let (dy, w, dx) = (prefix("linear dy", dy, n * out_f)?, prefix("linear w", w, in_f * out_f)?, prefix_mut("linear dx", dx, n * in_f)?);
+        self.op(|| format!("linear_bwd_data {n}x{in_f}x{out_f}"), 2.0 * (n * in_f * out_f) as f64, || linear::cpu::bwd_data(n, in_f, out_f, dy, w, dx));
         Ok(())
     }
 
     fn softmax_ce(&self, t: SoftmaxCeIo<'_, Vec<f32>, Vec<i32>>) -> Result<()> {
         let SoftmaxCeIo { n, classes, logits, targets, dlogits, losses, slot } = t;
-        let targets = pre(targets, n);
+        let targets = prefix("softmax_ce targets", targets, n)?;
         if let Some(t) = targets.iter().find(|&&t| t < 0 || t as usize >= classes) {
             return Err(Error::input("targets", format!("class {t} is outside 0..{classes}")));
         }
-        losses[slot] = self.op(
-            || format!("softmax_ce {n}x{classes}"),
-            0.0,
-            || softmax_ce::cpu::softmax_ce(n, classes, pre(logits, n * classes), targets, pre_mut(dlogits, n * classes)),
-        );
+        let (logits, dlogits) = (prefix("softmax_ce logits", logits, n * classes)?, prefix_mut("softmax_ce dlogits", dlogits, n * classes)?);
+        let loss = self.op(|| format!("softmax_ce {n}x{classes}"), 0.0, || softmax_ce::cpu::softmax_ce(n, classes, logits, targets, dlogits));
+        prefix_mut("softmax_ce losses", losses, slot + 1)?[slot] = loss;
         Ok(())
     }
 
     fn crop_resize_fwd(&self, p: &CropResizeProblem, params: &Vec<i32>, x: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
         let (n, len) = (p.n as usize, p.len());
-        self.op(
-            || format!("crop_resize_fwd {}x{}x{}x{}", p.n, p.c, p.h, p.w),
-            0.0,
-            || crop_resize::cpu::fwd(p, crop_params(params, n), pre(x, len), pre_mut(out, len)),
-        );
+        let (params, x, out) = (crop_params(params, n)?, prefix("crop_resize x", x, len)?, prefix_mut("crop_resize out", out, len)?);
+        self.op(|| format!("crop_resize_fwd {}x{}x{}x{}", p.n, p.c, p.h, p.w), 0.0, || crop_resize::cpu::fwd(p, params, x, out));
         Ok(())
     }
 
     fn crop_resize_bwd(&self, p: &CropResizeProblem, params: &Vec<i32>, dout: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
         let (n, len) = (p.n as usize, p.len());
-        self.op(
-            || format!("crop_resize_bwd {}x{}x{}x{}", p.n, p.c, p.h, p.w),
-            0.0,
-            || crop_resize::cpu::bwd(p, crop_params(params, n), pre(dout, len), pre_mut(dx, len)),
-        );
+        let (params, dout, dx) = (crop_params(params, n)?, prefix("crop_resize dout", dout, len)?, prefix_mut("crop_resize dx", dx, len)?);
+        self.op(|| format!("crop_resize_bwd {}x{}x{}x{}", p.n, p.c, p.h, p.w), 0.0, || crop_resize::cpu::bwd(p, params, dout, dx));
         Ok(())
     }
 
     fn image_prior(&self, p: &ImagePrior, x: &Vec<f32>, grad: &mut Vec<f32>) -> Result<f64> {
         let ImagePrior { n, c, h, w, tv_l2, l2_scale } = *p;
         let len = n * c * h * w;
-        Ok(self.op(
-            || format!("image_prior {n}x{c}x{h}x{w}"),
-            0.0,
-            || image_prior::cpu::image_prior(n, c, h, w, pre(x, len), tv_l2, l2_scale, pre_mut(grad, len)),
-        ))
+        let (x, grad) = (prefix("image_prior x", x, len)?, prefix_mut("image_prior grad", grad, len)?);
+        Ok(self.op(|| format!("image_prior {n}x{c}x{h}x{w}"), 0.0, || image_prior::cpu::image_prior(n, c, h, w, x, tv_l2, l2_scale, grad)))
     }
 
     fn check_image_prior_support(&self) -> Result<()> {
@@ -392,13 +423,11 @@ impl Backend for CpuBackend {
 
     fn adam_clip(&self, t: AdamClipIo<'_, Vec<f32>>) -> Result<()> {
         let AdamClipIo { n, c, hw, scalars, x, g, m, v, lo, hi } = t;
-        let s = AdamScalars::from_slice(scalars);
+        let s = AdamScalars::from_slice(prefix("adam scalars", scalars, AdamScalars::LEN)?);
         let len = n * c * hw;
-        self.op(
-            || format!("adam_clip {n}x{c}x{hw}"),
-            0.0,
-            || adam::cpu::adam_clip(c, hw, &s, pre_mut(x, len), pre(g, len), pre_mut(m, len), pre_mut(v, len), pre(lo, c), pre(hi, c)),
-        );
+        let (x, g, m, v) = (prefix_mut("adam x", x, len)?, prefix("adam g", g, len)?, prefix_mut("adam m", m, len)?, prefix_mut("adam v", v, len)?);
+        let (lo, hi) = (prefix("adam lo", lo, c)?, prefix("adam hi", hi, c)?);
+        self.op(|| format!("adam_clip {n}x{c}x{hw}"), 0.0, || adam::cpu::adam_clip(c, hw, &s, x, g, m, v, lo, hi));
         Ok(())
     }
 }

@@ -45,7 +45,7 @@ pub struct CropParams {
     pub shift_x: i32,
     pub _pad: i32,
 }
-const _: () = assert!(std::mem::size_of::<CropParams>() == 32);
+crate::assert_kernel_layout!(CropParams, size 32, { top: 0, left: 4, crop_h: 8, crop_w: 12, flip: 16, shift_y: 20, shift_x: 24, _pad: 28 });
 
 impl CropParams {
     /// No crop, no flip, no roll.

@@ -381,7 +381,8 @@ pub fn dgrad_phased(kern: &Kernel, ap: &[f32], phases: &[&Phase], p: &crate::ops
 }
 
 /// Runs the GEMM of `grid` (rows = output channels) over the packed A `ap` and the source, and hands
-/// every finished block to the epilogue. Returns the per-channel moments if `want_moments`.
+/// every finished block to the epilogue, adding the per-channel moments of the raw results into
+/// `moments` when given.
 pub fn run(kern: &Kernel, ap: &[f32], src: &Source, grid: &Grid, epi: Epi, moments: Option<&mut [Moments]>) {
     let (mr, nr) = (kern.mr, kern.nr);
     let m = grid.m;
