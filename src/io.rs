@@ -87,8 +87,11 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::
         if on_disk != w.bytes {
             return Err(std::io::Error::other(format!("only {on_disk} of {} bytes reached the disk", w.bytes)));
         }
+        // Renamed while the lock is held: a concurrent `remove_stale_temps` (another process
+        // starting on the same folder) can never take the temporary file between close and rename.
+        std::fs::rename(&tmp, path)?;
         drop(f);
-        std::fs::rename(&tmp, path)
+        Ok(())
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
@@ -172,6 +175,8 @@ pub struct FolderLock {
     path: PathBuf,
     /// Whether `lock_folder` created the folder.
     created: bool,
+    /// A shared lock leaves its file: other holders may still lock it.
+    shared: bool,
 }
 
 impl FolderLock {
@@ -185,7 +190,7 @@ impl Drop for FolderLock {
     fn drop(&mut self) {
         // Removed while still held: a process that opened it meanwhile finds the name gone or new
         // after taking the lock and tries again (see `lock_folder`).
-        if self.file.is_some() {
+        if self.file.is_some() && !self.shared {
             let _ = std::fs::remove_file(&self.path);
         }
         if self.created {
@@ -203,9 +208,26 @@ impl Drop for FolderLock {
 /// is writing into this folder"), or when the folder or its lock file cannot be created. On a
 /// filesystem without advisory locks a warning is printed and the folder is used unlocked.
 pub fn lock_folder(dir: &Path) -> Result<FolderLock> {
+    lock_in(dir, LOCK_FILE, false, "wait for it to finish or give another --out")
+}
+
+/// Takes `dir` together with the other shards of one sharded run: a shared lock on [`LOCK_FILE`], so
+/// shards do not block each other while a plain run (which needs it exclusively) and they exclude
+/// each other. Errors as [`lock_folder`]'s.
+pub fn lock_folder_shared(dir: &Path) -> Result<FolderLock> {
+    lock_in(dir, LOCK_FILE, true, "a run without --shard owns it; wait for it to finish or give another --out")
+}
+
+/// An exclusive lock on the file `name` in `dir` (which must exist), e.g. one shard's: a second
+/// process for the same shard stops at once. Errors as [`lock_folder`]'s, `hint` ending the message.
+pub fn lock_named(dir: &Path, name: &str, hint: &str) -> Result<FolderLock> {
+    lock_in(dir, name, false, hint)
+}
+
+fn lock_in(dir: &Path, name: &str, shared: bool, hint: &str) -> Result<FolderLock> {
     let created = !dir.exists();
     std::fs::create_dir_all(dir).map_err(|e| Error::output(dir, e))?;
-    let path = dir.join(LOCK_FILE);
+    let path = dir.join(name);
     loop {
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -213,27 +235,28 @@ pub fn lock_folder(dir: &Path) -> Result<FolderLock> {
             .write(true)
             .open(&path)
             .map_err(|e| Error::output(dir, format!("cannot create its lock file {}: {e}", path.display())))?;
-        match file.try_lock() {
+        let taken = if shared { file.try_lock_shared() } else { file.try_lock() };
+        match taken {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                let pid = std::fs::read_to_string(&path).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+                let pid = std::fs::read_to_string(&path).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty() && !shared);
                 let who = pid.map_or_else(|| "another cda-engine process".to_string(), |p| format!("another cda-engine process (pid {p})"));
-                return Err(Error::output(
-                    dir,
-                    format!("{who} is writing into this folder (it holds {}); wait for it to finish or give another --out", path.display()),
-                ));
+                return Err(Error::output(dir, format!("{who} is writing into this folder (it holds {}); {hint}", path.display())));
             }
             Err(std::fs::TryLockError::Error(e)) => {
                 eprintln!("warning: cannot lock {} ({e}); make sure no other process writes into it", dir.display());
-                return Ok(FolderLock { file: None, path, created });
+                return Ok(FolderLock { file: None, path, created, shared });
             }
         }
         // The holder before us may have removed the name between our open and our lock: then we
         // hold a lock on a file nobody else will open, and must start again on the current one.
         if same_file(&file, &path) {
-            // The holder's process id, for the message a refused process prints.
-            let _ = file.set_len(0).and_then(|()| (&file).write_all(format!("{}\n", std::process::id()).as_bytes()));
-            return Ok(FolderLock { file: Some(file), path, created });
+            // The holder's process id, for the message a refused process prints (shared holders
+            // are many: none is named).
+            if !shared {
+                let _ = file.set_len(0).and_then(|()| (&file).write_all(format!("{}\n", std::process::id()).as_bytes()));
+            }
+            return Ok(FolderLock { file: Some(file), path, created, shared });
         }
     }
 }
@@ -255,7 +278,8 @@ pub fn clear_partial_set(dir: &Path) {
 /// The names in `dir` other than its [`LOCK_FILE`] (none when `dir` cannot be read): what decides
 /// whether a locked output folder is empty.
 pub fn folder_entries(dir: &Path) -> impl Iterator<Item = String> {
-    std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != LOCK_FILE)
+    // Every lock file (the folder's, a shard's) starts with the folder lock's stem.
+    std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with(".cda-engine."))
 }
 
 /// Whether `path` still names the open `file`.

@@ -98,6 +98,13 @@ enum Command {
         #[command(flatten)]
         args: BenchArgs,
     },
+    /// What a distilled set holds (one `run` or many `run --shard I/N`): complete, missing, damaged
+    /// and unrecorded batches, the time left at the measured ms per iteration, and the commands that
+    /// finish it. The last stdout line is JSON; the exit status is 1 while the set is incomplete.
+    Status {
+        /// The set's folder (`run --out`).
+        out: PathBuf,
+    },
     /// What this machine and binary can do: CPU features, embedded GPU kernels, CUDA driver and GPUs.
     Doctor,
     /// Train a teacher from scratch on a dataset (SRe2L's squeeze) and save it as safetensors.
@@ -188,6 +195,7 @@ fn main() -> ExitCode {
             outln!("{}", serde_json::to_string(&cda_engine::bench::ceiling(&b, 1.0)).expect("result serialises"));
         }),
         Command::Bench { args } => bench(&args),
+        Command::Status { out } => set_status(&out),
         Command::Doctor => {
             doctor();
             Ok(())
@@ -336,7 +344,11 @@ fn run(args: &RunArgs, device: Device, threads: usize, quiet: bool) -> Result<()
     let (model, teacher) = load_teacher(args.weights.first().map(PathBuf::as_path))?;
     let extras = args.weights.iter().skip(1).map(|p| ResNet::load(p)).collect::<Result<Vec<_>>>()?;
     let (settings, out) = cda_engine::recover::cli::settings(args, &model, &teacher)?;
+    let shard = args.shard.as_deref().map(|t| cda_engine::recover::shard::Shard::parse(t, &|k| std::env::var(k).ok())).transpose()?;
     if args.method == cda_engine::recover::cli::Method::Rded {
+        if shard.is_some() {
+            return Err(Error::Option("--shard splits recover batches; --method rded (select) runs in one process".into()));
+        }
         let s = cda_engine::recover::select::SelectSettings::from_run(&settings, model.in_channels);
         return write_selection(&model, &s, &out, device, threads);
     }
@@ -348,8 +360,7 @@ fn run(args: &RunArgs, device: Device, threads: usize, quiet: bool) -> Result<()
         teacher: &'a str,
         settings: &'a cda_engine::recover::run::RunSettings,
         out: &'a std::path::Path,
-        show: bool,
-        log_every: usize,
+        opts: cda_engine::recover::run::RunOptions,
     }
     impl BackendTask for Run<'_> {
         type Output = cda_engine::recover::run::RunSummary;
@@ -374,15 +385,34 @@ fn run(args: &RunArgs, device: Device, threads: usize, quiet: bool) -> Result<()
                 };
                 eprintln!("{} teachers, {schedule}", self.models.len());
             }
-            cda_engine::recover::run::run_with_teachers(backend, &self.models, s, self.out, self.show, self.log_every)
+            if let Some(sh) = &self.opts.shard {
+                let mine = (0..cda_engine::recover::run::plan(s).len()).filter(|&i| sh.owns(i)).count();
+                eprintln!("shard {} of {} ({}): {mine} of these batches", sh.index, sh.count, sh.source);
+            }
+            cda_engine::recover::run::run_with_teachers(backend, &self.models, s, self.out, &self.opts)
         }
     }
     let show = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let models: Vec<&ResNet> = std::iter::once(&model).chain(&extras).collect();
-    let task = Run { models, teacher: &teacher, settings: &settings, out: &out, show, log_every: args.log_every };
+    let opts = cda_engine::recover::run::RunOptions { show_progress: show, log_every: args.log_every, shard, command: std::env::args().collect() };
+    let task = Run { models, teacher: &teacher, settings: &settings, out: &out, opts };
     let summary = with_backend(device, threads, task)?;
     outln!("{}", serde_json::to_string(&summary).expect("summary serialises"));
     Ok(())
+}
+
+fn set_status(out: &std::path::Path) -> Result<()> {
+    let s = cda_engine::recover::status::status(out)?;
+    eprint!("{}", cda_engine::recover::status::describe(&s));
+    outln!("{}", serde_json::to_string(&s).expect("status serialises"));
+    if s.is_complete() {
+        Ok(())
+    } else {
+        Err(Error::Input {
+            what: out.display().to_string(),
+            message: format!("the set is incomplete: {} of {} batches left", s.batches - s.complete, s.batches),
+        })
+    }
 }
 
 fn evaluate(weights: Option<&std::path::Path>, images: &std::path::Path, mean: Option<Vec<f32>>, std: Option<Vec<f32>>, threads: usize) -> Result<()> {

@@ -147,6 +147,13 @@ pub struct RunArgs {
     /// Real images per class measured for --bn-stats class (all of a class that has fewer).
     #[arg(long, default_value_t = 1000)]
     pub class_stats_images: usize,
+    /// Run only part of the set, sharing --out with the other parts: I/N (0-based I below N) runs
+    /// every N-th batch from the I-th; auto reads the index and count from a Slurm job array
+    /// (SLURM_ARRAY_TASK_ID with SLURM_ARRAY_TASK_COUNT or MIN/MAX) or torchrun (RANK, WORLD_SIZE);
+    /// auto/N takes the index from JOB_COMPLETION_INDEX (a Kubernetes Indexed Job) and the count N.
+    /// The union of the N shards is the same set, byte for byte, as one run without --shard.
+    #[arg(long)]
+    pub shard: Option<String>,
 }
 
 /// The `--bn-stats` choices.
@@ -326,6 +333,11 @@ pub fn settings(args: &RunArgs, model: &ResNet, teacher: &str) -> Result<(RunSet
     if sel.given() && init_kind != InitKind::Patches && real.is_none() {
         return Err(Error::Option(
             "--factor, --crops, --select-min-scale and --select-rank choose real crops: they need --init patches, --real-ipc, or a --method that selects (rded, delt, fadrm, recommended)".into(),
+        ));
+    }
+    if m == Method::Cvdd && args.weights.len() < 2 && args.teachers_per_step.is_none() {
+        return Err(Error::Option(
+            "--method cvdd draws two teachers per iteration (CV-DD's committee): give at least two, --weights a.safetensors,b.safetensors".into(),
         ));
     }
     if m == Method::Rded && args.weights.len() > 1 {

@@ -244,7 +244,13 @@ fn score_views<B: Backend>(
         for row in logits.chunks(model.num_classes) {
             let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
             let lse = max + row.iter().map(|&v| (v - max).exp()).sum::<f32>().ln();
-            scores.push(lse - row[class]);
+            let score = lse - row[class];
+            if !score.is_finite() {
+                return Err(Error::Numeric(format!(
+                    "the teacher's cross-entropy is {score} on a real image of class {class}: its logits are not finite, so its weights or BN statistics are not usable (a diverged training?)"
+                )));
+            }
+            scores.push(score);
         }
         all_logits.extend_from_slice(&logits);
     }

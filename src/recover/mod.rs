@@ -15,6 +15,8 @@ pub mod output;
 pub mod presets;
 pub mod run;
 pub mod select;
+pub mod shard;
+pub mod status;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

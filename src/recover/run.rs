@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 use super::class_stats::{BnTarget, ClassBnStats};
 use super::init::{class_images, InitKind, InitSpec, RealData};
 use super::output::{check_image, image_path, quantize, save_image, ImageFormat};
+use super::shard::Shard;
 use super::{batch_rng, LossPoint, RecoverConfig, Recoverer, Residual, TeacherSchedule};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::io::{folder_entries, lock_folder, remove_stale_temps_in, write_atomic};
+use crate::io::{folder_entries, lock_folder, lock_folder_shared, lock_named, remove_stale_temps_in, write_atomic};
 use crate::model::ResNet;
 
 /// Everything that determines the images; stored in the record and compared on resume.
@@ -106,6 +107,9 @@ pub struct RunRecord {
     /// The real part's images (class, ipc, sources), when the settings have one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub real_images: Vec<(usize, usize, Vec<String>)>,
+    /// The command line of the run that started the set (empty in older records).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
 }
 
 pub const RECORD_FILE: &str = "recover_record.json";
@@ -187,7 +191,8 @@ pub fn validate(s: &RunSettings, model: &ResNet) -> Result<()> {
     Ok(())
 }
 
-fn load_record(path: &Path) -> Result<Option<RunRecord>> {
+/// The run record at `path`, None when there is none. Errors: an unreadable record (`Error::Input`).
+pub fn load_record(path: &Path) -> Result<Option<RunRecord>> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
@@ -227,29 +232,178 @@ pub struct RunSummary {
 /// `Error::Output` (the folder is another run's or not a run's, or a write failed), `Error::Input`
 /// (an unreadable record), and whatever the recovery itself returns.
 pub fn run<B: Backend>(backend: &B, model: &ResNet, settings: &RunSettings, out: &Path, show_progress: bool, log_every: usize) -> Result<RunSummary> {
-    run_with_teachers(backend, &[model], settings, out, show_progress, log_every)
+    run_with_teachers(backend, &[model], settings, out, &RunOptions { show_progress, log_every, ..RunOptions::default() })
+}
+
+/// How a run reports and which part of the set it makes; none of it changes the images.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// A progress bar on stderr (else a line per batch).
+    pub show_progress: bool,
+    /// Losses every N iterations into the record (0 is taken as 1).
+    pub log_every: usize,
+    /// Run only this shard's batches, sharing the folder with the other shards.
+    pub shard: Option<Shard>,
+    /// The command line, kept in the record so `cda-engine status` can print the command that
+    /// finishes the set.
+    pub command: Vec<String>,
+}
+
+/// What a sharded set's shards agree on, written once by the first shard that starts
+/// (`recover_settings.json`): the settings (with the whole IPC range), the teacher's fingerprint and
+/// the number of shards. A shard with anything else is refused.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ShardedSet {
+    pub engine: String,
+    pub teacher_fingerprint: String,
+    pub settings: RunSettings,
+    pub shards: usize,
+    /// The first shard's command line.
+    #[serde(default)]
+    pub command: Vec<String>,
+}
+
+pub const SHARDED_SET_FILE: &str = "recover_settings.json";
+
+/// Records `set` as the folder's sharded set if it has none (atomically: the first of several
+/// shards starting together wins), else checks that the recorded one is the same set. Errors:
+/// `Error::Option` listing every difference, `Error::Output` for a folder that holds a set made
+/// without --shard or files no run wrote.
+fn agree_on_shards(out: &Path, set: &ShardedSet) -> Result<()> {
+    let path = out.join(SHARDED_SET_FILE);
+    if !path.exists() {
+        if out.join(RECORD_FILE).exists() {
+            return Err(Error::output(
+                out,
+                format!("the folder holds a set made by a run without --shard ({RECORD_FILE}); continue it without --shard, or give a new --out"),
+            ));
+        }
+        if let Some(first) = foreign_entry(out) {
+            return Err(Error::output(
+                out,
+                format!("the folder holds files ({first}, ...) but no {SHARDED_SET_FILE}, so no sharded run wrote it; give a new or empty --out"),
+            ));
+        }
+        let json = serde_json::to_vec_pretty(set).map_err(|e| Error::output(&path, format!("cannot serialise the settings: {e}")))?;
+        // Complete under a temporary name, then linked into place only if absent: every shard
+        // sees either no file or the whole of the first one's.
+        let tmp = out.join(format!(".{SHARDED_SET_FILE}.new{}", std::process::id()));
+        write_atomic(&tmp, &json)?;
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::output(&path, e)),
+        }
+    }
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let stored: ShardedSet =
+        serde_json::from_slice(&bytes).map_err(|e| Error::input(path.display().to_string(), format!("unreadable sharded-set record ({e})")))?;
+    let mut differ = settings_diff(&stored.settings, &settings_for_compare(&stored.settings, &set.settings));
+    for (what, a, b) in [
+        ("ipc_start", stored.settings.ipc_start, set.settings.ipc_start),
+        ("ipc_end", stored.settings.ipc_end, set.settings.ipc_end),
+        ("shards", stored.shards, set.shards),
+    ] {
+        if a != b {
+            differ.push(format!("{what}: {a} -> {b}"));
+        }
+    }
+    if stored.teacher_fingerprint != set.teacher_fingerprint {
+        differ.push(format!("teacher weights: fingerprint {} -> {}", stored.teacher_fingerprint, set.teacher_fingerprint));
+    }
+    if !differ.is_empty() {
+        return Err(Error::Option(format!(
+            "{} holds a sharded set made with other settings (recorded -> this shard): {}. Shards of one set must agree; run this shard with the recorded settings, or give a new --out",
+            path.display(),
+            differ.join("; ")
+        )));
+    }
+    Ok(())
+}
+
+/// Writes the set's [`RECORD_FILE`] from its shards' records once every batch and real image of
+/// the plan is recorded by some shard (batches in plan order); returns whether it did. Any shard
+/// may call it after its own work; two at once write the same file.
+pub fn merge_shards(out: &Path, settings: &RunSettings, count: usize) -> Result<bool> {
+    let mut records = Vec::with_capacity(count);
+    for i in 0..count {
+        match load_record(&out.join(super::shard::record_file(i, count)))? {
+            Some(r) => records.push(r),
+            None => return Ok(false),
+        }
+    }
+    let mut batches = Vec::new();
+    for b in plan(settings) {
+        match records.iter().flat_map(|r| &r.batches).find(|r| r.ipc == b.ipc && r.class_start == b.class_start && r.class_end == b.class_end) {
+            Some(r) => batches.push(r.clone()),
+            None => return Ok(false),
+        }
+    }
+    let mut real_images = Vec::new();
+    if let Some(real) = &settings.real {
+        for cls in 0..settings.classes {
+            for ipc in settings.ipc_start..real.ipc.min(settings.ipc_end) {
+                match records.iter().flat_map(|r| &r.real_images).find(|e| e.0 == cls && e.1 == ipc) {
+                    Some(e) => real_images.push(e.clone()),
+                    None => return Ok(false),
+                }
+            }
+        }
+    }
+    let first = &records[0];
+    let merged = RunRecord {
+        engine: first.engine.clone(),
+        teacher_fingerprint: first.teacher_fingerprint.clone(),
+        settings: settings.clone(),
+        batches,
+        real_images,
+        command: first.command.clone(),
+    };
+    write_record(&out.join(RECORD_FILE), &merged)?;
+    Ok(true)
 }
 
 /// [`run`] with several teachers (`models[0]` the main one, the rest `settings.extra_teachers` in
 /// order), shared by `settings.teacher_schedule`.
-pub fn run_with_teachers<B: Backend>(
-    backend: &B,
-    models: &[&ResNet],
-    settings: &RunSettings,
-    out: &Path,
-    show_progress: bool,
-    log_every: usize,
-) -> Result<RunSummary> {
+pub fn run_with_teachers<B: Backend>(backend: &B, models: &[&ResNet], settings: &RunSettings, out: &Path, opts: &RunOptions) -> Result<RunSummary> {
+    let (show_progress, log_every) = (opts.show_progress, opts.log_every);
     let model = *models.first().ok_or_else(|| Error::State("no teacher".into()))?;
     if models.len() != 1 + settings.extra_teachers.len() {
         return Err(Error::State(format!("{} teachers loaded for {} named", models.len(), 1 + settings.extra_teachers.len())));
     }
     validate(settings, model)?;
-    let _lock = lock_folder(out)?;
+    // A plain run owns the folder; a shard shares it with the other shards and owns its own part.
+    let _locks = match &opts.shard {
+        None => vec![lock_folder(out)?],
+        Some(s) => vec![lock_folder_shared(out)?, lock_named(out, &format!(".cda-engine.shard-{}.lock", s.tag()), "that shard is already running")?],
+    };
     remove_stale_temps_in(out);
-    let record_path = out.join(RECORD_FILE);
     // Several teachers: their fingerprints joined with '+', main one first.
     let fingerprint = models.iter().map(|m| crate::train::trainable::TrainModel::from_resnet(m).fingerprint()).collect::<Vec<_>>().join("+");
+    let record_path = match &opts.shard {
+        None => {
+            if out.join(SHARDED_SET_FILE).exists() && !out.join(RECORD_FILE).exists() {
+                return Err(Error::output(
+                    out,
+                    format!("the folder holds a sharded set that is not complete ({SHARDED_SET_FILE}); finish it with its --shard runs (`cda-engine status` lists what is missing)"),
+                ));
+            }
+            out.join(RECORD_FILE)
+        }
+        Some(s) => {
+            let set = ShardedSet {
+                engine: format!("cda-engine {}", env!("CARGO_PKG_VERSION")),
+                teacher_fingerprint: fingerprint.clone(),
+                settings: settings.clone(),
+                shards: s.count,
+                command: opts.command.clone(),
+            };
+            agree_on_shards(out, &set)?;
+            out.join(super::shard::record_file(s.index, s.count))
+        }
+    };
     // A new folder's record is written just before its first images: a folder with images and no
     // record is then never a run's, and a run refused before any image leaves no record.
     let mut record_written = true;
@@ -274,7 +428,7 @@ pub fn run_with_teachers<B: Backend>(
             r
         }
         None => {
-            if let Some(first) = foreign_entry(out) {
+            if let Some(first) = foreign_entry(out).filter(|_| opts.shard.is_none()) {
                 return Err(Error::output(
                     out,
                     format!("the folder holds files ({first}, ...) but no {RECORD_FILE}, so `run` did not write it (a `sample` or `select` set, or other files); give a new or empty --out"),
@@ -287,12 +441,15 @@ pub fn run_with_teachers<B: Backend>(
                 settings: settings.clone(),
                 batches: Vec::new(),
                 real_images: Vec::new(),
+                command: opts.command.clone(),
             }
         }
     };
     let device = backend.describe();
     let (c, res) = (model.in_channels, settings.res);
-    let batches = plan(settings);
+    // A shard's part: every count-th batch of the plan, from its index on.
+    let batches: Vec<BatchPlan> =
+        plan(settings).into_iter().enumerate().filter(|(i, _)| opts.shard.as_ref().is_none_or(|s| s.owns(*i))).map(|(_, b)| b).collect();
     let pending = unfinished(&batches, &record, out, model, settings);
     let skipped = batches.len() - pending.len();
     let mut written = 0;
@@ -306,7 +463,8 @@ pub fn run_with_teachers<B: Backend>(
             write_record(&record_path, &record)?;
             record_written = true;
         }
-        written += write_real_part(backend, model, settings, real, out, &mut record)?;
+        let owns_class = |cls: usize| opts.shard.as_ref().is_none_or(|s| s.owns(cls));
+        written += write_real_part(backend, model, settings, real, out, &mut record, &owns_class)?;
         write_record(&record_path, &record)?;
     }
     let starts = starting_images(backend, model, settings, &pending)?;
@@ -406,8 +564,20 @@ pub fn run_with_teachers<B: Backend>(
         write_record(&record_path, &record)?;
     }
     bar.finish_and_clear();
-    if let Some(note) = missing_ipc(&record) {
-        eprintln!("note: {} {note}", out.display());
+    match &opts.shard {
+        // A shard's record covers only its part; the last shard to finish writes the set's record.
+        Some(s) => {
+            if merge_shards(out, settings, s.count)? {
+                eprintln!("shard {} of {}: the set is complete; {} merges every shard's record", s.index, s.count, out.join(RECORD_FILE).display());
+            } else {
+                eprintln!("shard {} of {}: done; other shards are still missing (`cda-engine status {}`)", s.index, s.count, out.display());
+            }
+        }
+        None => {
+            if let Some(note) = missing_ipc(&record) {
+                eprintln!("note: {} {note}", out.display());
+            }
+        }
     }
     let run_batches = &record.batches;
     let weight: f32 = run_batches.iter().map(|b| (b.ipc.len() * (b.class_end - b.class_start)) as f32).sum::<f32>().max(1.0);
@@ -477,7 +647,15 @@ fn class_statistics<B: Backend>(backend: &B, models: &[&ResNet], s: &RunSettings
 /// whole in `out` (8-bit rounding of the selected pixels) and records all of them; returns how many
 /// were written. The selection ranks `real.ipc` images per class, so the set does not depend on the
 /// IPC range of one invocation.
-fn write_real_part<B: Backend>(backend: &B, model: &ResNet, s: &RunSettings, real: &RealPart, out: &Path, record: &mut RunRecord) -> Result<usize> {
+fn write_real_part<B: Backend>(
+    backend: &B,
+    model: &ResNet,
+    s: &RunSettings,
+    real: &RealPart,
+    out: &Path,
+    record: &mut RunRecord,
+    owns_class: &dyn Fn(usize) -> bool,
+) -> Result<usize> {
     let ipcs = s.ipc_start..real.ipc.min(s.ipc_end);
     if ipcs.is_empty() {
         return Ok(0);
@@ -487,7 +665,7 @@ fn write_real_part<B: Backend>(backend: &B, model: &ResNet, s: &RunSettings, rea
     let (mean, std) = norm_of(&s.recover.clip, model.in_channels);
     let (c, res) = (model.in_channels, s.res);
     let mut written = 0;
-    for cls in 0..s.classes {
+    for cls in (0..s.classes).filter(|&c| owns_class(c)) {
         let path = |ipc| image_path(out, cls, ipc, model.num_classes, s.format);
         let whole = ipcs.clone().all(|ipc| super::output::check_image(&path(ipc), c, res, res, s.format).is_ok());
         let recorded = ipcs.clone().all(|ipc| record.real_images.iter().any(|e| e.0 == cls && e.1 == ipc));
