@@ -24,8 +24,10 @@ struct Cli {
 }
 
 use cda_engine::default_teacher::load_teacher;
-use cda_engine::device::{with_backend, BackendTask, Device};
+use cda_engine::device::{with_backend, BackendTask, Device, DeviceSpec};
 
+// Parsed once per process, so the size of the biggest variant (run's options) does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Describe a ResNet safetensors file: stem, blocks, widths, classes, parameters, BN layers.
@@ -50,9 +52,10 @@ enum Command {
     Run {
         #[command(flatten)]
         args: RunArgs,
-        /// cpu, cuda, or auto (a usable GPU, else the CPU).
-        #[arg(long, value_enum, default_value_t = Device::Auto)]
-        device: Device,
+        /// cpu, cuda, auto (a usable GPU, else the CPU), or several GPUs: cuda:all or cuda:0,1,...
+        /// (each GPU takes the next batch from one queue; the set is the same as on one device).
+        #[arg(long, default_value = "auto")]
+        device: cda_engine::device::DeviceSpec,
         /// CPU threads (0 = all cores).
         #[arg(long, default_value_t = 0)]
         threads: usize,
@@ -340,7 +343,7 @@ fn select(args: &cda_engine::recover::cli::SelectArgs, device: Device, threads: 
     write_selection(&model, &s, &args.out, device, threads)
 }
 
-fn run(args: &RunArgs, device: Device, threads: usize, quiet: bool) -> Result<()> {
+fn run(args: &RunArgs, device: DeviceSpec, threads: usize, quiet: bool) -> Result<()> {
     let (model, teacher) = load_teacher(args.weights.first().map(PathBuf::as_path))?;
     let extras = args.weights.iter().skip(1).map(|p| ResNet::load(p)).collect::<Result<Vec<_>>>()?;
     let (settings, out) = cda_engine::recover::cli::settings(args, &model, &teacher)?;
@@ -349,6 +352,9 @@ fn run(args: &RunArgs, device: Device, threads: usize, quiet: bool) -> Result<()
         if shard.is_some() {
             return Err(Error::Option("--shard splits recover batches; --method rded (select) runs in one process".into()));
         }
+        let DeviceSpec::One(device) = device else {
+            return Err(Error::Option("--method rded (select) runs on one device; give --device cuda instead of a list".into()));
+        };
         let s = cda_engine::recover::select::SelectSettings::from_run(&settings, model.in_channels);
         return write_selection(&model, &s, &out, device, threads);
     }
@@ -362,17 +368,16 @@ fn run(args: &RunArgs, device: Device, threads: usize, quiet: bool) -> Result<()
         out: &'a std::path::Path,
         opts: cda_engine::recover::run::RunOptions,
     }
-    impl BackendTask for Run<'_> {
-        type Output = cda_engine::recover::run::RunSummary;
-        fn run<B: Backend>(self, backend: &B) -> Result<Self::Output> {
+    impl Run<'_> {
+        fn on_devices<B: Backend>(self, backends: &[&B]) -> Result<cda_engine::recover::run::RunSummary> {
             let s = self.settings;
+            let on = backends.iter().map(|b| b.describe()).collect::<Vec<_>>().join(", ");
             eprintln!(
-                "teacher {} ({}, {} classes), {} on {}: {} batches of {} images, {} iterations each -> {}",
+                "teacher {} ({}, {} classes), {} on {on}: {} batches of {} images, {} iterations each -> {}",
                 self.teacher,
                 self.models[0].arch_name(),
                 self.models[0].num_classes,
                 s.preset.as_deref().unwrap_or("custom"),
-                backend.describe(),
                 cda_engine::recover::run::plan(s).len(),
                 cda_engine::recover::cli::batch_images(s),
                 s.recover.iterations,
@@ -389,14 +394,27 @@ fn run(args: &RunArgs, device: Device, threads: usize, quiet: bool) -> Result<()
                 let mine = (0..cda_engine::recover::run::plan(s).len()).filter(|&i| sh.owns(i)).count();
                 eprintln!("shard {} of {} ({}): {mine} of these batches", sh.index, sh.count, sh.source);
             }
-            cda_engine::recover::run::run_with_teachers(backend, &self.models, s, self.out, &self.opts)
+            cda_engine::recover::run::run_on_devices(backends, &self.models, s, self.out, &self.opts)
+        }
+    }
+    impl BackendTask for Run<'_> {
+        type Output = cda_engine::recover::run::RunSummary;
+        fn run<B: Backend>(self, backend: &B) -> Result<Self::Output> {
+            self.on_devices(&[backend])
         }
     }
     let show = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let models: Vec<&ResNet> = std::iter::once(&model).chain(&extras).collect();
     let opts = cda_engine::recover::run::RunOptions { show_progress: show, log_every: args.log_every, shard, command: std::env::args().collect() };
     let task = Run { models, teacher: &teacher, settings: &settings, out: &out, opts };
-    let summary = with_backend(device, threads, task)?;
+    let summary = match device {
+        DeviceSpec::Gpus(list) => {
+            let ordinals = cda_engine::device::gpu_ordinals(list.as_deref())?;
+            let backends = ordinals.into_iter().map(cda_engine::backend::cuda::GpuBackend::new).collect::<Result<Vec<_>>>()?;
+            task.on_devices(&backends.iter().collect::<Vec<_>>())?
+        }
+        DeviceSpec::One(device) => with_backend(device, threads, task)?,
+    };
     outln!("{}", serde_json::to_string(&summary).expect("summary serialises"));
     Ok(())
 }

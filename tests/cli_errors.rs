@@ -154,3 +154,18 @@ fn cuda_without_a_gpu_says_what_is_missing() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--device cuda") && !stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn a_bad_gpu_list_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = dir.path().join("o");
+    let o = o.to_str().unwrap();
+    // Syntax errors, whatever the machine: clap reports them with the offending text.
+    fails_with(&["run", "--device", "cuda:0,x", "--out", o], &["\"x\"", "not a GPU number"]);
+    fails_with(&["run", "--device", "cuda:1,1", "--out", o], &["GPU 1 is named twice"]);
+    fails_with(&["run", "--device", "gpu", "--out", o], &["not a device", "cuda:all"]);
+    // GPU 999 exists nowhere: without a GPU the message says why none is usable, with one it says
+    // there is no GPU 999; either way it names the option and writes nothing.
+    fails_with(&["run", "--device", "cuda:0,999", "--iteration", "1", "--out", o], &["--device cuda:0,999"]);
+    assert!(!Path::new(o).exists(), "a refused device list created the output folder");
+}

@@ -278,12 +278,16 @@ fn agree_on_shards(out: &Path, set: &ShardedSet) -> Result<()> {
                 format!("the folder holds a set made by a run without --shard ({RECORD_FILE}); continue it without --shard, or give a new --out"),
             ));
         }
-        if let Some(first) = foreign_entry(out) {
+        // Another shard may record the set (and write its first files) between the two looks:
+        // then the folder is the sharded set's, and its settings are compared below.
+        if let Some(first) = foreign_entry(out).filter(|_| !path.exists()) {
             return Err(Error::output(
                 out,
                 format!("the folder holds files ({first}, ...) but no {SHARDED_SET_FILE}, so no sharded run wrote it; give a new or empty --out"),
             ));
         }
+    }
+    if !path.exists() {
         let json = serde_json::to_vec_pretty(set).map_err(|e| Error::output(&path, format!("cannot serialise the settings: {e}")))?;
         // Complete under a temporary name, then linked into place only if absent: every shard
         // sees either no file or the whole of the first one's.
@@ -368,6 +372,15 @@ pub fn merge_shards(out: &Path, settings: &RunSettings, count: usize) -> Result<
 /// [`run`] with several teachers (`models[0]` the main one, the rest `settings.extra_teachers` in
 /// order), shared by `settings.teacher_schedule`.
 pub fn run_with_teachers<B: Backend>(backend: &B, models: &[&ResNet], settings: &RunSettings, out: &Path, opts: &RunOptions) -> Result<RunSummary> {
+    run_on_devices(&[backend], models, settings, out, opts)
+}
+
+/// [`run_with_teachers`] on several devices of one kind at once (`--device cuda:0,1`): one worker
+/// per device takes the next pending batch from a shared queue, so the set is the same as on one
+/// device. A device whose batch fails is reported and stops; the others go on, the failed batches
+/// stay unrecorded (a rerun makes them), and the run ends with an error naming each.
+pub fn run_on_devices<B: Backend>(backends: &[&B], models: &[&ResNet], settings: &RunSettings, out: &Path, opts: &RunOptions) -> Result<RunSummary> {
+    let backend = *backends.first().ok_or_else(|| Error::State("no device".into()))?;
     let (show_progress, log_every) = (opts.show_progress, opts.log_every);
     let model = *models.first().ok_or_else(|| Error::State("no teacher".into()))?;
     if models.len() != 1 + settings.extra_teachers.len() {
@@ -445,7 +458,7 @@ pub fn run_with_teachers<B: Backend>(backend: &B, models: &[&ResNet], settings: 
             }
         }
     };
-    let device = backend.describe();
+    let device = backends.iter().map(|b| b.describe()).collect::<Vec<_>>().join(", ");
     let (c, res) = (model.in_channels, settings.res);
     // A shard's part: every count-th batch of the plan, from its index on.
     let batches: Vec<BatchPlan> =
@@ -477,91 +490,153 @@ pub fn run_with_teachers<B: Backend>(backend: &B, models: &[&ResNet], settings: 
     );
     bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} it, ETA {eta_precise}  {msg}").unwrap().progress_chars("=> "));
     let started = Instant::now();
-    let mut recoverers: Vec<(usize, Recoverer<'_, B>)> = Vec::new();
-    let mut total_iter_secs = 0.0;
-    for (bi, plan) in pending.iter().enumerate() {
-        let n = plan.len();
-        if !recoverers.iter().any(|(len, _)| *len == n) {
-            let mut r = Recoverer::with_teachers(backend, models, &settings.recover, n, res, res)?;
-            r.schedule = settings.teacher_schedule;
-            r.log_every = log_every.max(1);
-            r.residual = settings.residual;
-            recoverers.push((n, r));
-        }
-        let rec = &mut recoverers.iter_mut().find(|(len, _)| *len == n).unwrap().1;
-        let images = plan.images();
-        let targets: Vec<i32> = images.iter().map(|&(cls, _)| cls as i32).collect();
-        for (k, stats) in class_stats.iter().enumerate() {
-            let classes: Vec<usize> = images.iter().map(|&(cls, _)| cls).collect();
-            rec.set_bn_targets(k, &stats.mixture(&classes)?)?;
-        }
-        let mut rng = batch_rng(settings.seed, plan.ipc[0], plan.class_start);
-        let t0 = Instant::now();
-        let label = format!("batch {}/{} (ipc {:?}, classes {}..{})", bi + 1, pending.len(), plan.ipc, plan.class_start, plan.class_end);
-        let (start, init_sources) = match &starts {
-            Some(per_class) => {
-                let mut x = Vec::with_capacity(n * c * res * res);
-                let mut sources = Vec::with_capacity(n);
-                for &(cls, ipc) in &images {
-                    let img = &per_class[cls][ipc];
-                    x.extend(img.pixels.iter().enumerate().map(|(i, &u)| settings.recover.clip.from_unit(i / (res * res), u)));
-                    sources.push(img.sources.clone());
+    // What the workers share: the queue position and, under one lock, the record and the counts.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    struct Shared {
+        record: RunRecord,
+        record_written: bool,
+        written: usize,
+        total_iter_secs: f64,
+        failures: Vec<String>,
+    }
+    let shared = std::sync::Mutex::new(Shared { record, record_written, written, total_iter_secs: 0.0, failures: Vec::new() });
+    let several = backends.len() > 1;
+    let worker = |b: &B| -> Result<()> {
+        let device = b.describe();
+        let mut recoverers: Vec<(usize, Recoverer<'_, B>)> = Vec::new();
+        loop {
+            let bi = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let Some(plan) = pending.get(bi) else { return Ok(()) };
+            let label = format!("batch {}/{} (ipc {:?}, classes {}..{})", bi + 1, pending.len(), plan.ipc, plan.class_start, plan.class_end);
+            let done = (|| -> Result<()> {
+                let n = plan.len();
+                if !recoverers.iter().any(|(len, _)| *len == n) {
+                    let mut r = Recoverer::with_teachers(b, models, &settings.recover, n, res, res)?;
+                    r.schedule = settings.teacher_schedule;
+                    r.log_every = log_every.max(1);
+                    r.residual = settings.residual;
+                    recoverers.push((n, r));
                 }
-                (Some(x), sources)
+                let rec = &mut recoverers.iter_mut().find(|(len, _)| *len == n).expect("made above").1;
+                let images = plan.images();
+                let targets: Vec<i32> = images.iter().map(|&(cls, _)| cls as i32).collect();
+                for (k, stats) in class_stats.iter().enumerate() {
+                    let classes: Vec<usize> = images.iter().map(|&(cls, _)| cls).collect();
+                    rec.set_bn_targets(k, &stats.mixture(&classes)?)?;
+                }
+                let mut rng = batch_rng(settings.seed, plan.ipc[0], plan.class_start);
+                let t0 = Instant::now();
+                let (start, init_sources) = match &starts {
+                    Some(per_class) => {
+                        let mut x = Vec::with_capacity(n * c * res * res);
+                        let mut sources = Vec::with_capacity(n);
+                        for &(cls, ipc) in &images {
+                            let img = &per_class[cls][ipc];
+                            x.extend(img.pixels.iter().enumerate().map(|(i, &u)| settings.recover.clip.from_unit(i / (res * res), u)));
+                            sources.push(img.sources.clone());
+                        }
+                        (Some(x), sources)
+                    }
+                    None => (None, Vec::new()),
+                };
+                let outcome = rec.run_batch(&targets, &mut rng, start.as_deref(), |_, point| {
+                    bar.inc(1);
+                    if let Some(p) = point {
+                        bar.set_message(format!("{label}  ce {:.3}  bn {:.3}  crop>={:.2}", p.ce, p.bn, p.min_crop));
+                    }
+                })?;
+                let secs = t0.elapsed().as_secs_f64();
+                {
+                    let mut sh = shared.lock().unwrap_or_else(|e| e.into_inner());
+                    if !sh.record_written {
+                        write_record(&record_path, &sh.record)?;
+                        sh.record_written = true;
+                    }
+                }
+                // Save every image, then the record: a batch counts as done only when the record
+                // holds it and all its files are whole.
+                let hw = res * res;
+                for (k, &(cls, ipc)) in images.iter().enumerate() {
+                    let img = &outcome.images[k * c * hw..(k + 1) * c * hw];
+                    let pixels: Vec<u8> = img.iter().enumerate().map(|(i, &v)| quantize(settings.recover.clip.to_unit(i / hw, v))).collect();
+                    save_image(&image_path(out, cls, ipc, model.num_classes, settings.format), &pixels, c, res, res, settings.format)?;
+                }
+                let first = outcome.trace.first().copied().unwrap_or_default();
+                let last = outcome.trace.last().copied().unwrap_or_default();
+                let on = if several { format!(" on {device}") } else { String::new() };
+                let line = format!(
+                    "{label}: {:.1}s{on}, ce {:.3} -> {:.3}, bn {:.3} -> {:.3}, teacher top-1 {:.1}%",
+                    secs, first.ce, last.ce, first.bn, last.bn, outcome.teacher_top1
+                );
+                if show_progress {
+                    bar.println(line);
+                } else {
+                    eprintln!("{line}");
+                }
+                let mut sh = shared.lock().unwrap_or_else(|e| e.into_inner());
+                sh.written += images.len();
+                sh.total_iter_secs += secs;
+                // Entries of another batch layout over the same images (a continuation that changed
+                // how IPC indices group) are replaced, so the record never counts an image twice.
+                sh.record.batches.retain(|r| !plan.overlaps(r));
+                sh.record.batches.push(BatchRecord {
+                    ipc: plan.ipc.clone(),
+                    class_start: plan.class_start,
+                    class_end: plan.class_end,
+                    device: device.clone(),
+                    seconds: secs,
+                    ms_per_iter: 1e3 * secs / iters as f64,
+                    teacher_top1: outcome.teacher_top1,
+                    first,
+                    last,
+                    bn_layers_first: outcome.bn_layers_first,
+                    bn_layers_last: outcome.bn_layers_last,
+                    trace: outcome.trace,
+                    init_sources,
+                });
+                write_record(&record_path, &sh.record)
+            })();
+            if let Err(e) = done {
+                if !several {
+                    return Err(e);
+                }
+                // This device stops; the others take the rest of the queue.
+                let why = format!("{label} on {device}: {e}");
+                bar.println(format!("error: {why}; that device stops, the others go on"));
+                shared.lock().unwrap_or_else(|e| e.into_inner()).failures.push(why);
+                return Ok(());
             }
-            None => (None, Vec::new()),
-        };
-        let outcome = rec.run_batch(&targets, &mut rng, start.as_deref(), |_, point| {
-            bar.inc(1);
-            if let Some(p) = point {
-                bar.set_message(format!("{label}  ce {:.3}  bn {:.3}  crop>={:.2}", p.ce, p.bn, p.min_crop));
-            }
-        })?;
-        let secs = t0.elapsed().as_secs_f64();
-        total_iter_secs += secs;
-        if !record_written {
-            write_record(&record_path, &record)?;
-            record_written = true;
         }
-        // Save every image, then the record: a batch counts as done only when the record holds it
-        // and all its files are whole.
-        let hw = res * res;
-        for (k, &(cls, ipc)) in images.iter().enumerate() {
-            let img = &outcome.images[k * c * hw..(k + 1) * c * hw];
-            let pixels: Vec<u8> = img.iter().enumerate().map(|(i, &v)| quantize(settings.recover.clip.to_unit(i / hw, v))).collect();
-            save_image(&image_path(out, cls, ipc, model.num_classes, settings.format), &pixels, c, res, res, settings.format)?;
-            written += 1;
-        }
-        let first = outcome.trace.first().copied().unwrap_or_default();
-        let last = outcome.trace.last().copied().unwrap_or_default();
-        let line = format!(
-            "{label}: {:.1}s, ce {:.3} -> {:.3}, bn {:.3} -> {:.3}, teacher top-1 {:.1}%",
-            secs, first.ce, last.ce, first.bn, last.bn, outcome.teacher_top1
-        );
-        if show_progress {
-            bar.println(line);
-        } else {
-            eprintln!("{line}");
-        }
-        // Entries of another batch layout over the same images (a continuation that changed how IPC
-        // indices group) are replaced, so the record never counts an image twice.
-        record.batches.retain(|b| !plan.overlaps(b));
-        record.batches.push(BatchRecord {
-            ipc: plan.ipc.clone(),
-            class_start: plan.class_start,
-            class_end: plan.class_end,
-            device: device.clone(),
-            seconds: secs,
-            ms_per_iter: 1e3 * secs / iters as f64,
-            teacher_top1: outcome.teacher_top1,
-            first,
-            last,
-            bn_layers_first: outcome.bn_layers_first,
-            bn_layers_last: outcome.bn_layers_last,
-            trace: outcome.trace,
-            init_sources,
-        });
+    };
+    // One device works on this thread (as before there were several); several get a thread each.
+    let results: Vec<Result<()>> = if several {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = backends.iter().map(|&b| scope.spawn(move || worker(b))).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::State("a device worker panicked".into())))).collect()
+        })
+    } else {
+        vec![worker(backend)]
+    };
+    let not_started = pending.len().saturating_sub(next.load(std::sync::atomic::Ordering::SeqCst));
+    let Shared { mut record, written, total_iter_secs, failures, .. } = shared.into_inner().unwrap_or_else(|e| e.into_inner());
+    for r in results {
+        r?;
+    }
+    if several {
+        // Devices finish in any order; the record lists batches in plan order, as one device does.
+        let all = plan(settings);
+        let at = |b: &BatchRecord| all.iter().position(|p| p.ipc == b.ipc && p.class_start == b.class_start).unwrap_or(usize::MAX);
+        record.batches.sort_by_key(|b| at(b));
         write_record(&record_path, &record)?;
+    }
+    if !failures.is_empty() {
+        bar.finish_and_clear();
+        return Err(Error::State(format!(
+            "{} batch(es) failed{}; they are not in the set, rerun the same command to make them: {}",
+            failures.len(),
+            if not_started > 0 { format!(" and {not_started} did not start (every device stopped)") } else { String::new() },
+            failures.join("; ")
+        )));
     }
     bar.finish_and_clear();
     match &opts.shard {
@@ -724,7 +799,10 @@ fn missing_ipc(record: &RunRecord) -> Option<String> {
 /// The first entry of `out` that a run's own folder would not hold before its record exists (the
 /// lock file and temporary files aside), as a name to show.
 fn foreign_entry(out: &Path) -> Option<String> {
-    folder_entries(out).next()
+    // Another shard's settings file while it is being written (and write_atomic's temporary beside
+    // it) belong to the sharded set, not to a foreign one.
+    let settings_temp = format!("{SHARDED_SET_FILE}.new");
+    folder_entries(out).find(|n| !n.trim_start_matches('.').starts_with(&settings_temp))
 }
 
 /// The batches of `batches` still to run: those the record does not hold (a run killed between a
