@@ -224,7 +224,33 @@ pub fn lock_named(dir: &Path, name: &str, hint: &str) -> Result<FolderLock> {
     lock_in(dir, name, false, hint)
 }
 
+/// [`lock_named`] that returns `Ok(None)` instead of an error when another process holds the lock
+/// (for work that only one of several cooperating processes needs to do, such as a merge).
+pub fn try_lock_named(dir: &Path, name: &str) -> Result<Option<FolderLock>> {
+    match take_lock(dir, name, false)? {
+        Taken::Yes(l) => Ok(Some(l)),
+        Taken::Held(_) => Ok(None),
+    }
+}
+
 fn lock_in(dir: &Path, name: &str, shared: bool, hint: &str) -> Result<FolderLock> {
+    match take_lock(dir, name, shared)? {
+        Taken::Yes(l) => Ok(l),
+        Taken::Held(path) => {
+            let pid = std::fs::read_to_string(&path).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty() && !shared);
+            let who = pid.map_or_else(|| "another cda-engine process".to_string(), |p| format!("another cda-engine process (pid {p})"));
+            Err(Error::output(dir, format!("{who} is writing into this folder (it holds {}); {hint}", path.display())))
+        }
+    }
+}
+
+enum Taken {
+    Yes(FolderLock),
+    /// Another process holds the lock file at this path.
+    Held(PathBuf),
+}
+
+fn take_lock(dir: &Path, name: &str, shared: bool) -> Result<Taken> {
     let created = !dir.exists();
     std::fs::create_dir_all(dir).map_err(|e| Error::output(dir, e))?;
     let path = dir.join(name);
@@ -238,14 +264,10 @@ fn lock_in(dir: &Path, name: &str, shared: bool, hint: &str) -> Result<FolderLoc
         let taken = if shared { file.try_lock_shared() } else { file.try_lock() };
         match taken {
             Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let pid = std::fs::read_to_string(&path).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty() && !shared);
-                let who = pid.map_or_else(|| "another cda-engine process".to_string(), |p| format!("another cda-engine process (pid {p})"));
-                return Err(Error::output(dir, format!("{who} is writing into this folder (it holds {}); {hint}", path.display())));
-            }
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(Taken::Held(path)),
             Err(std::fs::TryLockError::Error(e)) => {
                 eprintln!("warning: cannot lock {} ({e}); make sure no other process writes into it", dir.display());
-                return Ok(FolderLock { file: None, path, created, shared });
+                return Ok(Taken::Yes(FolderLock { file: None, path, created, shared }));
             }
         }
         // The holder before us may have removed the name between our open and our lock: then we
@@ -256,7 +278,7 @@ fn lock_in(dir: &Path, name: &str, shared: bool, hint: &str) -> Result<FolderLoc
             if !shared {
                 let _ = file.set_len(0).and_then(|()| (&file).write_all(format!("{}\n", std::process::id()).as_bytes()));
             }
-            return Ok(FolderLock { file: Some(file), path, created, shared });
+            return Ok(Taken::Yes(FolderLock { file: Some(file), path, created, shared }));
         }
     }
 }

@@ -355,7 +355,7 @@ fn training_commands_on_the_cuda_executor_match_the_cpu() {
     let relabelled = |device: TrainDevice<'_>, name: &str| {
         let out = dir.path().join(name);
         let mut t = TrainModel::from_resnet(&cpu_teacher);
-        relabel(&mut t, images.clone(), &aug, 2, 0, 5, 1, &out, Default::default(), false, device).unwrap();
+        relabel(&mut t, images.clone(), &aug, 2, 0, 5, 1, &out, Default::default(), None, false, device).unwrap();
         LabelFile::open(&out).unwrap()
     };
     let (lc, le) = (relabelled(TrainDevice::Cpu, "cpu.labels"), relabelled(TrainDevice::Emulated(&g), "emu.labels"));

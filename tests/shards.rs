@@ -2,6 +2,7 @@
 //! into one folder at the same time make the set one process makes, byte for byte; shards of other
 //! settings, a plain run on a sharded folder and a second process for one shard are refused; status
 //! reports what is missing or damaged and the commands that finish the set, and exits 1 until then.
+//! `relabel --shard I/N` likewise: N processes give the labels file one process writes, byte for byte.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -148,4 +149,55 @@ fn a_sharded_hybrid_set_is_the_unsharded_one() {
     assert!(images(&one) == images(&two), "the shards' hybrid set differs from one run's");
     let (r1, r2) = (json(&one.join("recover_record.json")), json(&two.join("recover_record.json")));
     assert_eq!(r1["real_images"], r2["real_images"], "the merged record lists every real image and its sources");
+}
+
+/// Three `relabel --shard` processes at once: the last to finish merges their files into the labels
+/// file one process writes, byte for byte (views, mixes and fp16 logits), and removes them. Before
+/// that, validate refuses a shard's file; a shard made with another seed is named at the merge, and
+/// rerunning it with the right flags finishes the file.
+#[test]
+fn relabel_shards_merge_into_the_file_one_process_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("set");
+    ok(&engine(&["sample", "--data", "fashion-mnist", "--ipc", "3", "--seed", "0", "--out", set.to_str().unwrap()], &[]));
+    // 30 images in batches of 4: 8 batches per epoch, the last of 2, so shards hold 3, 3 and 2.
+    let relabel = |out: &Path, extra: &[&str]| {
+        let mut a = vec!["relabel", "--images", set.to_str().unwrap(), "--epochs", "2", "--batch-size", "4", "--topk", "3", "--threads", "1", "--quiet"];
+        a.extend(["--out", out.to_str().unwrap()]);
+        a.extend(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let (one, three) = (dir.path().join("one.safetensors"), dir.path().join("three.safetensors"));
+    ok(&engine(&relabel(&one, &[]).iter().map(String::as_str).collect::<Vec<_>>(), &[]));
+    let part = |i: usize| dir.path().join(format!("three.safetensors.shard-{i}-of-3"));
+
+    // Shards 0 and 1 at once, shard 2 with another seed: the merge names the difference.
+    let children: Vec<_> = (0..2)
+        .map(|i| Command::new(BIN).args(relabel(&three, &["--shard", &format!("{i}/3")])).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap())
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "a relabel shard failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert!(!three.exists() && part(0).exists() && part(1).exists(), "two of three shards must not merge");
+    let v = engine(&["validate", "--images", set.to_str().unwrap(), "--labels", part(0).to_str().unwrap(), "--epochs", "1", "--quiet"], &[]);
+    refused(&v, "is shard 0 of 3");
+    let args = relabel(&three, &["--shard", "2/3", "--seed", "1"]);
+    refused(&engine(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]), "seed");
+    assert!(!three.exists());
+
+    // The right flags: shard 2 is made again, the others are kept, and the merge matches one process.
+    let args = relabel(&three, &["--shard", "2/3"]);
+    let said = ok(&engine(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]));
+    assert!(said.contains("merged 3 shards"), "{said}");
+    assert!(std::fs::read(&one).unwrap() == std::fs::read(&three).unwrap(), "merged shards differ from one process's labels file");
+    assert!(!part(0).exists() && !part(1).exists() && !part(2).exists(), "shard files left after the merge");
+
+    // A rerun of a finished shard keeps nothing stale: it is made again and waits for the others.
+    let args = relabel(&three, &["--shard", "0/3"]);
+    let said = ok(&engine(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]));
+    assert!(said.contains("waiting for shard(s) [1, 2]"), "{said}");
+    let args = relabel(&three, &["--shard", "0/3"]);
+    let said = ok(&engine(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]));
+    assert!(said.contains("already holds this shard"), "{said}");
 }

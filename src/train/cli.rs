@@ -1,6 +1,6 @@
 //! Flags of `cda-engine squeeze`, `relabel` and `validate`, turned into configurations.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::trainable::{ArchSpec, TrainModel};
@@ -491,6 +491,50 @@ pub struct RelabelArgs {
     /// Store only the k largest logits per view (+ the mean of the rest); 0 stores all.
     #[arg(long, default_value_t = 0)]
     pub topk: usize,
+    /// Label only part of each epoch: `I/N` (0-based) takes batches I, I+N, ... into
+    /// OUT.shard-I-of-N; `auto` or `auto/N` reads I and N from Slurm, Kubernetes or torchrun
+    /// variables, as `run --shard` does. The last shard to finish merges the N files into OUT,
+    /// byte-identical to one process's; a rerun keeps a shard file that is already complete.
+    #[arg(long)]
+    pub shard: Option<String>,
+}
+
+/// Where shard `index` of `count` of the relabel file `out` is written.
+pub fn relabel_shard_path(out: &Path, index: usize, count: usize) -> PathBuf {
+    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".shard-{index}-of-{count}"));
+    out.with_file_name(name)
+}
+
+/// Merges the `count` shard files of `out` into `out` when all are written and no other shard is
+/// merging them (an exclusive lock beside `out`), then removes them. Returns whether this process
+/// merged. Errors: those of [`super::labels::merge_shards`].
+fn merge_relabel_shards(out: &Path, count: usize) -> Result<bool> {
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let Some(_lock) = crate::io::try_lock_named(dir, &format!(".{name}.merge.lock"))? else {
+        eprintln!("another shard is merging the shards into {}", out.display());
+        return Ok(false);
+    };
+    let parts: Vec<PathBuf> = (0..count).map(|i| relabel_shard_path(out, i, count)).collect();
+    let missing: Vec<usize> = (0..count).filter(|&i| !parts[i].exists()).collect();
+    if missing.len() == count && out.exists() {
+        eprintln!("the shards were merged into {} already", out.display());
+        return Ok(false);
+    }
+    if !missing.is_empty() {
+        eprintln!("waiting for shard(s) {missing:?} of {count}: the last shard to finish merges them into {}", out.display());
+        return Ok(false);
+    }
+    super::labels::merge_shards(&parts, out)?;
+    for p in &parts {
+        let _ = std::fs::remove_file(p);
+    }
+    eprintln!("merged {count} shards into {}", out.display());
+    Ok(true)
 }
 
 pub fn relabel(a: &RelabelArgs) -> Result<()> {
@@ -502,7 +546,8 @@ pub fn relabel(a: &RelabelArgs) -> Result<()> {
     extra.insert("teacher_fingerprint".to_string(), teacher.fingerprint());
     extra.insert("mean".to_string(), join(&aug.mean));
     extra.insert("std".to_string(), join(&aug.std));
-    extra.insert("images".to_string(), c.images.clone());
+    // The folder or dataset name ("images" is the file's image count).
+    extra.insert("images_folder".to_string(), c.images.clone());
     extra.insert("image_size".to_string(), aug.image_size.to_string());
     extra.insert("min_scale".to_string(), aug.min_scale.to_string());
     extra.insert("flip".to_string(), aug.flip.to_string());
@@ -519,14 +564,49 @@ pub fn relabel(a: &RelabelArgs) -> Result<()> {
         extra.insert("images_hash".to_string(), id.names);
         extra.insert("images_content_hash".to_string(), id.content);
     }
+    let shard = a.shard.as_deref().map(|t| crate::recover::shard::Shard::parse(t, &|k| std::env::var(k).ok())).transpose()?;
+    let out = match &shard {
+        Some(sh) => relabel_shard_path(&a.out, sh.index, sh.count),
+        None => a.out.clone(),
+    };
     let pool = thread_pool(c.threads)?;
     let show = !c.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     eprintln!("relabel: {} with teacher {}, {} epochs", images.describe(), name, c.epochs);
+    if let Some(sh) = &shard {
+        let meta = super::labels::LabelMeta {
+            epochs: c.epochs,
+            batch_size: aug.batch_size.min(images.len()),
+            images: images.len(),
+            classes: teacher.num_classes,
+            topk: a.topk,
+            extra: extra.clone(),
+            shard: Some((sh.index, sh.count)),
+        };
+        eprintln!(
+            "shard {} of {} ({}): batches {}, {}, ... of each epoch's {} -> {}",
+            sh.index,
+            sh.count,
+            sh.source,
+            sh.index,
+            sh.index + sh.count,
+            meta.epoch_batches(),
+            out.display()
+        );
+        if super::labels::holds_shard(&out, &meta) {
+            eprintln!("{} already holds this shard with these settings: kept", out.display());
+            merge_relabel_shards(&a.out, sh.count)?;
+            return Ok(());
+        }
+    }
     let gpu = gpu_for(c.device)?;
+    let held = shard.as_ref().map(|sh| (sh.index, sh.count));
     let s = pool.install(|| {
-        super::distill::relabel(&mut teacher, images, &aug, c.epochs, a.topk, c.seed, c.workers.max(1), &a.out, extra, show, train_device(gpu.as_ref()))
+        super::distill::relabel(&mut teacher, images, &aug, c.epochs, a.topk, c.seed, c.workers.max(1), &out, extra, held, show, train_device(gpu.as_ref()))
     })?;
     eprintln!("wrote {} ({:.1} MB, {} epochs, batch {})", s.out.display(), s.bytes as f64 / 1e6, s.epochs, s.batch_size);
+    if let Some(sh) = &shard {
+        merge_relabel_shards(&a.out, sh.count)?;
+    }
     crate::outln!("{}", serde_json::to_string(&s).expect("summary serialises"));
     Ok(())
 }
@@ -557,7 +637,7 @@ fn images_hash(ds: &dyn Dataset, spec: &str) -> Result<Option<ImagesId>> {
 fn check_labels_images(f: &super::labels::LabelFile, ds: &dyn Dataset, spec: &str) -> Result<()> {
     let Some(id) = images_hash(ds, spec)? else { return Ok(()) };
     let (names, content) = (f.meta.extra.get("images_hash"), f.meta.extra.get("images_content_hash"));
-    let made_for = f.meta.extra.get("images").map_or("?", String::as_str);
+    let made_for = f.meta.extra.get("images_folder").map_or("?", String::as_str);
     let refuse = |why: String| Err(Error::input(f.path.display().to_string(), format!("{why}; run relabel on {spec} to make its labels")));
     if names.is_some_and(|n| *n != id.names) {
         return refuse(format!("labels were made for another image set ({made_for}) than {spec}: the file names differ"));
@@ -624,6 +704,12 @@ pub fn validate(a: &ValidateArgs) -> Result<()> {
     let labels = match &a.labels {
         Some(p) => {
             let f = super::labels::LabelFile::open(p)?;
+            if let Some((i, n)) = f.meta.shard {
+                return Err(Error::input(
+                    p.display().to_string(),
+                    format!("is shard {i} of {n} of a relabel file, not the whole file: run the other shards (relabel --shard J/{n} with the same flags); the last to finish merges them"),
+                ));
+            }
             check_labels_images(&f, images.as_ref(), &c.images)?;
             // The stored logits are those of one teacher's weights and normalisation (files that
             // predate the fingerprint are taken on trust).

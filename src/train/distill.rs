@@ -72,7 +72,10 @@ pub struct RelabelSummary {
     pub seconds: f64,
 }
 
-/// Writes the relabel file for `images` (`extra` goes into its metadata).
+/// Writes the relabel file for `images` (`extra` goes into its metadata). With `shard` =
+/// `Some((i, n))` only batches i, i + n, ... of each epoch are labelled, into a shard's file (see
+/// [`super::labels::merge_shards`]); every batch's views and mix come from its own seed, so the
+/// shards' batches are those of the whole run.
 #[allow(clippy::too_many_arguments)]
 pub fn relabel(
     teacher: &mut TrainModel,
@@ -84,6 +87,7 @@ pub fn relabel(
     workers: usize,
     out: &Path,
     extra: std::collections::BTreeMap<String, String>,
+    shard: Option<(usize, usize)>,
     show: bool,
     device: TrainDevice<'_>,
 ) -> Result<RelabelSummary> {
@@ -97,13 +101,15 @@ pub fn relabel(
     let n = images.len();
     let bs = aug.batch_size.min(n);
     let k = teacher.num_classes;
-    let meta = LabelMeta { epochs, batch_size: bs, images: n, classes: k, topk, extra };
+    let meta = LabelMeta { epochs, batch_size: bs, images: n, classes: k, topk, extra, shard };
     let mut writer = LabelWriter::create(out, meta)?;
     let mut net = learner(device, teacher, bs, aug.image_size, None)?;
-    let progress = Progress::new((epochs * n.div_ceil(bs)) as u64, show);
+    let held = |b: usize| shard.is_none_or(|(i, count)| b % count == i);
+    let progress = Progress::new((epochs * (0..n.div_ceil(bs)).filter(|&b| held(b)).count()) as u64, show);
     let start = Instant::now();
     for epoch in 0..epochs {
         let plans = plan_epoch(&epoch_order(n, seed, epoch, true), bs, false, seed, epoch);
+        let plans: Vec<BatchPlan> = plans.into_iter().enumerate().filter(|(b, _)| held(*b)).map(|(_, p)| p).collect();
         let mut rec = EpochLabels { ids: Vec::with_capacity(n), views: Vec::with_capacity(n), mixes: Vec::new(), logits: Vec::with_capacity(n * k) };
         for b in EpochLoader::new(images.clone(), aug.sample_spec(), aug.mix, plans, workers, 2) {
             let b = b?;
@@ -125,7 +131,7 @@ pub fn relabel(
         writer.write_epoch(&rec)?;
         if !show {
             // Without a progress bar (logs, pipes) a line per epoch, as validate writes.
-            progress.line(&format!("epoch {}/{epochs}: {n} views labelled", epoch + 1));
+            progress.line(&format!("epoch {}/{epochs}: {} views labelled", epoch + 1, rec.ids.len()));
         }
     }
     writer.finish()?;

@@ -15,6 +15,10 @@
 //! Metadata: format, epochs, batch_size, images, classes, image_size, topk, mix kind, min_scale, flip,
 //! mean/std, teacher and its weights' fingerprint, images folder, a hash of the sorted relative file
 //! list (`images_hash`) and one of the files' content (`images_content_hash`), seed.
+//!
+//! A shard's file (`relabel --shard I/N`, metadata `shard` = `I/N`) has the same layout over only
+//! the batches it holds: every N-th batch of each epoch from batch I on, rows and mix rows in batch
+//! order. [`merge_shards`] interleaves the N files' bytes back into the file one process writes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -39,6 +43,9 @@ pub struct LabelMeta {
     pub topk: usize,
     /// Any other metadata (teacher, folder, hash, mix, min_scale, seed, ...).
     pub extra: BTreeMap<String, String>,
+    /// `Some((index, count))`: a shard's file, holding batches index, index + count, ... of every
+    /// epoch (`relabel --shard`); `None`: every batch.
+    pub shard: Option<(usize, usize)>,
 }
 
 /// One epoch's records.
@@ -53,17 +60,27 @@ pub struct EpochLabels {
 }
 
 impl LabelMeta {
-    fn batches(&self) -> usize {
+    /// Batches in one epoch of the whole set.
+    pub fn epoch_batches(&self) -> usize {
         self.images.div_ceil(self.batch_size)
+    }
+    /// Length of each batch this file holds, in file order (the last batch of an epoch may be short).
+    fn held_batches(&self) -> Vec<usize> {
+        let (first, step) = self.shard.unwrap_or((0, 1));
+        (first..self.epoch_batches()).step_by(step.max(1)).map(|b| self.batch_size.min(self.images - b * self.batch_size)).collect()
+    }
+    /// Rows (views) per epoch this file holds.
+    fn rows(&self) -> usize {
+        self.held_batches().iter().sum()
     }
     /// (name, dtype, shape) of epoch e's tensors in file order.
     fn tensors(&self, e: usize) -> Vec<(String, &'static str, Vec<usize>)> {
-        let (m, c, k) = (self.images, self.classes, self.topk);
+        let (m, c, k) = (self.rows(), self.classes, self.topk);
         let mut v = vec![
             (format!("e{e}.ids"), "I32", vec![m]),
             (format!("e{e}.views"), "I16", vec![m, 5]),
             (format!("e{e}.perm"), "I16", vec![m]),
-            (format!("e{e}.mix"), "F32", vec![self.batches(), 5]),
+            (format!("e{e}.mix"), "F32", vec![self.held_batches().len(), 5]),
         ];
         if k == 0 {
             v.push((format!("e{e}.logits"), "F16", vec![m, c]));
@@ -100,6 +117,11 @@ impl LabelWriter {
         if meta.images == 0 || meta.batch_size == 0 || meta.classes == 0 || meta.epochs == 0 {
             return Err(Error::Option("a relabel file needs images, classes, batch size and epochs".into()));
         }
+        if let Some((i, n)) = meta.shard {
+            if i >= n || n > meta.epoch_batches() {
+                return Err(Error::Option(format!("shard {i} of {n}: an epoch has {} batches; give at most that many shards", meta.epoch_batches())));
+            }
+        }
         if meta.images > i32::MAX as usize || meta.classes > i16::MAX as usize || meta.batch_size > i16::MAX as usize {
             return Err(Error::Option(format!(
                 "{} images, {} classes, batch {}: too large for the relabel format",
@@ -114,6 +136,9 @@ impl LabelWriter {
         md.insert("images".into(), meta.images.to_string());
         md.insert("classes".into(), meta.classes.to_string());
         md.insert("topk".into(), meta.topk.to_string());
+        if let Some((i, n)) = meta.shard {
+            md.insert("shard".into(), format!("{i}/{n}"));
+        }
         header.insert("__metadata__".into(), json!(md));
         let mut offset = 0usize;
         for e in 0..meta.epochs {
@@ -141,11 +166,12 @@ impl LabelWriter {
         Ok(LabelWriter { meta, path: path.to_path_buf(), tmp, file, next_epoch: 0, expected_len })
     }
 
-    /// Appends the next epoch (epochs must come in order).
+    /// Appends the next epoch (epochs must come in order): for a shard's file, only its batches.
     pub fn write_epoch(&mut self, e: &EpochLabels) -> Result<()> {
         let m = &self.meta;
-        let (n, c, k) = (m.images, m.classes, m.topk);
-        if self.next_epoch >= m.epochs || e.ids.len() != n || e.views.len() != n || e.logits.len() != n * c || e.mixes.len() != m.batches() {
+        let (n, c, k) = (m.rows(), m.classes, m.topk);
+        let held = m.held_batches();
+        if self.next_epoch >= m.epochs || e.ids.len() != n || e.views.len() != n || e.logits.len() != n * c || e.mixes.len() != held.len() {
             return Err(Error::State(format!("relabel epoch {} does not match the file layout", self.next_epoch)));
         }
         let mut buf: Vec<u8> = Vec::new();
@@ -157,9 +183,8 @@ impl LabelWriter {
                 buf.extend((x as i16).to_le_bytes());
             }
         }
-        for (b, mix) in e.mixes.iter().enumerate() {
-            let rows = b * m.batch_size..((b + 1) * m.batch_size).min(n);
-            for (r, _) in rows.enumerate() {
+        for (mix, &len) in e.mixes.iter().zip(&held) {
+            for r in 0..len {
                 let p = mix.as_ref().map_or(r as u32, |mx| mx.perm[r]);
                 buf.extend((p as i16).to_le_bytes());
             }
@@ -195,6 +220,21 @@ impl LabelWriter {
             buf.extend(rest);
         }
         self.file.write_all(&buf).map_err(|err| Error::output(&self.path, err))?;
+        self.next_epoch += 1;
+        Ok(())
+    }
+
+    /// Appends the next epoch as raw tensor bytes, one buffer per tensor in file order (what
+    /// [`merge_shards`] assembles). Errors (`Error::State`) when a buffer's length is not its tensor's.
+    fn write_epoch_raw(&mut self, tensors: &[Vec<u8>]) -> Result<()> {
+        let layout = self.meta.tensors(self.next_epoch);
+        let fits = layout.len() == tensors.len() && layout.iter().zip(tensors).all(|((_, d, s), b)| b.len() == s.iter().product::<usize>() * dtype_size(d));
+        if self.next_epoch >= self.meta.epochs || !fits {
+            return Err(Error::State(format!("relabel epoch {} does not match the file layout", self.next_epoch)));
+        }
+        for b in tensors {
+            self.file.write_all(b).map_err(|err| Error::output(&self.path, err))?;
+        }
         self.next_epoch += 1;
         Ok(())
     }
@@ -262,10 +302,21 @@ impl LabelFile {
             classes: num("classes")?,
             topk: num("topk")?,
             extra: md.clone(),
+            shard: None,
         };
         if meta.batch_size == 0 || meta.images == 0 || meta.classes == 0 || meta.topk > meta.classes {
             return Err(bad("metadata describes an empty layout".into()));
         }
+        let meta = match md.get("shard") {
+            None => meta,
+            Some(t) => {
+                let parsed = t.split_once('/').and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)));
+                match parsed {
+                    Some((i, n)) if i < n && n <= meta.epoch_batches() => LabelMeta { shard: Some((i, n)), ..meta },
+                    _ => return Err(bad(format!("metadata shard {t:?} is not I/N with I < N <= the batches of an epoch"))),
+                }
+            }
+        };
         let data_start = 8 + hlen;
         let mut offsets = HashMap::new();
         for e in 0..meta.epochs {
@@ -309,9 +360,9 @@ impl LabelFile {
         let mut f = File::open(&self.path).map_err(|err| Error::io(&self.path, err))?;
         let i16s = |b: Vec<u8>| b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>();
         let f16s = |b: Vec<u8>| b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect::<Vec<_>>();
-        let (n, c, k, bs) = (m.images, m.classes, m.topk, m.batch_size);
+        let (n, c, k) = (m.rows(), m.classes, m.topk);
         let ids: Vec<usize> = self.read(&mut f, &format!("e{e}.ids"))?.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
-        if ids.iter().any(|&i| i >= n) {
+        if ids.iter().any(|&i| i >= m.images) {
             return Err(bad("image index out of range".into()));
         }
         let v = i16s(self.read(&mut f, &format!("e{e}.views"))?);
@@ -322,8 +373,10 @@ impl LabelFile {
         let kind_cutmix = m.extra.get("mix").map(String::as_str) == Some("cutmix");
         let mixed = m.extra.get("mix").is_some_and(|k| k != "none");
         let mut mixes = Vec::new();
-        for (b, row) in mix.chunks_exact(5).enumerate() {
-            let rows = b * bs..((b + 1) * bs).min(n);
+        let mut start = 0;
+        for ((b, row), len) in mix.chunks_exact(5).enumerate().zip(m.held_batches()) {
+            let rows = start..start + len;
+            start += len;
             let p: Vec<u32> = perm[rows.clone()].iter().map(|&x| x as u32).collect();
             if p.iter().any(|&x| x as usize >= rows.len()) {
                 return Err(bad(format!("mix permutation of batch {b} out of range")));
@@ -357,6 +410,81 @@ impl LabelFile {
         };
         Ok(EpochLabels { ids, views, mixes, logits })
     }
+}
+
+/// Metadata keys that differ between two relabel files meant to be shards of one run (the shard
+/// key itself excepted): empty when they agree.
+fn differing_keys(a: &LabelMeta, b: &LabelMeta) -> Vec<String> {
+    let keys: std::collections::BTreeSet<&String> = a.extra.keys().chain(b.extra.keys()).filter(|k| *k != "shard").collect();
+    keys.into_iter().filter(|k| a.extra.get(*k) != b.extra.get(*k)).map(|k| format!("{k} ({:?} vs {:?})", a.extra.get(k), b.extra.get(k))).collect()
+}
+
+/// Whether the finished file at `path` is the shard `meta` describes (same settings, same images):
+/// a rerun of that shard can keep it. Unreadable or other files are not.
+pub fn holds_shard(path: &Path, meta: &LabelMeta) -> bool {
+    let Ok(f) = LabelFile::open(path) else { return false };
+    let mut want = meta.extra.clone();
+    for (k, v) in [("format", FORMAT.to_string()), ("epochs", meta.epochs.to_string()), ("batch_size", meta.batch_size.to_string())] {
+        want.insert(k.into(), v);
+    }
+    for (k, v) in [("images", meta.images.to_string()), ("classes", meta.classes.to_string()), ("topk", meta.topk.to_string())] {
+        want.insert(k.into(), v);
+    }
+    f.meta.shard == meta.shard && differing_keys(&f.meta, &LabelMeta { extra: want, ..meta.clone() }).is_empty()
+}
+
+/// Writes `out`, the relabel file one process writes, from the files of shards 0..N in order
+/// (`shards[i]` holds shard i of N): per epoch and tensor, batch b's rows are copied from shard
+/// b mod N, byte for byte. The shard files are left in place.
+///
+/// Errors: `Error::Input` naming a file that is not shard i of N or whose settings differ from
+/// shard 0's (the keys that differ are listed); I/O and output errors as [`LabelWriter`]'s.
+pub fn merge_shards(shards: &[PathBuf], out: &Path) -> Result<LabelMeta> {
+    let files = shards.iter().map(|p| LabelFile::open(p)).collect::<Result<Vec<_>>>()?;
+    let count = files.len();
+    let first = files.first().ok_or_else(|| Error::State("no relabel shards to merge".into()))?;
+    for (i, f) in files.iter().enumerate() {
+        if f.meta.shard != Some((i, count)) {
+            let is = f.meta.shard.map_or("a whole labels file".to_string(), |(j, n)| format!("shard {j} of {n}"));
+            return Err(Error::input(f.path.display().to_string(), format!("expected shard {i} of {count}, found {is}")));
+        }
+        let differ = differing_keys(&first.meta, &f.meta);
+        if !differ.is_empty() {
+            return Err(Error::input(
+                f.path.display().to_string(),
+                format!("made with other settings or images than {}: {}; rerun that shard with the same flags", first.path.display(), differ.join(", ")),
+            ));
+        }
+    }
+    let mut extra = first.meta.extra.clone();
+    extra.remove("shard");
+    let meta = LabelMeta { extra, shard: None, ..first.meta.clone() };
+    let mut writer = LabelWriter::create(out, meta.clone())?;
+    let mut handles = files.iter().map(|f| File::open(&f.path).map_err(|e| Error::io(&f.path, e))).collect::<Result<Vec<_>>>()?;
+    for e in 0..meta.epochs {
+        let mut tensors = Vec::new();
+        for (name, dtype, shape) in meta.tensors(e) {
+            // Bytes per row (per batch for the mix tensor, whose rows are batches).
+            let unit = shape[1..].iter().product::<usize>() * dtype_size(dtype);
+            let per_batch = name.ends_with(".mix");
+            let parts = files.iter().zip(handles.iter_mut()).map(|(f, h)| f.read(h, &name)).collect::<Result<Vec<_>>>()?;
+            let mut whole = Vec::with_capacity(shape.iter().product::<usize>() * dtype_size(dtype));
+            for b in 0..meta.epoch_batches() {
+                let (s, j) = (b % count, b / count);
+                let len = meta.batch_size.min(meta.images - b * meta.batch_size);
+                // Every batch a shard holds before its last is whole, so batch j starts at row j * B.
+                let (at, units) = if per_batch { (j, 1) } else { (j * meta.batch_size, len) };
+                let part = parts[s]
+                    .get(at * unit..(at + units) * unit)
+                    .ok_or_else(|| Error::Corrupt { path: files[s].path.clone(), reason: format!("tensor {name} is shorter than its batches") })?;
+                whole.extend_from_slice(part);
+            }
+            tensors.push(whole);
+        }
+        writer.write_epoch_raw(&tensors)?;
+    }
+    writer.finish()?;
+    Ok(meta)
 }
 
 /// FNV-1a over the relative file names of a folder's images: which files a set has, not what they
@@ -419,7 +547,7 @@ mod tests {
             let path = dir.path().join(format!("labels{topk}.safetensors"));
             let mut extra = BTreeMap::new();
             extra.insert("mix".to_string(), "cutmix".to_string());
-            let meta = LabelMeta { epochs: 3, batch_size: bs, images: n, classes: c, topk, extra };
+            let meta = LabelMeta { epochs: 3, batch_size: bs, images: n, classes: c, topk, extra, shard: None };
             let mut w = LabelWriter::create(&path, meta.clone()).unwrap();
             let eps: Vec<EpochLabels> = (0..3).map(|e| epoch(e, n, c, bs)).collect();
             for e in &eps {
