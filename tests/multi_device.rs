@@ -1,11 +1,13 @@
 //! `run --device cuda:0,1`: several devices draining one queue of batches make the set one device makes,
 //! byte for byte (every batch has its own seeded RNG and starts from the same state), and the record
 //! lists the batches in plan order. Checked with two CPU backends and with two emulated CUDA backends,
-//! so no GPU is needed; the shipped Fashion-MNIST teacher is the model.
+//! so no GPU is needed; the shipped Fashion-MNIST teacher is the model. A device that fails mid-run
+//! is named, the others finish the queue, and a rerun makes just the failed batch.
 
 use std::path::Path;
 
 use cda_engine::backend::cpu::CpuBackend;
+use cda_engine::backend::cuda::emulation::EmuDevice;
 use cda_engine::backend::cuda::CudaBackend;
 use cda_engine::backend::Backend;
 use cda_engine::recover::cli::RunArgs;
@@ -85,4 +87,28 @@ fn two_emulated_cuda_backends_make_the_set_one_makes() {
         return;
     };
     same_set_on_one_and_two(&one, [&x, &y]);
+}
+
+#[test]
+fn a_failing_device_is_named_and_the_others_finish_the_queue() {
+    // The second device fails every launch after its 50th: within its first batch (2 iterations of
+    // a ResNet-18 are some hundreds of launches).
+    let (Ok(one), Ok(good), Ok(bad)) = (CudaBackend::emulated(), CudaBackend::emulated(), EmuDevice::failing_after(50).and_then(CudaBackend::on)) else {
+        eprintln!("skipping: no host emulation in this build");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("one"), dir.path().join("two"));
+    let (s, model) = settings(&a);
+    run_on_devices(&[&one], &[&model], &s, &a, &opts()).unwrap();
+    let (s, model) = settings(&b);
+    let err = run_on_devices(&[&good, &bad], &[&model], &s, &b, &opts()).unwrap_err().to_string();
+    assert!(err.contains("1 batch(es) failed") && err.contains("emulated device fault") && err.contains("rerun"), "{err}");
+    assert_eq!(recorded_batches(&b).len(), 5, "the good device did not finish the other batches");
+    assert_eq!(images(&b).len(), 5);
+    // The rerun makes only the failed batch, and the set is then one device's, record included.
+    let again = run_on_devices(&[&good], &[&model], &s, &b, &opts()).unwrap();
+    assert_eq!(again.batches_run, 1);
+    assert!(images(&a) == images(&b), "the finished set differs from one device's");
+    assert_eq!(recorded_batches(&a), recorded_batches(&b));
 }

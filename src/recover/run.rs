@@ -622,11 +622,12 @@ pub fn run_on_devices<B: Backend>(backends: &[&B], models: &[&ResNet], settings:
     for r in results {
         r?;
     }
-    if several {
-        // Devices finish in any order; the record lists batches in plan order, as one device does.
-        let all = plan(settings);
-        let at = |b: &BatchRecord| all.iter().position(|p| p.ipc == b.ipc && p.class_start == b.class_start).unwrap_or(usize::MAX);
-        record.batches.sort_by_key(|b| at(b));
+    // Devices finish in any order and a resumed run appends what it made: the record lists batches
+    // in plan order, as one uninterrupted run on one device writes them.
+    let all = plan(settings);
+    let at = |b: &BatchRecord| all.iter().position(|p| p.ipc == b.ipc && p.class_start == b.class_start).unwrap_or(usize::MAX);
+    if !record.batches.is_sorted_by_key(at) {
+        record.batches.sort_by_key(at);
         write_record(&record_path, &record)?;
     }
     if !failures.is_empty() {

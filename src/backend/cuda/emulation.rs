@@ -86,6 +86,10 @@ impl EmuGraph {
 /// The host emulation of a CUDA device.
 pub struct EmuDevice {
     capture: Mutex<Option<Vec<Node>>>,
+    /// Launches and memsets run so far, and the count after which every one fails (a GPU that
+    /// falls over mid-run, for the tests of what a multi-device run does then).
+    runs: std::sync::atomic::AtomicUsize,
+    fail_after: Option<usize>,
 }
 
 impl EmuDevice {
@@ -94,7 +98,13 @@ impl EmuDevice {
         if !super::runtime::EMULATION_BUILT {
             return Err(Error::Cuda("this binary was built without host emulation of the CUDA kernels (build.rs found no C++17 compiler)".into()));
         }
-        Ok(EmuDevice { capture: Mutex::new(None) })
+        Ok(EmuDevice { capture: Mutex::new(None), runs: Default::default(), fail_after: None })
+    }
+
+    /// A device whose launches and memsets fail with `Error::Cuda` after the first `n` (for tests
+    /// of a GPU failing mid-run). Errors as [`EmuDevice::new`]'s.
+    pub fn failing_after(n: usize) -> Result<EmuDevice> {
+        Ok(EmuDevice { fail_after: Some(n), ..EmuDevice::new()? })
     }
 
     fn capturing(&self) -> bool {
@@ -102,6 +112,10 @@ impl EmuDevice {
     }
 
     fn run(&self, node: &Node) -> Result<()> {
+        let done = self.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.fail_after.is_some_and(|n| done >= n) {
+            return Err(Error::Cuda(format!("emulated device fault: it was set to fail after {done} launches and memsets")));
+        }
         match node {
             Node::Memset { addr, bytes } => {
                 // SAFETY: the range was checked against its allocation when the memset was issued.
