@@ -34,6 +34,7 @@ enum Command {
     Inspect { weights: PathBuf },
     /// Eval-mode forward: logits and every BN layer's input mean and biased variance.
     Forward {
+        /// Teacher ResNet (safetensors, as weights/export_resnet.py writes it).
         #[arg(long)]
         weights: PathBuf,
         /// safetensors with tensor `input` (N C H W, float32, normalised).
@@ -68,12 +69,17 @@ enum Command {
         /// Default: the shipped Fashion-MNIST teacher.
         #[arg(long)]
         weights: Option<PathBuf>,
+        /// An ImageFolder of class folders (e.g. a distilled set) whose top-1 the teacher is scored on.
         #[arg(long)]
         images: PathBuf,
+        /// Per-channel mean of the input normalisation, comma-separated (default: the weights'
+        /// metadata).
         #[arg(long, value_delimiter = ',')]
         mean: Option<Vec<f32>>,
+        /// Per-channel std of the input normalisation, comma-separated (default: the weights' metadata).
         #[arg(long, value_delimiter = ',')]
         std: Option<Vec<f32>>,
+        /// CPU threads (0 = all cores).
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },

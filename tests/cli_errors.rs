@@ -169,3 +169,55 @@ fn a_bad_gpu_list_is_refused_before_anything_runs() {
     fails_with(&["run", "--device", "cuda:0,999", "--iteration", "1", "--out", o], &["--device cuda:0,999"]);
     assert!(!Path::new(o).exists(), "a refused device list created the output folder");
 }
+
+/// Every flag of every command says what it does in `--help` (not only its name and default).
+#[test]
+fn every_flag_of_every_command_has_help() {
+    let top = String::from_utf8(bin().arg("--help").output().unwrap().stdout).unwrap();
+    let commands: Vec<String> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(commands.len() >= 10, "{top}");
+    // Text that is not help: clap's own [default: ...] and [possible values: ...].
+    let strip = |t: &str| {
+        let mut out = String::new();
+        let mut depth = 0;
+        for ch in t.chars() {
+            match ch {
+                '[' => depth += 1,
+                ']' => depth -= 1,
+                _ if depth == 0 => out.push(ch),
+                _ => {}
+            }
+        }
+        out.trim().to_string()
+    };
+    let mut blank = Vec::new();
+    for c in &commands {
+        let help = String::from_utf8(bin().args([c, "--help"]).output().unwrap().stdout).unwrap();
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            let t = l.trim_start();
+            let t = t.strip_prefix("-h, ").unwrap_or(t);
+            let Some(rest) = t.strip_prefix("--") else { continue };
+            if !l.starts_with("  ") || rest.starts_with("help") {
+                continue;
+            }
+            // "--flag <VALUE>  help" on one line, or the help on the next, deeper-indented line.
+            let name = rest.split_whitespace().next().unwrap_or("");
+            let after = rest[name.len()..].trim_start();
+            let after = if after.starts_with('<') { after.split_once('>').map_or("", |(_, r)| r) } else { after };
+            let next = lines.get(i + 1).copied().unwrap_or("");
+            let next_is_help = next.starts_with("          ") && !next.trim_start().starts_with('-') && !strip(next).is_empty();
+            if strip(after).is_empty() && !next_is_help {
+                blank.push(format!("{c} --{name}"));
+            }
+        }
+    }
+    assert!(blank.is_empty(), "flags without help: {blank:?}");
+}

@@ -7,14 +7,22 @@ use super::curriculum::Curriculum;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum PresetName {
+    /// 224 px, 1000 classes, lr 0.25, r_bn 0.01, 4000 iterations, jitter 32, cosine crop
+    /// curriculum, batches of 100 classes x 1 IPC, IPC 50 (CDA's ImageNet-1K script)
     #[value(name = "imagenet-1k")]
     Imagenet1k,
+    /// 64 px, 200 classes, lr 0.4, r_bn 0.05, 4000 iterations, jitter 4, otherwise as imagenet-1k
     #[value(name = "tiny-imagenet")]
     TinyImagenet,
+    /// 224 px, 10450 classes, [0, 1] pixels, lr 0.05, r_bn 0.25, 2000 iterations, IPC 20
     #[value(name = "imagenet-21k")]
     Imagenet21k,
+    /// 32 px, 100 classes, lr 0.25, r_bn 0.01, 1000 iterations, jitter 4, no crop, no flip
+    /// (SRe2L's CIFAR)
     #[value(name = "cifar-100")]
     Cifar100,
+    /// Ours: 28 px grey, 10 classes, lr 0.4, r_bn 0.05, 1000 iterations, jitter 4, curriculum crops,
+    /// all 10 IPC of the 10 classes in one batch of 100
     #[value(name = "fashion-mnist")]
     FashionMnist,
 }
@@ -103,6 +111,31 @@ impl Preset {
                 ipc: 10,
                 ..base
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod help_tests {
+    use super::*;
+    use clap::ValueEnum;
+
+    /// `run --help` lists each preset's settings from these doc comments: they must say what
+    /// `Preset::get` sets (resolution, classes, lr, r_bn, iterations).
+    #[test]
+    fn every_preset_help_names_its_settings() {
+        for name in PresetName::value_variants() {
+            let p = Preset::get(*name);
+            let help = name.to_possible_value().unwrap().get_help().map(|h| h.to_string()).unwrap_or_default();
+            for want in [
+                format!("{} px", p.res),
+                format!("{} classes", p.classes),
+                format!("lr {}", p.lr),
+                format!("r_bn {}", p.r_bn),
+                format!("{} iterations", p.iterations),
+            ] {
+                assert!(help.contains(&want), "{name:?}: help {help:?} lacks {want:?}");
+            }
         }
     }
 }

@@ -21,8 +21,11 @@ pub enum CropArg {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum MixArg {
+    /// No mixing.
     None,
+    /// CutMix (Yun et al. 2019): a box of a partner image pasted in, lambda ~ Beta(1, 1).
     Cutmix,
+    /// MixUp (Zhang et al. 2018): a convex blend with a partner, lambda ~ Beta(alpha, alpha).
     Mixup,
 }
 
@@ -126,21 +129,29 @@ pub struct SqueezeArgs {
     /// Input channels for ImageFolder data (1 = grey, 3 = RGB).
     #[arg(long, default_value_t = 3)]
     pub channels: usize,
+    /// Training epochs (the shipped Fashion-MNIST teacher: 4).
     #[arg(long, default_value_t = 4)]
     pub epochs: usize,
+    /// Images per SGD step.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
+    /// SGD peak learning rate, reached after the warm-up and cosine-decayed per step to 0
+    /// (torchvision's ResNet recipe: 0.1 at batch 256).
     #[arg(long, default_value_t = 0.1)]
     pub lr: f64,
+    /// SGD momentum (Nesterov unless --no-nesterov).
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f64,
     /// Plain (heavy-ball) momentum instead of Nesterov's.
     #[arg(long)]
     pub no_nesterov: bool,
+    /// L2 weight decay of SGD on every weight with more than one dimension (BN and biases excluded).
     #[arg(long, default_value_t = 5e-4)]
     pub weight_decay: f64,
+    /// Epochs of linear learning-rate warm-up from 0 before the cosine decay.
     #[arg(long, default_value_t = 1)]
     pub warmup_epochs: usize,
+    /// Seed of the initialisation, the data order and the augmentations.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Training/evaluation image size (default: the dataset's).
@@ -148,19 +159,26 @@ pub struct SqueezeArgs {
     pub image_size: Option<usize>,
     #[arg(long, value_enum, default_value_t = CropArg::Pad)]
     pub crop: CropArg,
+    /// Zero padding in pixels of `--crop pad` (RandomCrop(size, padding)).
     #[arg(long, default_value_t = 2)]
     pub padding: usize,
+    /// Smallest area fraction of `--crop resized` (RandomResizedCrop's scale lower bound).
     #[arg(long, default_value_t = 0.08)]
     pub min_scale: f64,
+    /// No random horizontal flip (the default flips with probability 0.5).
     #[arg(long)]
     pub no_flip: bool,
+    /// Batch mixing of the training images.
     #[arg(long, value_enum, default_value_t = MixArg::None)]
     pub mix: MixArg,
+    /// alpha of MixUp's Beta(alpha, alpha) (official SRe2L/CDA scripts: 0.8).
     #[arg(long, default_value_t = 0.8)]
     pub mixup_alpha: f64,
-    /// Per-channel normalisation (default: the dataset's, or estimated from the images).
+    /// Per-channel mean of the input normalisation, comma-separated (default: the dataset's, or
+    /// estimated from the images); recorded in the teacher's metadata.
     #[arg(long, value_delimiter = ',')]
     pub mean: Option<Vec<f32>>,
+    /// Per-channel std of the input normalisation, comma-separated (default as --mean).
     #[arg(long, value_delimiter = ',')]
     pub std: Option<Vec<f32>>,
     /// CPU threads for the math (0 = all cores).
@@ -169,6 +187,7 @@ pub struct SqueezeArgs {
     /// Data loader threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// No progress bar (a line per epoch instead).
     #[arg(long)]
     pub quiet: bool,
     /// Where the networks run: cpu, cuda (the CUDA training executor on GPU 0), or auto (a usable
@@ -354,15 +373,19 @@ pub struct DistillArgs {
     /// (`fashion-mnist`: its whole training split).
     #[arg(long)]
     pub images: String,
+    /// Size of the training views in pixels (default: the teacher's metadata, else the images').
     #[arg(long)]
     pub image_size: Option<usize>,
-    /// RandomResizedCrop scale lower bound (1 = no crop).
+    /// RandomResizedCrop scale lower bound (1 = no crop; official: 0.08).
     #[arg(long, default_value_t = 0.08)]
     pub min_scale: f64,
+    /// No random horizontal flip (the official recipe flips with probability 0.5).
     #[arg(long)]
     pub no_flip: bool,
+    /// Batch mixing of the views (official SRe2L/CDA validation: CutMix).
     #[arg(long, value_enum, default_value_t = MixArg::Cutmix)]
     pub mix: MixArg,
+    /// alpha of MixUp's Beta(alpha, alpha) (official: 0.8).
     #[arg(long, default_value_t = 0.8)]
     pub mixup_alpha: f64,
     /// Images per batch. Default: a tenth of the images, at least 50 and at most the official 1024
@@ -370,14 +393,19 @@ pub struct DistillArgs {
     /// one step per epoch on a small set.
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Epochs over the distilled set (official: 300).
     #[arg(long, default_value_t = 300)]
     pub epochs: usize,
+    /// Seed of the data order, the views and mixes, and the student's initialisation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// CPU threads for the math (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Data loader threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// No progress bar (a line per epoch instead).
     #[arg(long)]
     pub quiet: bool,
     /// Where the networks run: cpu, cuda (the CUDA training executor on GPU 0), or auto (a usable
@@ -669,10 +697,13 @@ pub struct ValidateArgs {
     /// the teacher's metadata names, when it is one the engine reads by name.
     #[arg(long)]
     pub test_data: Option<String>,
+    /// KD temperature T: KL(softmax(teacher / T) || softmax(student / T)) (official: 20).
     #[arg(long, default_value_t = 20.0)]
     pub temperature: f64,
+    /// AdamW peak learning rate, cosine-decayed per epoch (official --adamw-lr: 0.001).
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
+    /// AdamW decoupled weight decay on tensors with more than one dimension (official: 0.01).
     #[arg(long, default_value_t = 0.01)]
     pub weight_decay: f64,
     /// Test top-1 every N epochs (and after the last).
