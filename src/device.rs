@@ -78,7 +78,15 @@ impl std::str::FromStr for DeviceSpec {
         }
         let ordinals = list
             .split(',')
-            .map(|t| t.trim().parse::<usize>().map_err(|_| format!("{t:?} in {spec:?} is not a GPU number (give e.g. cuda:0,1 or cuda:all)")))
+            .map(|t| {
+                let t = t.trim();
+                // Digits only: usize's parser would also take "+1".
+                t.bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| t.parse::<usize>().ok())
+                    .flatten()
+                    .ok_or_else(|| format!("{t:?} in {spec:?} is not a GPU number (give e.g. cuda:0,1 or cuda:all)"))
+            })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         for (i, o) in ordinals.iter().enumerate() {
             if ordinals[..i].contains(o) {

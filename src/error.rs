@@ -28,6 +28,11 @@ pub enum Error {
     #[error("numerical failure: {0}")]
     Numeric(String),
 
+    /// Work that finished only in part (a device failed in a multi-device run): what is missing and
+    /// how to finish it.
+    #[error("incomplete: {0}")]
+    Incomplete(String),
+
     /// A library call made out of order or with parts that do not belong together (a backward before
     /// any forward, a step on a network without an optimizer): a bug in the caller, not a bad option.
     #[error("invalid state: {0}")]

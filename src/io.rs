@@ -224,17 +224,18 @@ pub fn lock_named(dir: &Path, name: &str, hint: &str) -> Result<FolderLock> {
     lock_in(dir, name, false, hint)
 }
 
-/// [`lock_named`] that returns `Ok(None)` instead of an error when another process holds the lock
-/// (for work that only one of several cooperating processes needs to do, such as a merge).
-pub fn try_lock_named(dir: &Path, name: &str) -> Result<Option<FolderLock>> {
-    match take_lock(dir, name, false)? {
-        Taken::Yes(l) => Ok(Some(l)),
-        Taken::Held(_) => Ok(None),
+/// [`lock_named`] that waits while another process holds the lock (for short work that cooperating
+/// processes must do one after the other, such as checking for and merging shards). Errors as
+/// [`lock_folder`]'s, except that a held lock is waited for.
+pub fn wait_lock_named(dir: &Path, name: &str) -> Result<FolderLock> {
+    match take_lock(dir, name, false, true)? {
+        Taken::Yes(l) => Ok(l),
+        Taken::Held(path) => Err(Error::output(dir, format!("cannot lock {}", path.display()))),
     }
 }
 
 fn lock_in(dir: &Path, name: &str, shared: bool, hint: &str) -> Result<FolderLock> {
-    match take_lock(dir, name, shared)? {
+    match take_lock(dir, name, shared, false)? {
         Taken::Yes(l) => Ok(l),
         Taken::Held(path) => {
             let pid = std::fs::read_to_string(&path).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty() && !shared);
@@ -250,7 +251,7 @@ enum Taken {
     Held(PathBuf),
 }
 
-fn take_lock(dir: &Path, name: &str, shared: bool) -> Result<Taken> {
+fn take_lock(dir: &Path, name: &str, shared: bool, wait: bool) -> Result<Taken> {
     let created = !dir.exists();
     std::fs::create_dir_all(dir).map_err(|e| Error::output(dir, e))?;
     let path = dir.join(name);
@@ -261,7 +262,11 @@ fn take_lock(dir: &Path, name: &str, shared: bool) -> Result<Taken> {
             .write(true)
             .open(&path)
             .map_err(|e| Error::output(dir, format!("cannot create its lock file {}: {e}", path.display())))?;
-        let taken = if shared { file.try_lock_shared() } else { file.try_lock() };
+        let taken = match (wait, shared) {
+            (true, _) => file.lock().map_err(std::fs::TryLockError::Error),
+            (false, true) => file.try_lock_shared(),
+            (false, false) => file.try_lock(),
+        };
         match taken {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Ok(Taken::Held(path)),

@@ -163,6 +163,7 @@ fn a_bad_gpu_list_is_refused_before_anything_runs() {
     // Syntax errors, whatever the machine: clap reports them with the offending text.
     fails_with(&["run", "--device", "cuda:0,x", "--out", o], &["\"x\"", "not a GPU number"]);
     fails_with(&["run", "--device", "cuda:1,1", "--out", o], &["GPU 1 is named twice"]);
+    fails_with(&["run", "--device", "cuda:+1", "--out", o], &["\"+1\"", "not a GPU number"]);
     fails_with(&["run", "--device", "gpu", "--out", o], &["not a device", "cuda:all"]);
     // GPU 999 exists nowhere: without a GPU the message says why none is usable, with one it says
     // there is no GPU 999; either way it names the option and writes nothing.

@@ -183,7 +183,7 @@ fn relabel_shards_merge_into_the_file_one_process_writes() {
     let v = engine(&["validate", "--images", set.to_str().unwrap(), "--labels", part(0).to_str().unwrap(), "--epochs", "1", "--quiet"], &[]);
     refused(&v, "is shard 0 of 3");
     let args = relabel(&three, &["--shard", "2/3", "--seed", "1"]);
-    refused(&engine(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]), "seed");
+    refused(&engine(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]), "seed 0 vs 1");
     assert!(!three.exists());
 
     // The right flags: shard 2 is made again, the others are kept, and the merge matches one process.
@@ -193,11 +193,18 @@ fn relabel_shards_merge_into_the_file_one_process_writes() {
     assert!(std::fs::read(&one).unwrap() == std::fs::read(&three).unwrap(), "merged shards differ from one process's labels file");
     assert!(!part(0).exists() && !part(1).exists() && !part(2).exists(), "shard files left after the merge");
 
-    // A rerun of a finished shard keeps nothing stale: it is made again and waits for the others.
+    // A rerun after the merge (a requeued task) finds the whole file and leaves everything as it is.
     let args = relabel(&three, &["--shard", "0/3"]);
-    let said = ok(&engine(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]));
-    assert!(said.contains("waiting for shard(s) [1, 2]"), "{said}");
-    let args = relabel(&three, &["--shard", "0/3"]);
-    let said = ok(&engine(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]));
-    assert!(said.contains("already holds this shard"), "{said}");
+    let o = engine(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    let said = ok(&o);
+    assert!(said.contains("already holds the merged labels"), "{said}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\"merged_into\""), "the summary names the merged file");
+    assert!(!part(0).exists(), "a rerun after the merge left a shard file");
+    assert!(std::fs::read(&one).unwrap() == std::fs::read(&three).unwrap());
+    // The merged file's place is checked before any work: a folder there is refused at once.
+    let folder = dir.path().join("folder.safetensors");
+    std::fs::create_dir(&folder).unwrap();
+    let args = relabel(&folder, &["--shard", "0/2"]);
+    refused(&engine(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]), "folder");
+    assert!(!dir.path().join("folder.safetensors.shard-0-of-2").exists());
 }

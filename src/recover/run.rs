@@ -602,7 +602,12 @@ pub fn run_on_devices<B: Backend>(backends: &[&B], models: &[&ResNet], settings:
                 }
                 // This device stops; the others take the rest of the queue.
                 let why = format!("{label} on {device}: {e}");
-                bar.println(format!("error: {why}; that device stops, the others go on"));
+                let line = format!("error: {why}; that device stops, the others go on");
+                if show_progress {
+                    bar.println(line);
+                } else {
+                    eprintln!("{line}");
+                }
                 shared.lock().unwrap_or_else(|e| e.into_inner()).failures.push(why);
                 return Ok(());
             }
@@ -632,7 +637,7 @@ pub fn run_on_devices<B: Backend>(backends: &[&B], models: &[&ResNet], settings:
     }
     if !failures.is_empty() {
         bar.finish_and_clear();
-        return Err(Error::State(format!(
+        return Err(Error::Incomplete(format!(
             "{} batch(es) failed{}; they are not in the set, rerun the same command to make them: {}",
             failures.len(),
             if not_started > 0 { format!(" and {not_started} did not start (every device stopped)") } else { String::new() },

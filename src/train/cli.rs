@@ -534,24 +534,26 @@ pub fn relabel_shard_path(out: &Path, index: usize, count: usize) -> PathBuf {
     out.with_file_name(name)
 }
 
-/// Merges the `count` shard files of `out` into `out` when all are written and no other shard is
-/// merging them (an exclusive lock beside `out`), then removes them. Returns whether this process
-/// merged. Errors: those of [`super::labels::merge_shards`].
-fn merge_relabel_shards(out: &Path, count: usize) -> Result<bool> {
-    let dir = match out.parent() {
+/// The folder of the file `out` ("." for a bare name).
+fn parent_dir(out: &Path) -> &Path {
+    match out.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
-    };
+    }
+}
+
+/// Merges the `count` shard files of `out` into `out` when all are written, then removes them.
+/// Shards check and merge one at a time (a lock beside `out`, waited for), so the last shard to
+/// finish always sees every file. Returns whether `out` now holds the merged labels.
+/// Errors: those of [`super::labels::merge_shards`].
+fn merge_relabel_shards(out: &Path, count: usize) -> Result<bool> {
     let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let Some(_lock) = crate::io::try_lock_named(dir, &format!(".{name}.merge.lock"))? else {
-        eprintln!("another shard is merging the shards into {}", out.display());
-        return Ok(false);
-    };
+    let _lock = crate::io::wait_lock_named(parent_dir(out), &format!(".{name}.merge.lock"))?;
     let parts: Vec<PathBuf> = (0..count).map(|i| relabel_shard_path(out, i, count)).collect();
     let missing: Vec<usize> = (0..count).filter(|&i| !parts[i].exists()).collect();
     if missing.len() == count && out.exists() {
         eprintln!("the shards were merged into {} already", out.display());
-        return Ok(false);
+        return Ok(true);
     }
     if !missing.is_empty() {
         eprintln!("waiting for shard(s) {missing:?} of {count}: the last shard to finish merges them into {}", out.display());
@@ -600,7 +602,11 @@ pub fn relabel(a: &RelabelArgs) -> Result<()> {
     let pool = thread_pool(c.threads)?;
     let show = !c.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     eprintln!("relabel: {} with teacher {}, {} epochs", images.describe(), name, c.epochs);
+    // A shard's own lock, held while it labels and merges: the same shard twice stops at once.
+    let mut _shard_lock = None;
     if let Some(sh) = &shard {
+        // The merged file's place is checked before any work, as a plain relabel's is.
+        crate::io::check_writable(&a.out)?;
         let meta = super::labels::LabelMeta {
             epochs: c.epochs,
             batch_size: aug.batch_size.min(images.len()),
@@ -610,30 +616,60 @@ pub fn relabel(a: &RelabelArgs) -> Result<()> {
             extra: extra.clone(),
             shard: Some((sh.index, sh.count)),
         };
+        let held = (sh.index..meta.epoch_batches()).step_by(sh.count).count();
         eprintln!(
-            "shard {} of {} ({}): batches {}, {}, ... of each epoch's {} -> {}",
+            "shard {} of {} ({}): {held} of each epoch's {} batches (one in {}, from batch {}) -> {}",
             sh.index,
             sh.count,
             sh.source,
-            sh.index,
-            sh.index + sh.count,
             meta.epoch_batches(),
+            sh.count,
+            sh.index,
             out.display()
         );
+        let name = a.out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        _shard_lock = Some(crate::io::lock_named(
+            parent_dir(&a.out),
+            &format!(".{name}.shard-{}.lock", sh.tag()),
+            "another process runs this shard; wait for it or run another shard",
+        )?);
+        let kept = |path: &Path, merged: bool| {
+            let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            let s = super::distill::RelabelSummary {
+                out: path.to_path_buf(),
+                epochs: meta.epochs,
+                images: meta.images,
+                batch_size: meta.batch_size,
+                topk: meta.topk,
+                bytes,
+                seconds: 0.0,
+                merged_into: merged.then(|| a.out.clone()),
+            };
+            crate::outln!("{}", serde_json::to_string(&s).expect("summary serialises"));
+        };
+        // After the merge a rerun (a requeued task) finds the whole file and leaves it.
+        if super::labels::holds_shard(&a.out, &super::labels::LabelMeta { shard: None, ..meta.clone() }) {
+            eprintln!("{} already holds the merged labels of these settings: nothing to do", a.out.display());
+            kept(&a.out, true);
+            return Ok(());
+        }
         if super::labels::holds_shard(&out, &meta) {
             eprintln!("{} already holds this shard with these settings: kept", out.display());
-            merge_relabel_shards(&a.out, sh.count)?;
+            let merged = merge_relabel_shards(&a.out, sh.count)?;
+            kept(&out, merged);
             return Ok(());
         }
     }
     let gpu = gpu_for(c.device)?;
     let held = shard.as_ref().map(|sh| (sh.index, sh.count));
-    let s = pool.install(|| {
+    let mut s = pool.install(|| {
         super::distill::relabel(&mut teacher, images, &aug, c.epochs, a.topk, c.seed, c.workers.max(1), &out, extra, held, show, train_device(gpu.as_ref()))
     })?;
     eprintln!("wrote {} ({:.1} MB, {} epochs, batch {})", s.out.display(), s.bytes as f64 / 1e6, s.epochs, s.batch_size);
     if let Some(sh) = &shard {
-        merge_relabel_shards(&a.out, sh.count)?;
+        if merge_relabel_shards(&a.out, sh.count)? {
+            s.merged_into = Some(a.out.clone());
+        }
     }
     crate::outln!("{}", serde_json::to_string(&s).expect("summary serialises"));
     Ok(())

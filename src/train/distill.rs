@@ -70,6 +70,9 @@ pub struct RelabelSummary {
     pub topk: usize,
     pub bytes: u64,
     pub seconds: f64,
+    /// For a shard: the labels file the shards were merged into, once they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merged_into: Option<PathBuf>,
 }
 
 /// Writes the relabel file for `images` (`extra` goes into its metadata). With `shard` =
@@ -137,7 +140,7 @@ pub fn relabel(
     writer.finish()?;
     progress.finish();
     let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
-    Ok(RelabelSummary { out: out.to_path_buf(), epochs, images: n, batch_size: bs, topk, bytes, seconds: start.elapsed().as_secs_f64() })
+    Ok(RelabelSummary { out: out.to_path_buf(), epochs, images: n, batch_size: bs, topk, bytes, seconds: start.elapsed().as_secs_f64(), merged_into: None })
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -110,6 +110,8 @@ pub struct LabelWriter {
     next_epoch: usize,
     /// Header and every epoch's tensors, in bytes: what the finished file must measure.
     expected_len: u64,
+    /// Bytes of the current epoch written through `write_raw`.
+    raw_written: u64,
 }
 
 impl LabelWriter {
@@ -163,7 +165,7 @@ impl LabelWriter {
         w(&mut file, &(text.len() as u64).to_le_bytes())?;
         w(&mut file, &text)?;
         let expected_len = 8 + text.len() as u64 + offset as u64;
-        Ok(LabelWriter { meta, path: path.to_path_buf(), tmp, file, next_epoch: 0, expected_len })
+        Ok(LabelWriter { meta, path: path.to_path_buf(), tmp, file, next_epoch: 0, expected_len, raw_written: 0 })
     }
 
     /// Appends the next epoch (epochs must come in order): for a shard's file, only its batches.
@@ -224,17 +226,21 @@ impl LabelWriter {
         Ok(())
     }
 
-    /// Appends the next epoch as raw tensor bytes, one buffer per tensor in file order (what
-    /// [`merge_shards`] assembles). Errors (`Error::State`) when a buffer's length is not its tensor's.
-    fn write_epoch_raw(&mut self, tensors: &[Vec<u8>]) -> Result<()> {
-        let layout = self.meta.tensors(self.next_epoch);
-        let fits = layout.len() == tensors.len() && layout.iter().zip(tensors).all(|((_, d, s), b)| b.len() == s.iter().product::<usize>() * dtype_size(d));
-        if self.next_epoch >= self.meta.epochs || !fits {
-            return Err(Error::State(format!("relabel epoch {} does not match the file layout", self.next_epoch)));
+    /// Appends raw bytes of the next epoch's tensors, in file order (what [`merge_shards`]
+    /// assembles piece by piece); [`LabelWriter::end_raw_epoch`] then checks the epoch is whole.
+    fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.raw_written += bytes.len() as u64;
+        self.file.write_all(bytes).map_err(|err| Error::output(&self.path, err))
+    }
+
+    /// Ends an epoch written by [`LabelWriter::write_raw`]. Errors (`Error::State`) when the bytes
+    /// written are not exactly the epoch's tensors.
+    fn end_raw_epoch(&mut self) -> Result<()> {
+        let want: usize = self.meta.tensors(self.next_epoch).iter().map(|(_, d, s)| s.iter().product::<usize>() * dtype_size(d)).sum();
+        if self.next_epoch >= self.meta.epochs || self.raw_written != want as u64 {
+            return Err(Error::State(format!("relabel epoch {}: {} bytes written, the layout holds {want}", self.next_epoch, self.raw_written)));
         }
-        for b in tensors {
-            self.file.write_all(b).map_err(|err| Error::output(&self.path, err))?;
-        }
+        self.raw_written = 0;
         self.next_epoch += 1;
         Ok(())
     }
@@ -416,7 +422,8 @@ impl LabelFile {
 /// key itself excepted): empty when they agree.
 fn differing_keys(a: &LabelMeta, b: &LabelMeta) -> Vec<String> {
     let keys: std::collections::BTreeSet<&String> = a.extra.keys().chain(b.extra.keys()).filter(|k| *k != "shard").collect();
-    keys.into_iter().filter(|k| a.extra.get(*k) != b.extra.get(*k)).map(|k| format!("{k} ({:?} vs {:?})", a.extra.get(k), b.extra.get(k))).collect()
+    let shown = |m: &LabelMeta, k: &str| m.extra.get(k).cloned().unwrap_or_else(|| "absent".into());
+    keys.into_iter().filter(|k| a.extra.get(*k) != b.extra.get(*k)).map(|k| format!("{k} {} vs {}", shown(a, k), shown(b, k))).collect()
 }
 
 /// Whether the finished file at `path` is the shard `meta` describes (same settings, same images):
@@ -452,7 +459,11 @@ pub fn merge_shards(shards: &[PathBuf], out: &Path) -> Result<LabelMeta> {
         if !differ.is_empty() {
             return Err(Error::input(
                 f.path.display().to_string(),
-                format!("made with other settings or images than {}: {}; rerun that shard with the same flags", first.path.display(), differ.join(", ")),
+                format!(
+                    "shard {i} and shard 0 ({}) were made with other settings or images: {} (shard 0's first); rerun whichever shard had other flags with the flags of the rest",
+                    first.path.display(),
+                    differ.join(", ")
+                ),
             ));
         }
     }
@@ -461,27 +472,31 @@ pub fn merge_shards(shards: &[PathBuf], out: &Path) -> Result<LabelMeta> {
     let meta = LabelMeta { extra, shard: None, ..first.meta.clone() };
     let mut writer = LabelWriter::create(out, meta.clone())?;
     let mut handles = files.iter().map(|f| File::open(&f.path).map_err(|e| Error::io(&f.path, e))).collect::<Result<Vec<_>>>()?;
+    // Batch by batch, so the merge holds one batch's rows at a time, not an epoch.
+    let mut buf = Vec::new();
     for e in 0..meta.epochs {
-        let mut tensors = Vec::new();
         for (name, dtype, shape) in meta.tensors(e) {
             // Bytes per row (per batch for the mix tensor, whose rows are batches).
             let unit = shape[1..].iter().product::<usize>() * dtype_size(dtype);
             let per_batch = name.ends_with(".mix");
-            let parts = files.iter().zip(handles.iter_mut()).map(|(f, h)| f.read(h, &name)).collect::<Result<Vec<_>>>()?;
-            let mut whole = Vec::with_capacity(shape.iter().product::<usize>() * dtype_size(dtype));
             for b in 0..meta.epoch_batches() {
                 let (s, j) = (b % count, b / count);
                 let len = meta.batch_size.min(meta.images - b * meta.batch_size);
                 // Every batch a shard holds before its last is whole, so batch j starts at row j * B.
                 let (at, units) = if per_batch { (j, 1) } else { (j * meta.batch_size, len) };
-                let part = parts[s]
-                    .get(at * unit..(at + units) * unit)
-                    .ok_or_else(|| Error::Corrupt { path: files[s].path.clone(), reason: format!("tensor {name} is shorter than its batches") })?;
-                whole.extend_from_slice(part);
+                let f = &files[s];
+                let (_, _, start, end) = &f.offsets[&name];
+                let (from, bytes) = (start + at * unit, units * unit);
+                if from + bytes > *end {
+                    return Err(Error::Corrupt { path: f.path.clone(), reason: format!("tensor {name} is shorter than its batches") });
+                }
+                buf.resize(bytes, 0);
+                handles[s].seek(SeekFrom::Start(f.data_start + from as u64)).map_err(|err| Error::io(&f.path, err))?;
+                handles[s].read_exact(&mut buf).map_err(|err| Error::io(&f.path, err))?;
+                writer.write_raw(&buf)?;
             }
-            tensors.push(whole);
         }
-        writer.write_epoch_raw(&tensors)?;
+        writer.end_raw_epoch()?;
     }
     writer.finish()?;
     Ok(meta)

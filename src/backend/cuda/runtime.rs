@@ -178,6 +178,8 @@ pub struct GpuDevice {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     loaded: Arc<Loaded>,
+    /// The driver's number for the GPU (CUDA_VISIBLE_DEVICES applied), named in `describe`.
+    ordinal: usize,
     name: String,
     compute_capability: (i32, i32),
     total_mem: usize,
@@ -252,7 +254,7 @@ impl GpuDevice {
             let f = module.load_function(k.name).map_err(|e| driver_err(format!("kernels/{}.cu has no kernel {}", k.module, k.name), e))?;
             functions.push(Function(f.cu_function()));
         }
-        Ok(GpuDevice { ctx, stream, loaded: Arc::new(Loaded { _modules: modules, functions }), name, compute_capability, total_mem })
+        Ok(GpuDevice { ctx, stream, loaded: Arc::new(Loaded { _modules: modules, functions }), ordinal, name, compute_capability, total_mem })
     }
 
     /// A device on a new stream of the same context, sharing the loaded kernels: independent work
@@ -263,6 +265,7 @@ impl GpuDevice {
             ctx: self.ctx.clone(),
             stream,
             loaded: self.loaded.clone(),
+            ordinal: self.ordinal,
             name: self.name.clone(),
             compute_capability: self.compute_capability,
             total_mem: self.total_mem,
@@ -283,7 +286,14 @@ impl CudaDevice for GpuDevice {
     type Graph = CudaGraph;
 
     fn describe(&self) -> String {
-        format!("{} (sm_{}{}, {:.1} GiB)", self.name, self.compute_capability.0, self.compute_capability.1, self.total_mem as f64 / (1u64 << 30) as f64)
+        format!(
+            "GPU {}: {} (sm_{}{}, {:.1} GiB)",
+            self.ordinal,
+            self.name,
+            self.compute_capability.0,
+            self.compute_capability.1,
+            self.total_mem as f64 / (1u64 << 30) as f64
+        )
     }
 
     fn alloc_zeroed(&self, bytes: usize) -> Result<GpuMem> {
