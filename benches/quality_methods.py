@@ -28,10 +28,20 @@ NAMES = {
     "recommended": "**`--method recommended`**: 70% k-means real, 30% CDA, PNG",
     "rec_r7": "**`--method recommended`**: 70% k-means real, 30% CDA, PNG",
     "rec_r7_class": "the same, CDA part with class-wise BN statistics (`--bn-stats class`)",
+    "rec_r6": "60% k-means real, 40% CDA (`--method recommended --real-ipc IPC*6/10`)",
+    "rec_r8": "80% k-means real, 20% CDA (`--method recommended --real-ipc IPC*8/10`)",
+    "rec_it500": "`--method recommended`, CDA part with `--iteration 500`",
+    "rec_lr01": "`--method recommended`, CDA part with `--lr 0.1`",
+    "rec_cs05": "`--method recommended`, CDA part with `--crop-min-scale 0.5`",
+    "rec_rbn003": "`--method recommended`, CDA part with `--r-bn 0.03`",
+    "rec_rbn0003": "`--method recommended`, CDA part with `--r-bn 0.003`",
+    "rec_perimg": "`--method recommended`, CDA part with `--per-image-augment`",
     "rec_class": "half k-means real, half CDA with class-wise BN statistics",
     "cda_class": "CDA from noise with class-wise BN statistics (`--bn-stats class`, one class per batch)",
     "rec_c1000": "half k-means real (k-means over 1000 candidates), half CDA",
     "rec_it2000": "half k-means real, half CDA with 2000 iterations",
+    "kmeans_gentle": "CDA from the k-means medoids, lr 0.05, 300 iterations, PNG",
+    "kmeans_gentle2": "CDA from the k-means medoids, lr 0.02, 500 iterations, PNG",
     "kmeans_c1000": "k-means medoids over 1000 candidates (`select ... --candidates 1000`)",
     "recommended_edc": "`--method recommended` with the three teachers in turn",
 }
@@ -71,7 +81,9 @@ def main(path):
         real = means.get(f"real_ipc{ipc}" + (f"+{tag}" if tag else ""))
         vs = f"{means[row] - real:+.2f}" if real is not None and name != "real" else ""
         seeds = " / ".join(f"{t:.2f}" for t in tops)
-        print(f"| {NAMES.get(name, name)} | {ipc} | {tag or 'torchvision-init'} | {means[row]:.2f} +- {std:.2f} | {vs} | "
+        # One seed is a screen: no spread to show.
+        score = f"{means[row]:.2f} +- {std:.2f}" if len(tops) > 1 else f"{means[row]:.2f} (one seed)"
+        print(f"| {NAMES.get(name, name)} | {ipc} | {tag or 'torchvision-init'} | {score} | {vs} | "
               f"{seeds} (seeds {', '.join(str(r['seed']) for r in rs)}) |")
 
 

@@ -25,12 +25,18 @@
 #   sel_kmeans_whole   the same with --select-rank kmeans (k-means medoids over the teacher's logits)
 #   edc           cda-engine run --init patches --factor 1 --weights T,T2,T3 (three teachers in turn)
 #   cvdd          as edc with --teachers-per-step 2
-#   rec_r3, rec_r7     --method recommended with --real-ipc 3 or 7 (of 10): rec_r7 is the same set as recommended
-#   rec_c1000     --method recommended with --candidates 1000 (k-means over more real images)
-#   rec_it2000    --method recommended with --iteration 2000 for the CDA part
+#   rec_rK        --method recommended with --real-ipc IPC*K/10 (K 1..9): rec_r7 is the same set as recommended
+#   rec_c1000     --method recommended --real-ipc IPC/2 with --candidates 1000 (k-means over more real images)
+#   rec_it2000    --method recommended --real-ipc IPC/2 with --iteration 2000 for the CDA part
+#   rec_it500, rec_lr01, rec_cs05, rec_rbn003, rec_rbn0003, rec_perimg
+#                 the same with --iteration 500, --lr 0.1, --crop-min-scale 0.5, --r-bn 0.03 or 0.003,
+#                 or --per-image-augment for the CDA part
 #   cda_class     cda-engine run --bn-stats class                  CDA from noise, class-wise BN statistics, one class per batch
-#   rec_class     --method recommended with --bn-stats class for the CDA part
+#   rec_class     --method recommended --real-ipc IPC/2 with --bn-stats class for the CDA part
 #   rec_r7_class  the same with --real-ipc 7 (of 10)
+#   kmeans_gentle, kmeans_gentle2
+#                 CDA from the k-means medoids (whole images), gently: lr 0.05 for 300 iterations, or
+#                 lr 0.02 for 500, PNG
 #   kmeans_c1000  select --factor 1 --crops 1 --select-min-scale 1 --select-rank kmeans --candidates 1000
 #
 #   SETS="real rded cda" IPCS=10 SEEDS="0 1 2" JOBS=2 THREADS=1 benches/quality_methods.sh
@@ -109,12 +115,20 @@ PY
         sel_*_whole) local r=${name#sel_}; "$BIN" select "${common[@]}" --factor 1 --crops 1 --select-min-scale 1 --select-rank "${r%_whole}" --threads "$THREADS" ;;
         edc) "$BIN" run "${common[@]}" --init patches --factor 1 --weights "$TEACHERS" --threads "$THREADS" --quiet ;;
         cvdd) "$BIN" run "${common[@]}" --init patches --factor 1 --weights "$TEACHERS" --teachers-per-step 2 --threads "$THREADS" --quiet ;;
-        rec_r3|rec_r5|rec_r7) "$BIN" run "${common[@]}" --method recommended --real-ipc $((ipc * ${name#rec_r} / 10)) --threads "$THREADS" --quiet ;;
+        rec_r[1-9]) "$BIN" run "${common[@]}" --method recommended --real-ipc $((ipc * ${name#rec_r} / 10)) --threads "$THREADS" --quiet ;;
         cda_class) "$BIN" run "${common[@]}" --bn-stats class --threads "$THREADS" --quiet ;;
-        rec_class) "$BIN" run "${common[@]}" --method recommended --bn-stats class --threads "$THREADS" --quiet ;;
+        rec_class) "$BIN" run "${common[@]}" --method recommended --real-ipc $((ipc / 2)) --bn-stats class --threads "$THREADS" --quiet ;;
         rec_r7_class) "$BIN" run "${common[@]}" --method recommended --real-ipc $((ipc * 7 / 10)) --bn-stats class --threads "$THREADS" --quiet ;;
-        rec_c1000) "$BIN" run "${common[@]}" --method recommended --candidates 1000 --threads "$THREADS" --quiet ;;
-        rec_it2000) "$BIN" run "${common[@]}" --method recommended --iteration 2000 --threads "$THREADS" --quiet ;;
+        rec_c1000) "$BIN" run "${common[@]}" --method recommended --real-ipc $((ipc / 2)) --candidates 1000 --threads "$THREADS" --quiet ;;
+        rec_it2000) "$BIN" run "${common[@]}" --method recommended --real-ipc $((ipc / 2)) --iteration 2000 --threads "$THREADS" --quiet ;;
+        rec_it500) "$BIN" run "${common[@]}" --method recommended --iteration 500 --threads "$THREADS" --quiet ;;
+        rec_lr01) "$BIN" run "${common[@]}" --method recommended --lr 0.1 --threads "$THREADS" --quiet ;;
+        rec_cs05) "$BIN" run "${common[@]}" --method recommended --crop-min-scale 0.5 --threads "$THREADS" --quiet ;;
+        rec_rbn003) "$BIN" run "${common[@]}" --method recommended --r-bn 0.03 --threads "$THREADS" --quiet ;;
+        rec_rbn0003) "$BIN" run "${common[@]}" --method recommended --r-bn 0.003 --threads "$THREADS" --quiet ;;
+        rec_perimg) "$BIN" run "${common[@]}" --method recommended --per-image-augment --threads "$THREADS" --quiet ;;
+        kmeans_gentle) "$BIN" run "${common[@]}" --init patches --factor 1 --crops 1 --select-min-scale 1 --select-rank kmeans --lr 0.05 --iteration 300 --format png --threads "$THREADS" --quiet ;;
+        kmeans_gentle2) "$BIN" run "${common[@]}" --init patches --factor 1 --crops 1 --select-min-scale 1 --select-rank kmeans --lr 0.02 --iteration 500 --format png --threads "$THREADS" --quiet ;;
         kmeans_c1000) "$BIN" select "${common[@]}" --factor 1 --crops 1 --select-min-scale 1 --select-rank kmeans --candidates 1000 --threads "$THREADS" ;;
         *) echo "unknown set $name" >&2; return 1 ;;
     esac > "$dir.log" 2>&1
