@@ -1,9 +1,11 @@
 //! Datasets for training: Fashion-MNIST from its gzip IDX files (held in memory: 47 MB as bytes),
+//! CIFAR-10/100 as distributed (cifar.rs),
 //! ImageFolder trees of PNG/JPEG files (only paths in memory; each image decoded when a batch needs
 //! it), the training augmentations (random crop with padding, RandomResizedCrop, flip, CutMix, MixUp)
 //! and a seeded, multi-threaded batch loader.
 
 pub mod augment;
+pub mod cifar;
 pub mod folder;
 pub mod idx;
 pub mod loader;
@@ -104,8 +106,10 @@ pub fn check_source(spec: &str, split: Split) -> Result<()> {
     Ok(())
 }
 
-/// `fashion-mnist` (the Debian package's IDX files, or `$FASHION_MNIST_DIR`) or an ImageFolder path
-/// (class subfolders of PNG/JPEG files; `channels` 1 converts colour to luma, 3 replicates grey).
+/// `fashion-mnist` (the Debian package's IDX files, or `$FASHION_MNIST_DIR`), a CIFAR-10/100 folder
+/// as distributed (python or binary version, see [`cifar`]; recognised by its files, and said so on
+/// stderr), or an ImageFolder path (class subfolders of PNG/JPEG files; `channels` 1 converts colour
+/// to luma, 3 replicates grey).
 pub fn open(spec: &str, split: Split, channels: usize) -> Result<Arc<dyn Dataset>> {
     if spec == "fashion-mnist" {
         let ds = idx::IdxDataset::fashion_mnist(&fashion_mnist_dir(), split)?;
@@ -117,6 +121,13 @@ pub fn open(spec: &str, split: Split, channels: usize) -> Result<Arc<dyn Dataset
     let path = Path::new(spec);
     if !path.is_dir() {
         return Err(Error::input(spec, "not a dataset name (fashion-mnist) nor a folder of class subfolders"));
+    }
+    if let Some((format, dir)) = cifar::detect(path) {
+        eprintln!("{spec}: reading {} from {}", format.describe(), dir.display());
+        if channels != 3 {
+            return Err(Error::input(spec, format!("{} images have 3 channels; the model takes {channels}", format.describe())));
+        }
+        return Ok(Arc::new(cifar::Cifar::open(&dir, format, split)?));
     }
     Ok(Arc::new(folder::ImageFolder::open(path, channels)?))
 }

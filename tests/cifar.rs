@@ -1,0 +1,113 @@
+//! The CIFAR-10/100 readers against torchvision's: tests/fixtures/make_cifar_fixtures.py (seed 0)
+//! writes small folders in the four distributed layouts (python pickles as Python 2 wrote them, and
+//! the binary version) and what torchvision.datasets.CIFAR10/CIFAR100 read from the pickles. Pixels
+//! are bytes, so they must match exactly (scaled by 1/255); labels and class names too. Malformed
+//! files are refused naming the file.
+
+mod common;
+
+use std::path::Path;
+
+use cda_engine::data::cifar::{detect, Cifar, CifarFormat};
+use cda_engine::data::{Dataset, Split};
+use common::fixture;
+
+fn expected(key: &str) -> (Vec<u8>, Vec<usize>) {
+    let bytes = std::fs::read(fixture("cifar/expected.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let images = st.tensor(&format!("{key}.images")).unwrap().data().to_vec();
+    let labels = st.tensor(&format!("{key}.labels")).unwrap().data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as usize).collect();
+    (images, labels)
+}
+
+fn names(key: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("cifar/expected.json")).unwrap()).unwrap();
+    v[key].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
+}
+
+fn check(ds: &Cifar, key: &str) {
+    let (images, labels) = expected(key);
+    assert_eq!(ds.len(), labels.len(), "{key}");
+    assert_eq!(ds.channels(), 3);
+    for i in 0..ds.len() {
+        assert_eq!(ds.label(i), labels[i], "{key} label {i}");
+        let img = ds.image(i).unwrap();
+        assert_eq!((img.c, img.h, img.w), (3, 32, 32));
+        let want = &images[i * 3072..(i + 1) * 3072];
+        assert!(img.data.iter().zip(want).all(|(&g, &w)| g == w as f32 / 255.0), "{key} image {i} differs from torchvision's");
+    }
+}
+
+#[test]
+fn every_layout_reads_what_torchvision_reads() {
+    let root = fixture("cifar");
+    for (folder, format, key) in [
+        ("cifar-10-batches-py", CifarFormat::Cifar10Python, "cifar10"),
+        ("cifar-10-batches-bin", CifarFormat::Cifar10Binary, "cifar10"),
+        ("cifar-100-python", CifarFormat::Cifar100Python, "cifar100"),
+        ("cifar-100-binary", CifarFormat::Cifar100Binary, "cifar100"),
+    ] {
+        let dir = root.join(folder);
+        // Recognised from the folder itself and (the python layouts' usual root) from above it.
+        let (found, at) = detect(&dir).unwrap_or_else(|| panic!("{folder} not recognised"));
+        assert_eq!((found, at.as_path()), (format, dir.as_path()));
+        for (split, name) in [(Split::Train, "train"), (Split::Test, "test")] {
+            let ds = Cifar::open(&dir, format, split).unwrap();
+            check(&ds, &format!("{key}.{name}"));
+            assert_eq!(ds.class_names, names(key), "{folder} class names");
+            assert_eq!(ds.num_classes(), names(key).len());
+        }
+    }
+    // torchvision's root holds the python folders: the first layout found there is CIFAR-10's.
+    assert_eq!(detect(&root).map(|d| d.0), Some(CifarFormat::Cifar10Python));
+    assert!(detect(&fixture("forward")).is_none());
+}
+
+#[test]
+fn the_commands_read_a_cifar_folder_by_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s");
+    let data = fixture("cifar/cifar-10-batches-bin");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_cda-engine"))
+        .args(["sample", "--data", data.to_str().unwrap(), "--ipc", "1", "--channels", "3", "--format", "png", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("CIFAR-10 (binary version)"), "the format is not said: {stderr}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn malformed_files_are_refused_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let py = dir.path().join("cifar-10-batches-py");
+    copy_dir(&fixture("cifar/cifar-10-batches-py"), &py);
+    let refused = |format, dir: &Path, split, says: &str, file: &str| {
+        let e = Cifar::open(dir, format, split).err().expect("a malformed file was accepted").to_string();
+        assert!(e.contains(says) && e.contains(file), "{e}");
+    };
+    // Truncated pickle, a pickle of something else, a missing batch.
+    let b = std::fs::read(py.join("data_batch_2")).unwrap();
+    std::fs::write(py.join("data_batch_2"), &b[..b.len() / 2]).unwrap();
+    refused(CifarFormat::Cifar10Python, &py, Split::Train, "pickle", "data_batch_2");
+    std::fs::write(py.join("data_batch_2"), b"\x80\x02K\x05.").unwrap();
+    refused(CifarFormat::Cifar10Python, &py, Split::Train, "dict", "data_batch_2");
+    std::fs::remove_file(py.join("data_batch_2")).unwrap();
+    refused(CifarFormat::Cifar10Python, &py, Split::Train, "data_batch_2", "data_batch_2");
+    // Binary: a partial record, and a label beyond the classes.
+    let bin = dir.path().join("cifar-100-binary");
+    copy_dir(&fixture("cifar/cifar-100-binary"), &bin);
+    let mut b = std::fs::read(bin.join("test.bin")).unwrap();
+    std::fs::write(bin.join("test.bin"), &b[..b.len() - 1]).unwrap();
+    refused(CifarFormat::Cifar100Binary, &bin, Split::Test, "records", "test.bin");
+    b[1] = 100;
+    std::fs::write(bin.join("test.bin"), &b).unwrap();
+    refused(CifarFormat::Cifar100Binary, &bin, Split::Test, "label 100", "test.bin");
+}
