@@ -22,7 +22,7 @@ NAMES = {
     "hybrid": "half random real, half CDA (composed by hand)",
     "sel_hard_whole": "`select --factor 1 --crops 1 --select-min-scale 1 --select-rank hard`",
     "sel_diverse_whole": "the same, `--select-rank diverse` (k-center)",
-    "sel_kmeans_whole": "the same, `--select-rank kmeans` (k-means medoids)",
+    "sel_kmeans_whole": "k-means medoids, whole real images (`select --factor 1 --crops 1 --select-min-scale 1 --select-rank kmeans`)",
     "rec_r3": "30% k-means real, 70% CDA (`--method recommended --real-ipc IPC*3/10`)",
     "rec_r5": "half k-means real, half CDA (`--method recommended --real-ipc IPC/2`)",
     "recommended": "**`--method recommended`**: 70% k-means real, 30% CDA, PNG",
