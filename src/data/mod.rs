@@ -1,5 +1,5 @@
 //! Datasets for training: Fashion-MNIST from its gzip IDX files (held in memory: 47 MB as bytes),
-//! CIFAR-10/100 as distributed (cifar.rs),
+//! CIFAR-10/100 and Tiny-ImageNet as distributed (cifar.rs, tiny_imagenet.rs),
 //! ImageFolder trees of PNG/JPEG files (only paths in memory; each image decoded when a batch needs
 //! it), the training augmentations (random crop with padding, RandomResizedCrop, flip, CutMix, MixUp)
 //! and a seeded, multi-threaded batch loader.
@@ -9,6 +9,7 @@ pub mod cifar;
 pub mod folder;
 pub mod idx;
 pub mod loader;
+pub mod tiny_imagenet;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -107,8 +108,8 @@ pub fn check_source(spec: &str, split: Split) -> Result<()> {
 }
 
 /// `fashion-mnist` (the Debian package's IDX files, or `$FASHION_MNIST_DIR`), a CIFAR-10/100 folder
-/// as distributed (python or binary version, see [`cifar`]; recognised by its files, and said so on
-/// stderr), or an ImageFolder path (class subfolders of PNG/JPEG files; `channels` 1 converts colour
+/// as distributed (python or binary version, see [`cifar`]), Tiny-ImageNet as distributed (see
+/// [`tiny_imagenet`]; both recognised by their files, and said so on stderr), or an ImageFolder path (class subfolders of PNG/JPEG files; `channels` 1 converts colour
 /// to luma, 3 replicates grey).
 pub fn open(spec: &str, split: Split, channels: usize) -> Result<Arc<dyn Dataset>> {
     if spec == "fashion-mnist" {
@@ -121,6 +122,15 @@ pub fn open(spec: &str, split: Split, channels: usize) -> Result<Arc<dyn Dataset
     let path = Path::new(spec);
     if !path.is_dir() {
         return Err(Error::input(spec, "not a dataset name (fashion-mnist) nor a folder of class subfolders"));
+    }
+    if let Some(dir) = tiny_imagenet::detect(path) {
+        let ds = tiny_imagenet::TinyImagenet::open(&dir, split, channels)?;
+        eprintln!(
+            "{spec}: reading Tiny-ImageNet from {} ({}); classes in wnids.txt order, not the sorted order an ImageFolder of train/ would give",
+            dir.display(),
+            if split == Split::Train { "train/" } else { "val/ with val_annotations.txt" }
+        );
+        return Ok(Arc::new(ds));
     }
     if let Some((format, dir)) = cifar::detect(path) {
         eprintln!("{spec}: reading {} from {}", format.describe(), dir.display());

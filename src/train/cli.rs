@@ -114,7 +114,7 @@ pub struct SqueezeArgs {
     /// Training data: `fashion-mnist` (the Debian package's IDX files) or an ImageFolder path.
     #[arg(long)]
     pub data: String,
-    /// Test data for the per-epoch top-1 (default: the test split of a named dataset or a CIFAR folder).
+    /// Test data for the per-epoch top-1 (default: the test split of a named dataset, a CIFAR or a Tiny-ImageNet folder).
     #[arg(long)]
     pub test_data: Option<String>,
     /// safetensors file to write (a JSON record is written beside it).
@@ -218,8 +218,13 @@ pub fn open_train_test(data: &str, test: Option<&str>, channels: usize) -> Resul
     let train = data::open(data, Split::Train, channels)?;
     let test = match test {
         Some(t) => Some(data::open(t, Split::Test, channels)?),
-        // A named dataset and a CIFAR folder have their own test split.
-        None if data::dataset_norm(data).is_some() || data::cifar::detect(Path::new(data)).is_some() => Some(data::open(data, Split::Test, channels)?),
+        // A named dataset, a CIFAR and a Tiny-ImageNet folder have their own test split.
+        None if data::dataset_norm(data).is_some()
+            || data::cifar::detect(Path::new(data)).is_some()
+            || data::tiny_imagenet::detect(Path::new(data)).is_some() =>
+        {
+            Some(data::open(data, Split::Test, channels)?)
+        }
         None => None,
     };
     Ok((train, test))

@@ -1,14 +1,21 @@
-//! The CIFAR-10/100 readers against torchvision's: tests/fixtures/make_cifar_fixtures.py (seed 0)
+//! The readers of datasets in their distributed layouts.
+//!
+//! CIFAR-10/100 against torchvision's readers: tests/fixtures/make_cifar_fixtures.py (seed 0)
 //! writes small folders in the four distributed layouts (python pickles as Python 2 wrote them, and
 //! the binary version) and what torchvision.datasets.CIFAR10/CIFAR100 read from the pickles. Pixels
 //! are bytes, so they must match exactly (scaled by 1/255); labels and class names too. Malformed
 //! files are refused naming the file.
+//!
+//! Tiny-ImageNet: tests/fixtures/make_tiny_imagenet_fixtures.py writes the layout (wnids.txt in a
+//! non-sorted order, train/<wnid>/images, the flat val/images with val_annotations.txt) and the
+//! labels it defines file by file; the reader must give exactly those.
 
 mod common;
 
 use std::path::Path;
 
 use cda_engine::data::cifar::{detect, Cifar, CifarFormat};
+use cda_engine::data::tiny_imagenet::{self, TinyImagenet};
 use cda_engine::data::{Dataset, Split};
 use common::fixture;
 
@@ -110,4 +117,54 @@ fn malformed_files_are_refused_naming_them() {
     b[1] = 100;
     std::fs::write(bin.join("test.bin"), &b).unwrap();
     refused(CifarFormat::Cifar100Binary, &bin, Split::Test, "label 100", "test.bin");
+}
+
+#[test]
+fn tiny_imagenet_takes_the_wnids_order_and_the_val_annotations() {
+    let root = fixture("tiny_imagenet");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("expected.json")).unwrap()).unwrap();
+    let dir = tiny_imagenet::detect(&root).expect("torchvision-style root not recognised");
+    assert_eq!(dir, root.join("tiny-imagenet-200"));
+    assert_eq!(tiny_imagenet::detect(&dir), Some(dir.clone()));
+    let wnids: Vec<&str> = v["wnids"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
+    for (split, key) in [(Split::Train, "train"), (Split::Test, "val")] {
+        let ds = TinyImagenet::open(&dir, split, 3).unwrap();
+        assert_eq!(ds.wnids, wnids);
+        assert_eq!(ds.num_classes(), 3);
+        let want = v[key].as_array().unwrap();
+        assert_eq!(ds.len(), want.len(), "{key}");
+        for (i, w) in want.iter().enumerate() {
+            assert_eq!(ds.items[i].0, dir.join(w[0].as_str().unwrap()), "{key} file {i}");
+            assert_eq!(ds.label(i), w[1].as_u64().unwrap() as usize, "{key} label {i}");
+        }
+        let img = ds.image(0).unwrap();
+        assert_eq!((img.c, img.h, img.w), (3, 64, 64));
+    }
+}
+
+#[test]
+fn tiny_imagenet_annotations_that_do_not_fit_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("tiny-imagenet-200");
+    let src = fixture("tiny_imagenet/tiny-imagenet-200");
+    for sub in ["", "val", "val/images", "train", "train/n099", "train/n099/images", "train/n015", "train/n015/images", "train/n020", "train/n020/images"] {
+        std::fs::create_dir_all(t.join(sub)).unwrap();
+        for e in std::fs::read_dir(src.join(sub)).unwrap().flatten().filter(|e| e.path().is_file()) {
+            std::fs::copy(e.path(), t.join(sub).join(e.file_name())).unwrap();
+        }
+    }
+    let ann = t.join("val/val_annotations.txt");
+    let good = std::fs::read_to_string(&ann).unwrap();
+    for (text, says) in [
+        (good.replace("n015", "n777"), "n777 is not in wnids.txt"),
+        (good.replace("val_3.JPEG", "val_9.JPEG"), "is missing"),
+        (good.replace('\t', " "), "is not file<TAB>wnid"),
+    ] {
+        std::fs::write(&ann, text).unwrap();
+        let e = TinyImagenet::open(&t, Split::Test, 3).err().expect("bad annotations accepted").to_string();
+        assert!(e.contains(says) && e.contains("val_annotations.txt"), "{e}");
+    }
+    std::fs::write(t.join("wnids.txt"), "n099\nn015\nn099\n").unwrap();
+    let e = TinyImagenet::open(&t, Split::Train, 3).err().unwrap().to_string();
+    assert!(e.contains("n099 is listed twice") && e.contains("wnids.txt"), "{e}");
 }
