@@ -129,6 +129,11 @@ impl BatchPlan {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Whether `r` records this batch (the same IPC indices and classes).
+    pub fn is_recorded_by(&self, r: &BatchRecord) -> bool {
+        r.ipc == self.ipc && r.class_start == self.class_start && r.class_end == self.class_end
+    }
+
     /// Whether a recorded batch holds any image of this one (some IPC index and class in common).
     pub fn overlaps(&self, r: &BatchRecord) -> bool {
         r.ipc.iter().any(|i| self.ipc.contains(i)) && r.class_start < self.class_end && self.class_start < r.class_end
@@ -340,7 +345,7 @@ pub fn merge_shards(out: &Path, settings: &RunSettings, count: usize) -> Result<
     }
     let mut batches = Vec::new();
     for b in plan(settings) {
-        match records.iter().flat_map(|r| &r.batches).find(|r| r.ipc == b.ipc && r.class_start == b.class_start && r.class_end == b.class_end) {
+        match records.iter().flat_map(|r| &r.batches).find(|r| b.is_recorded_by(r)) {
             Some(r) => batches.push(r.clone()),
             None => return Ok(false),
         }
@@ -461,8 +466,8 @@ pub fn run_on_devices<B: Backend>(backends: &[&B], models: &[&ResNet], settings:
     let device = backends.iter().map(|b| b.describe()).collect::<Vec<_>>().join(", ");
     let (c, res) = (model.in_channels, settings.res);
     // A shard's part: every count-th batch of the plan, from its index on.
-    let batches: Vec<BatchPlan> =
-        plan(settings).into_iter().enumerate().filter(|(i, _)| opts.shard.as_ref().is_none_or(|s| s.owns(*i))).map(|(_, b)| b).collect();
+    let all = plan(settings);
+    let batches: Vec<BatchPlan> = all.iter().enumerate().filter(|(i, _)| opts.shard.as_ref().is_none_or(|s| s.owns(*i))).map(|(_, b)| b.clone()).collect();
     let pending = unfinished(&batches, &record, out, model, settings);
     let skipped = batches.len() - pending.len();
     let mut written = 0;
@@ -629,8 +634,7 @@ pub fn run_on_devices<B: Backend>(backends: &[&B], models: &[&ResNet], settings:
     }
     // Devices finish in any order and a resumed run appends what it made: the record lists batches
     // in plan order, as one uninterrupted run on one device writes them.
-    let all = plan(settings);
-    let at = |b: &BatchRecord| all.iter().position(|p| p.ipc == b.ipc && p.class_start == b.class_start).unwrap_or(usize::MAX);
+    let at = |b: &BatchRecord| all.iter().position(|p| p.is_recorded_by(b)).unwrap_or(usize::MAX);
     if !record.batches.is_sorted_by_key(at) {
         record.batches.sort_by_key(at);
         write_record(&record_path, &record)?;
@@ -817,7 +821,7 @@ fn foreign_entry(out: &Path) -> Option<String> {
 /// settings' size and channels. Prints why each recorded batch reruns.
 fn unfinished<'a>(batches: &'a [BatchPlan], record: &RunRecord, out: &Path, model: &ResNet, s: &RunSettings) -> Vec<&'a BatchPlan> {
     use rayon::prelude::*;
-    let recorded = |b: &BatchPlan| record.batches.iter().any(|r| r.ipc == b.ipc && r.class_start == b.class_start && r.class_end == b.class_end);
+    let recorded = |b: &BatchPlan| record.batches.iter().any(|r| b.is_recorded_by(r));
     let (c, res) = (model.in_channels, s.res);
     let mut notes = Vec::new();
     let mut pending = Vec::new();

@@ -96,7 +96,7 @@ pub fn status(out: &Path) -> Result<SetStatus> {
     let mut incomplete = Vec::new();
     let mut ms = Vec::new();
     for (i, b) in batches.iter().enumerate() {
-        let recorded = records.iter().flat_map(|r| &r.batches).find(|r| r.ipc == b.ipc && r.class_start == b.class_start && r.class_end == b.class_end);
+        let recorded = records.iter().flat_map(|r| &r.batches).find(|r| b.is_recorded_by(r));
         let files: Vec<PathBuf> = b.images().iter().map(|&(cls, ipc)| image_path(out, cls, ipc, naming_classes, settings.format)).collect();
         let damaged = files.iter().find_map(|p| {
             let whole = channels.iter().any(|&c| check_image(p, c, settings.res, settings.res, settings.format).is_ok());
