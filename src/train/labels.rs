@@ -60,6 +60,21 @@ pub struct EpochLabels {
 }
 
 impl LabelMeta {
+    /// The file's `__metadata__`: `extra` with the layout's numbers (and the shard) written over it.
+    fn metadata(&self) -> BTreeMap<String, String> {
+        let mut md = self.extra.clone();
+        md.insert("format".into(), FORMAT.into());
+        md.insert("epochs".into(), self.epochs.to_string());
+        md.insert("batch_size".into(), self.batch_size.to_string());
+        md.insert("images".into(), self.images.to_string());
+        md.insert("classes".into(), self.classes.to_string());
+        md.insert("topk".into(), self.topk.to_string());
+        if let Some((i, n)) = self.shard {
+            md.insert("shard".into(), format!("{i}/{n}"));
+        }
+        md
+    }
+
     /// Batches in one epoch of the whole set.
     pub fn epoch_batches(&self) -> usize {
         self.images.div_ceil(self.batch_size)
@@ -131,17 +146,7 @@ impl LabelWriter {
             )));
         }
         let mut header = serde_json::Map::new();
-        let mut md: BTreeMap<String, String> = meta.extra.clone();
-        md.insert("format".into(), FORMAT.into());
-        md.insert("epochs".into(), meta.epochs.to_string());
-        md.insert("batch_size".into(), meta.batch_size.to_string());
-        md.insert("images".into(), meta.images.to_string());
-        md.insert("classes".into(), meta.classes.to_string());
-        md.insert("topk".into(), meta.topk.to_string());
-        if let Some((i, n)) = meta.shard {
-            md.insert("shard".into(), format!("{i}/{n}"));
-        }
-        header.insert("__metadata__".into(), json!(md));
+        header.insert("__metadata__".into(), json!(meta.metadata()));
         let mut offset = 0usize;
         for e in 0..meta.epochs {
             for (name, dtype, shape) in meta.tensors(e) {
@@ -430,14 +435,8 @@ fn differing_keys(a: &LabelMeta, b: &LabelMeta) -> Vec<String> {
 /// a rerun of that shard can keep it. Unreadable or other files are not.
 pub fn holds_shard(path: &Path, meta: &LabelMeta) -> bool {
     let Ok(f) = LabelFile::open(path) else { return false };
-    let mut want = meta.extra.clone();
-    for (k, v) in [("format", FORMAT.to_string()), ("epochs", meta.epochs.to_string()), ("batch_size", meta.batch_size.to_string())] {
-        want.insert(k.into(), v);
-    }
-    for (k, v) in [("images", meta.images.to_string()), ("classes", meta.classes.to_string()), ("topk", meta.topk.to_string())] {
-        want.insert(k.into(), v);
-    }
-    f.meta.shard == meta.shard && differing_keys(&f.meta, &LabelMeta { extra: want, ..meta.clone() }).is_empty()
+    // What the file would hold if this process wrote it (the shard key is compared separately).
+    f.meta.shard == meta.shard && differing_keys(&f.meta, &LabelMeta { extra: meta.metadata(), ..meta.clone() }).is_empty()
 }
 
 /// Writes `out`, the relabel file one process writes, from the files of shards 0..N in order
