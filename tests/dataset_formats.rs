@@ -15,7 +15,7 @@ mod common;
 use std::path::Path;
 
 use cda_engine::data::cifar::{detect, Cifar, CifarFormat};
-use cda_engine::data::tiny_imagenet::{self, TinyImagenet};
+use cda_engine::data::tiny_imagenet;
 use cda_engine::data::{Dataset, Split};
 use common::fixture;
 
@@ -128,8 +128,8 @@ fn tiny_imagenet_takes_the_wnids_order_and_the_val_annotations() {
     assert_eq!(tiny_imagenet::detect(&dir), Some(dir.clone()));
     let wnids: Vec<&str> = v["wnids"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
     for (split, key) in [(Split::Train, "train"), (Split::Test, "val")] {
-        let ds = TinyImagenet::open(&dir, split, 3).unwrap();
-        assert_eq!(ds.wnids, wnids);
+        let ds = tiny_imagenet::open(&dir, split, 3).unwrap();
+        assert_eq!(ds.classes, wnids);
         assert_eq!(ds.num_classes(), 3);
         let want = v[key].as_array().unwrap();
         assert_eq!(ds.len(), want.len(), "{key}");
@@ -161,10 +161,10 @@ fn tiny_imagenet_annotations_that_do_not_fit_are_refused() {
         (good.replace('\t', " "), "is not file<TAB>wnid"),
     ] {
         std::fs::write(&ann, text).unwrap();
-        let e = TinyImagenet::open(&t, Split::Test, 3).err().expect("bad annotations accepted").to_string();
+        let e = tiny_imagenet::open(&t, Split::Test, 3).err().expect("bad annotations accepted").to_string();
         assert!(e.contains(says) && e.contains("val_annotations.txt"), "{e}");
     }
     std::fs::write(t.join("wnids.txt"), "n099\nn015\nn099\n").unwrap();
-    let e = TinyImagenet::open(&t, Split::Train, 3).err().unwrap().to_string();
+    let e = tiny_imagenet::open(&t, Split::Train, 3).err().unwrap().to_string();
     assert!(e.contains("n099 is listed twice") && e.contains("wnids.txt"), "{e}");
 }

@@ -28,9 +28,7 @@ fn is_image(p: &Path) -> bool {
 impl ImageFolder {
     /// Lists `root`; images will be returned with `channels` channels (1: luma, 3: RGB).
     pub fn open(root: &Path, channels: usize) -> Result<ImageFolder> {
-        if channels != 1 && channels != 3 {
-            return Err(Error::input(root.display().to_string(), format!("image folders give 1 or 3 channels; the model takes {channels}")));
-        }
+        check_channels(root, channels)?;
         let listed = list_classes(root)?;
         let classes: Vec<String> = listed.iter().map(|(n, _)| n.clone()).collect();
         let map = ClassMap::of(root, &classes)?;
@@ -38,6 +36,19 @@ impl ImageFolder {
         for ((_, files), &class) in listed.into_iter().zip(&map.classes) {
             items.extend(files.into_iter().map(|f| (f, class)));
         }
+        Self::with_items(root, classes, map, items, channels)
+    }
+
+    /// An ImageFolder over a listing made elsewhere, for layouts other than one folder per class
+    /// (Tiny-ImageNet's): class i is `classes[i]`, `items` are (file, class) in item order. Errors as
+    /// [`ImageFolder::open`]'s.
+    pub fn from_listing(root: &Path, classes: Vec<String>, items: Vec<(PathBuf, usize)>, channels: usize) -> Result<ImageFolder> {
+        check_channels(root, channels)?;
+        let map = ClassMap { classes: (0..classes.len()).collect(), numbered: false };
+        Self::with_items(root, classes, map, items, channels)
+    }
+
+    fn with_items(root: &Path, classes: Vec<String>, map: ClassMap, items: Vec<(PathBuf, usize)>, channels: usize) -> Result<ImageFolder> {
         if items.is_empty() {
             return Err(Error::input(root.display().to_string(), "no class subfolders with .png/.jpg/.jpeg images"));
         }
@@ -47,6 +58,13 @@ impl ImageFolder {
         ds.size = Some((first.h, first.w));
         Ok(ds)
     }
+}
+
+fn check_channels(root: &Path, channels: usize) -> Result<()> {
+    if channels != 1 && channels != 3 {
+        return Err(Error::input(root.display().to_string(), format!("image folders give 1 or 3 channels; the model takes {channels}")));
+    }
+    Ok(())
 }
 
 /// How the class folders of an ImageFolder map to class indices.

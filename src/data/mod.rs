@@ -124,7 +124,7 @@ pub fn open(spec: &str, split: Split, channels: usize) -> Result<Arc<dyn Dataset
         return Err(Error::input(spec, "not a dataset name (fashion-mnist) nor a folder of class subfolders"));
     }
     if let Some(dir) = tiny_imagenet::detect(path) {
-        let ds = tiny_imagenet::TinyImagenet::open(&dir, split, channels)?;
+        let ds = tiny_imagenet::open(&dir, split, channels)?;
         eprintln!(
             "{spec}: reading Tiny-ImageNet from {} ({}); classes in wnids.txt order, not the sorted order an ImageFolder of train/ would give",
             dir.display(),

@@ -7,8 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::folder::load_image;
-use super::{Dataset, Image, Split};
+use super::folder::ImageFolder;
+use super::Split;
 use crate::error::{Error, Result};
 
 /// The folder `root` holds Tiny-ImageNet in: `root` itself (it has `wnids.txt` and `train/`) or
@@ -17,109 +17,66 @@ pub fn detect(root: &Path) -> Option<PathBuf> {
     [root.to_path_buf(), root.join("tiny-imagenet-200")].into_iter().find(|d| d.join("wnids.txt").is_file() && d.join("train").is_dir())
 }
 
-/// One split of Tiny-ImageNet: (image path, class) in class order, files sorted within a class
-/// (train) or in `val_annotations.txt` order (val).
-pub struct TinyImagenet {
-    root: PathBuf,
-    split: Split,
-    /// The class ids in `wnids.txt` order.
-    pub wnids: Vec<String>,
-    pub items: Vec<(PathBuf, usize)>,
-    /// Channels `image` returns: 3 (RGB, as stored) or 1 (luma).
-    channels: usize,
-}
-
-impl TinyImagenet {
-    /// Lists `split` of the Tiny-ImageNet folder `root` (see [`detect`]), images to be returned with
-    /// `channels` channels: `Split::Train` is
-    /// `train/`, `Split::Test` is `val/` (the test images have no labels).
-    ///
-    /// Errors: `Error::Io` for an unreadable file, `Error::Input` naming the file for a wnid listed
-    /// twice, a class folder without images, an annotation line that is not `file<TAB>wnid...`, a
-    /// wnid not in `wnids.txt`, or an annotated file that is missing.
-    pub fn open(root: &Path, split: Split, channels: usize) -> Result<TinyImagenet> {
-        if channels != 1 && channels != 3 {
-            return Err(Error::input(root.display().to_string(), format!("Tiny-ImageNet gives 1 or 3 channels; the model takes {channels}")));
+/// Lists `split` of the Tiny-ImageNet folder `root` (see [`detect`]) as an ImageFolder whose class i
+/// is line i of `wnids.txt`, images to be returned with `channels` channels: `Split::Train` is
+/// `train/` (classes in `wnids.txt` order, files sorted within a class), `Split::Test` is `val/`
+/// (in `val_annotations.txt` order; the test images have no labels).
+///
+/// Errors: `Error::Io` for an unreadable file, `Error::Input` naming the file for a wnid listed
+/// twice, a class folder without images, an annotation line that is not `file<TAB>wnid...`, a
+/// wnid not in `wnids.txt`, or an annotated file that is missing; those of
+/// [`ImageFolder::from_listing`].
+pub fn open(root: &Path, split: Split, channels: usize) -> Result<ImageFolder> {
+    let list = root.join("wnids.txt");
+    let text = std::fs::read_to_string(&list).map_err(|e| Error::io(&list, e))?;
+    let wnids: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
+    let index = |w: &str| wnids.iter().position(|x| x == w);
+    for (i, w) in wnids.iter().enumerate() {
+        if wnids[..i].contains(w) {
+            return Err(Error::input(list.display().to_string(), format!("{w} is listed twice")));
         }
-        let list = root.join("wnids.txt");
-        let text = std::fs::read_to_string(&list).map_err(|e| Error::io(&list, e))?;
-        let wnids: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
-        let index = |w: &str| wnids.iter().position(|x| x == w);
-        for (i, w) in wnids.iter().enumerate() {
-            if wnids[..i].contains(w) {
-                return Err(Error::input(list.display().to_string(), format!("{w} is listed twice")));
+    }
+    if wnids.is_empty() {
+        return Err(Error::input(list.display().to_string(), "lists no class"));
+    }
+    let mut items = Vec::new();
+    match split {
+        Split::Train => {
+            for (class, w) in wnids.iter().enumerate() {
+                let dir = root.join("train").join(w).join("images");
+                let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+                    .map_err(|e| Error::io(&dir, e))?
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| matches!(x.to_ascii_lowercase().to_str(), Some("jpeg" | "jpg" | "png"))))
+                    .collect();
+                if files.is_empty() {
+                    return Err(Error::input(dir.display().to_string(), format!("no images for class {w}")));
+                }
+                files.sort();
+                items.extend(files.into_iter().map(|f| (f, class)));
             }
         }
-        if wnids.is_empty() {
-            return Err(Error::input(list.display().to_string(), "lists no class"));
-        }
-        let mut items = Vec::new();
-        match split {
-            Split::Train => {
-                for (class, w) in wnids.iter().enumerate() {
-                    let dir = root.join("train").join(w).join("images");
-                    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-                        .map_err(|e| Error::io(&dir, e))?
-                        .flatten()
-                        .map(|e| e.path())
-                        .filter(|p| p.extension().is_some_and(|x| matches!(x.to_ascii_lowercase().to_str(), Some("jpeg" | "jpg" | "png"))))
-                        .collect();
-                    if files.is_empty() {
-                        return Err(Error::input(dir.display().to_string(), format!("no images for class {w}")));
-                    }
-                    files.sort();
-                    items.extend(files.into_iter().map(|f| (f, class)));
+        Split::Test => {
+            let ann = root.join("val").join("val_annotations.txt");
+            let text = std::fs::read_to_string(&ann).map_err(|e| Error::io(&ann, e))?;
+            for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                let bad = |m: String| Error::input(format!("{} line {}", ann.display(), n + 1), m);
+                let mut fields = line.split('\t');
+                let (Some(file), Some(wnid)) = (fields.next(), fields.next()) else {
+                    return Err(bad(format!("{line:?} is not file<TAB>wnid<TAB>box")));
+                };
+                let class = index(wnid.trim()).ok_or_else(|| bad(format!("{wnid} is not in wnids.txt")))?;
+                let path = root.join("val").join("images").join(file.trim());
+                if !path.is_file() {
+                    return Err(bad(format!("{} is missing", path.display())));
                 }
+                items.push((path, class));
             }
-            Split::Test => {
-                let ann = root.join("val").join("val_annotations.txt");
-                let text = std::fs::read_to_string(&ann).map_err(|e| Error::io(&ann, e))?;
-                for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                    let bad = |m: String| Error::input(format!("{} line {}", ann.display(), n + 1), m);
-                    let mut fields = line.split('\t');
-                    let (Some(file), Some(wnid)) = (fields.next(), fields.next()) else {
-                        return Err(bad(format!("{line:?} is not file<TAB>wnid<TAB>box")));
-                    };
-                    let class = index(wnid.trim()).ok_or_else(|| bad(format!("{wnid} is not in wnids.txt")))?;
-                    let path = root.join("val").join("images").join(file.trim());
-                    if !path.is_file() {
-                        return Err(bad(format!("{} is missing", path.display())));
-                    }
-                    items.push((path, class));
-                }
-                if items.is_empty() {
-                    return Err(Error::input(ann.display().to_string(), "annotates no image"));
-                }
+            if items.is_empty() {
+                return Err(Error::input(ann.display().to_string(), "annotates no image"));
             }
         }
-        Ok(TinyImagenet { root: root.to_path_buf(), split, wnids, items, channels })
     }
-}
-
-impl Dataset for TinyImagenet {
-    fn len(&self) -> usize {
-        self.items.len()
-    }
-    fn num_classes(&self) -> usize {
-        self.wnids.len()
-    }
-    fn channels(&self) -> usize {
-        self.channels
-    }
-    fn label(&self, i: usize) -> usize {
-        self.items[i].1
-    }
-    fn image(&self, i: usize) -> Result<Image> {
-        load_image(&self.items[i].0, Some(self.channels))
-    }
-    fn describe(&self) -> String {
-        let split = if self.split == Split::Train { "train" } else { "val" };
-        format!("Tiny-ImageNet {split} at {} ({} images in {} classes)", self.root.display(), self.items.len(), self.wnids.len())
-    }
-    fn image_size(&self) -> Option<(usize, usize)> {
-        Some((64, 64))
-    }
-    fn files(&self) -> Option<Vec<PathBuf>> {
-        Some(self.items.iter().map(|(p, _)| p.clone()).collect())
-    }
+    ImageFolder::from_listing(root, wnids, items, channels)
 }
