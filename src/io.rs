@@ -18,12 +18,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |f| f.write_all(bytes))
 }
 
+/// The folder `path` is in: "." for a bare file name, None for a path without a parent ("/").
+pub fn parent_dir(path: &Path) -> Option<&Path> {
+    path.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d })
+}
+
 /// Removes `path`'s temporary siblings (`.name.tmpPID`) that no process is writing: a killed relabel
 /// leaves one as large as its file. A writer holds an exclusive lock on its temporary file
 /// ([`lock_temp`]), so a sibling whose lock can be taken is stale; one that cannot be checked stays.
 pub(crate) fn remove_stale_temps(path: &Path) {
-    let (Some(name), Some(dir)) = (path.file_name(), path.parent()) else { return };
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let (Some(name), Some(dir)) = (path.file_name(), parent_dir(path)) else { return };
     let prefix = format!(".{}.tmp", name.to_string_lossy());
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
@@ -122,8 +126,7 @@ impl<W: Write> Write for Counted<W> {
 /// effort: some filesystems cannot sync a folder, and the file itself is already on disk.
 pub(crate) fn sync_parent(path: &Path) {
     #[cfg(unix)]
-    if let Some(parent) = path.parent() {
-        let dir = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+    if let Some(dir) = parent_dir(path) {
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }

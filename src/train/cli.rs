@@ -542,10 +542,7 @@ pub fn relabel_shard_path(out: &Path, index: usize, count: usize) -> PathBuf {
 
 /// The folder of the file `out` ("." for a bare name).
 fn parent_dir(out: &Path) -> &Path {
-    match out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    }
+    crate::io::parent_dir(out).unwrap_or(Path::new("."))
 }
 
 /// Merges the `count` shard files of `out` into `out` when all are written, then removes them.
