@@ -146,6 +146,10 @@ pub struct LossPoint {
     pub iteration: usize,
     pub ce: f32,
     pub bn: f32,
+    /// Unweighted r_0 of the first BN layer (the first chosen teacher's): the layer whose weight
+    /// `first_bn_multiplier` raises. Absent (0) in records written before it was kept.
+    #[serde(default)]
+    pub bn_first: f32,
     pub total: f32,
     pub min_crop: f32,
     pub lr: f32,
@@ -510,7 +514,8 @@ impl<'a, B: Backend> Recoverer<'a, B> {
             }
             return Err(Error::Numeric(format!("the loss became {total} at iteration {t} (ce {ce}, bn {bn}); the images diverged: try a smaller --lr")));
         }
-        Ok(Some(LossPoint { iteration: t, ce: ce as f32, bn: bn as f32, total: total as f32, min_crop: 0.0, lr: lr as f32 }))
+        let bn_first = self.last_layers.first().copied().unwrap_or(0.0);
+        Ok(Some(LossPoint { iteration: t, ce: ce as f32, bn: bn as f32, bn_first, total: total as f32, min_crop: 0.0, lr: lr as f32 }))
     }
 
     /// FADRM's data residual after iteration t (0-based) when its schedule says so: x <- alpha x +
