@@ -257,3 +257,31 @@ fn edc_and_cvdd_record_their_settings() {
     );
     refused(&["run", "--out", dir.path().join("z").to_str().unwrap(), "--crop-min-scale", "0"], "--crop-min-scale must be in (0, 1]");
 }
+
+/// FADRM's resolution stages from the command line: a staged run writes full-size images and
+/// records its stages (the loop itself is checked against PyTorch in tests/recover_replay.rs), and
+/// stage lists that cannot work are refused before anything is written.
+#[test]
+fn resolution_stages_run_and_refuse_bad_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("staged");
+    let o = out.to_str().unwrap();
+    ok(&["run", "--out", o, "--resolution-stages", "20,28,20,28", "--iteration", "8", "--ipc-end", "1", "--classes", "2", "--quiet"]);
+    let s = &json(&out.join("recover_record.json"))["settings"];
+    assert_eq!(s["residual"], serde_json::json!({"every": 2, "alpha": 0.5, "restart_adam": true, "resolutions": [20, 28, 20, 28]}));
+    let img = image::open(out.join("new000/class000_id000.jpg")).unwrap();
+    assert_eq!((img.width(), img.height()), (28, 28), "saved at the teacher's resolution");
+    let bad = dir.path().join("bad");
+    let b = bad.to_str().unwrap();
+    let base = ["run", "--out", b, "--iteration", "8", "--ipc-end", "1", "--classes", "2", "--quiet"];
+    for (extra, says) in [
+        (&["--resolution-stages", "20,24"][..], "must end at the teacher's resolution 28"),
+        (&["--resolution-stages", "20,32,28"][..], "at most the resolution 28"),
+        (&["--resolution-stages", "3,28"][..], "must be above --jitter 4"),
+        (&["--resolution-stages", "20,28", "--residual-every", "2"][..], "gives 2 sizes for 4 stages"),
+        (&["--resolution-stages", "20,28", "--residual-every", "0"][..], "needs --residual-every above 0"),
+    ] {
+        refused(&[&base[..], extra].concat(), says);
+        assert!(!bad.exists(), "{extra:?} wrote {}", bad.display());
+    }
+}

@@ -243,21 +243,104 @@ pub struct Recoverer<'a, B: Backend> {
     pub log_every: usize,
     /// FADRM's data residual ("FADRM: Fast and Accurate Data Residual Matching for Dataset
     /// Distillation"): after every `every`-th iteration but the last, x <- alpha * x + (1 - alpha) *
-    /// x0 with x0 the batch's starting images. None: off.
+    /// x0 with x0 the batch's starting images, optionally with a fresh Adam and another resolution
+    /// per stage (see [`Residual`]). None: off.
     pub residual: Option<Residual>,
+    /// The iteration the current Adam started at: its bias correction counts steps from there
+    /// (FADRM builds a new optimizer per stage; 0 otherwise).
+    adam_start: usize,
+    /// One recover state per resolution stage size other than `h` (FADRM's resolution stages),
+    /// made by [`Recoverer::prepare_stages`].
+    stage_states: Vec<Recoverer<'a, B>>,
     /// How several teachers share the iterations (unused with one teacher).
     pub schedule: TeacherSchedule,
     /// A committee's summed input gradient and one teacher's, on the host (empty until needed).
     committee_scratch: (Vec<f32>, Vec<f32>),
 }
 
-/// FADRM's data residual: how often and how much of the starting image is mixed back in.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+/// FADRM's data residual and stages (official code: Jiacheng8/FADRM `recover/recover.py`): the
+/// iterations run in stages of `every`; at each stage boundary the image x is resized (bilinear,
+/// align_corners = False) to the next stage's resolution and mixed with its starting image x0
+/// resized the same way: x <- alpha x + (1 - alpha) x0.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Residual {
     /// Iterations per stage (the mix happens after iterations every-1, 2*every-1, ...).
     pub every: usize,
     /// Weight of the current image; 1 - alpha goes to the starting image (FADRM: 0.5).
     pub alpha: f64,
+    /// Each stage starts a fresh Adam (zero moments, bias correction from step 1; the cosine
+    /// learning rate runs on over all iterations), as FADRM's code builds a new optimizer per
+    /// stage. False in records made before this was kept: the moments carried over.
+    #[serde(default)]
+    pub restart_adam: bool,
+    /// Image size (pixels, square) of each stage, the last the teacher's resolution (FADRM on
+    /// ImageNet: 200, 224, 200, 224); the augmentation and the teacher see images of the stage's
+    /// size. Empty: every stage at the teacher's resolution (FADRM on CIFAR).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolutions: Vec<usize>,
+}
+
+impl Residual {
+    /// Number of stages of a run of `iterations`.
+    pub fn stage_count(&self, iterations: usize) -> usize {
+        iterations.div_ceil(self.every.max(1))
+    }
+
+    /// Checks the settings for a run of `iterations` at resolution `res` with `jitter`. Errors:
+    /// `Error::Option` naming the flag.
+    pub fn validate(&self, iterations: usize, res: usize, jitter: usize) -> Result<()> {
+        if self.every == 0 || !(0.0..=1.0).contains(&self.alpha) {
+            return Err(Error::Option(format!("--residual-every must be at least 1 and --residual-alpha in [0, 1] (got {} and {})", self.every, self.alpha)));
+        }
+        if self.resolutions.is_empty() {
+            return Ok(());
+        }
+        let stages = self.stage_count(iterations);
+        if self.resolutions.len() != stages {
+            return Err(Error::Option(format!(
+                "--resolution-stages gives {} sizes for {stages} stages ({iterations} iterations in stages of {})",
+                self.resolutions.len(),
+                self.every
+            )));
+        }
+        if self.resolutions.last() != Some(&res) {
+            return Err(Error::Option(format!("--resolution-stages must end at the teacher's resolution {res} (the images are saved at it)")));
+        }
+        if let Some(&bad) = self.resolutions.iter().find(|&&s| s > res || s <= jitter) {
+            return Err(Error::Option(format!("--resolution-stages size {bad} must be above --jitter {jitter} and at most the resolution {res}")));
+        }
+        Ok(())
+    }
+
+    /// Size of stage k (the teacher's resolution `res` without resolution stages).
+    fn size(&self, k: usize, res: usize) -> usize {
+        self.resolutions.get(k).copied().unwrap_or(res)
+    }
+}
+
+/// Bilinear resize (align_corners = False, no antialiasing: `F.interpolate(mode='bilinear')`, and
+/// OpenCV's INTER_LINEAR that FADRM's initialisation uses) of n images of c x from x from to c x to
+/// x to, N C H W.
+pub fn resize_batch(x: &[f32], n: usize, c: usize, from: usize, to: usize) -> Vec<f32> {
+    if from == to {
+        return x.to_vec();
+    }
+    let (len_in, len_out) = (c * from * from, c * to * to);
+    let view = crate::data::augment::View { top: 0, left: 0, h: from as i32, w: from as i32, flip: false };
+    let mut out = vec![0.0; n * len_out];
+    for (img, o) in x.chunks(len_in).zip(out.chunks_mut(len_out)) {
+        let img = crate::data::Image { c, h: from, w: from, data: img.to_vec() };
+        crate::data::augment::render(&img, &view, to, o);
+    }
+    out
+}
+
+/// One stage of a batch's optimisation: iterations start..end on images of size x size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stage {
+    start: usize,
+    end: usize,
+    size: usize,
 }
 
 impl<'a, B: Backend> Recoverer<'a, B> {
@@ -336,9 +419,41 @@ impl<'a, B: Backend> Recoverer<'a, B> {
             use_graphs: true,
             log_every: 50,
             residual: None,
+            adam_start: 0,
+            stage_states: Vec::new(),
             schedule: TeacherSchedule::Rotate,
             committee_scratch: (Vec::new(), Vec::new()),
         })
+    }
+
+    /// Makes the recover states of `residual`'s resolution stages (one per size other than the
+    /// batch's), with the same teachers `models` as this one. Call after setting `residual` and
+    /// before [`Recoverer::run_batch`]. Errors: bad stage settings (`Error::Option`), allocation
+    /// failures.
+    pub fn prepare_stages(&mut self, models: &[&ResNet]) -> Result<()> {
+        self.stage_states.clear();
+        let Some(r) = self.residual.clone() else { return Ok(()) };
+        r.validate(self.cfg.iterations, self.h, self.cfg.jitter)?;
+        let mut sizes: Vec<usize> = r.resolutions.iter().copied().filter(|&s| s != self.h).collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        for s in sizes {
+            let mut st = Recoverer::with_teachers(self.backend, models, &self.cfg, self.n, s, s)?;
+            st.use_graphs = self.use_graphs;
+            self.stage_states.push(st);
+        }
+        Ok(())
+    }
+
+    /// The stages of a batch: one of all iterations without the residual.
+    fn stages(&self) -> Vec<Stage> {
+        let t = self.cfg.iterations;
+        match &self.residual {
+            Some(r) if r.every > 0 => {
+                (0..r.stage_count(t)).map(|k| Stage { start: k * r.every, end: ((k + 1) * r.every).min(t), size: r.size(k, self.h) }).collect()
+            }
+            _ => vec![Stage { start: 0, end: t, size: self.h }],
+        }
     }
 
     pub fn batch_len(&self) -> usize {
@@ -363,6 +478,10 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         for (l, (mean, var)) in targets.iter().enumerate() {
             net.set_bn_targets(b, l, mean, var)?;
         }
+        // BN statistics are per channel, so every stage's size aims at the same targets.
+        for st in &mut self.stage_states {
+            st.set_bn_targets(teacher, targets)?;
+        }
         Ok(())
     }
 
@@ -370,12 +489,19 @@ impl<'a, B: Backend> Recoverer<'a, B> {
     pub fn reset(&mut self, init: &[f32], targets: &[i32]) -> Result<()> {
         let b = self.backend;
         b.upload(init, &mut self.bufs.x)?;
-        let zeros = vec![0.0; init.len()];
-        b.upload(&zeros, &mut self.bufs.m)?;
-        b.upload(&zeros, &mut self.bufs.v)?;
+        self.restart_adam(0)?;
         for t in &mut self.teachers {
             t.net.set_targets(b, targets)?;
         }
+        Ok(())
+    }
+
+    /// Starts a fresh Adam at iteration t: zero moments, bias correction counted from t.
+    pub fn restart_adam(&mut self, t: usize) -> Result<()> {
+        let zeros = vec![0.0; self.n * self.c * self.h * self.w];
+        self.backend.upload(&zeros, &mut self.bufs.m)?;
+        self.backend.upload(&zeros, &mut self.bufs.v)?;
+        self.adam_start = t;
         Ok(())
     }
 
@@ -428,7 +554,7 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         let lr = crate::schedule::cosine_lr(cfg.lr, t, cfg.iterations);
         b.upload_int(&CropParams::flatten(aug), &mut self.bufs.params)?;
         let (beta1, beta2) = cfg.adam_betas;
-        let scalars = AdamScalars::new(lr, beta1, beta2, cfg.adam_eps, (t + 1) as u32).to_array();
+        let scalars = AdamScalars::new(lr, beta1, beta2, cfg.adam_eps, (t + 1 - self.adam_start.min(t)) as u32).to_array();
         b.upload(&scalars, &mut self.bufs.scalars)?;
         let priors = cfg.tv_l2 > 0.0 || cfg.l2_scale > 0.0;
         let prior = if priors || chosen.len() > 1 {
@@ -518,17 +644,20 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         Ok(Some(LossPoint { iteration: t, ce: ce as f32, bn: bn as f32, bn_first, total: total as f32, min_crop: 0.0, lr: lr as f32 }))
     }
 
-    /// FADRM's data residual after iteration t (0-based) when its schedule says so: x <- alpha x +
-    /// (1 - alpha) start, in normalised space (the same mix in pixel space, so the clip range holds).
-    /// Adam's moments are kept. Returns whether it mixed.
+    /// FADRM's data residual after iteration t (0-based) when its schedule says so, for stages at
+    /// one resolution: x <- alpha x + (1 - alpha) start, in normalised space (the same mix in pixel
+    /// space, so the clip range holds), then a fresh Adam when `restart_adam`. Returns whether it
+    /// mixed. ([`Recoverer::run_batch`] does this itself, resizing between resolution stages.)
     pub fn apply_residual(&mut self, t: usize, start: &[f32]) -> Result<bool> {
-        let Some(r) = self.residual.filter(|r| r.every > 0 && (t + 1).is_multiple_of(r.every) && t + 1 < self.cfg.iterations) else {
+        let Some(r) = self.residual.clone().filter(|r| r.every > 0 && (t + 1).is_multiple_of(r.every) && t + 1 < self.cfg.iterations) else {
             return Ok(false);
         };
         let mut x = self.images()?;
-        let (a, b) = (r.alpha as f32, 1.0 - r.alpha as f32);
-        x.iter_mut().zip(start).for_each(|(v, &v0)| *v = a * *v + b * v0);
+        mix_residual(&mut x, start, r.alpha);
         self.set_images(&x)?;
+        if r.restart_adam {
+            self.restart_adam(t + 1)?;
+        }
         Ok(true)
     }
 
@@ -564,7 +693,7 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         targets: &[i32],
         rng: &mut StdRng,
         start: Option<&[f32]>,
-        mut on_iter: impl FnMut(usize, Option<&LossPoint>),
+        on_iter: impl FnMut(usize, Option<&LossPoint>),
     ) -> Result<BatchOutcome> {
         let len = self.n * self.c * self.h * self.w;
         let init: Vec<f32> = match start {
@@ -572,35 +701,102 @@ impl<'a, B: Backend> Recoverer<'a, B> {
             Some(x) => return Err(Error::State(format!("{} starting values for a batch of {len}", x.len()))),
             None => (0..len).map(|_| StandardNormal.sample(rng)).collect(),
         };
-        self.reset(&init, targets)?;
+        let spec = self.cfg.augment();
+        let (n, per_image) = (self.n, self.cfg.per_image_augment);
+        self.run_stages(
+            targets,
+            &init,
+            |rec, t, size, min_crop| {
+                let aug = batch_augment::sample_batch(rng, &spec, n, size, size, min_crop, per_image);
+                // Drawn after the augmentation, and only with several teachers: one teacher's stream
+                // is the official one.
+                let chosen = rec.choose_teachers(t, rng);
+                (aug, chosen)
+            },
+            on_iter,
+        )
+    }
+
+    /// The loop of [`Recoverer::run_batch`] from `init` (N C H W at the batch's resolution,
+    /// normalised) with the augmentation and teachers of each iteration from `draw(state, t, size,
+    /// min_crop)` (size: the stage's image size), so tests can replay a reference's draws. Stages
+    /// (FADRM's residual, [`Residual`]) run on the state of their size. Errors: as
+    /// [`Recoverer::step_with`]; resolution stages not prepared (`Error::State`).
+    pub fn run_stages(
+        &mut self,
+        targets: &[i32],
+        init: &[f32],
+        mut draw: impl FnMut(&Recoverer<'a, B>, usize, usize, f64) -> (Vec<CropParams>, Vec<usize>),
+        mut on_iter: impl FnMut(usize, Option<&LossPoint>),
+    ) -> Result<BatchOutcome> {
         let cfg = self.cfg.clone();
-        let spec = cfg.augment();
+        let (n, c, res) = (self.n, self.c, self.h);
+        let stages = self.stages();
+        if let Some(s) = stages.iter().find(|s| s.size != res && !self.stage_states.iter().any(|st| st.h == s.size)) {
+            return Err(Error::State(format!("resolution stage {} has no recover state: call prepare_stages", s.size)));
+        }
+        let (alpha, restart) = self.residual.as_ref().map_or((1.0, false), |r| (r.alpha, r.restart_adam));
+        let (log_every, schedule, use_graphs) = (self.log_every, self.schedule, self.use_graphs);
+        for st in &mut self.stage_states {
+            st.log_every = log_every;
+            st.schedule = schedule;
+            st.use_graphs &= use_graphs;
+            st.residual = None;
+        }
         let mut trace = Vec::new();
         let mut first_layers = Vec::new();
-        for t in 0..cfg.iterations {
-            let min_crop = curriculum::min_crop_scale_to(cfg.crop_min_scale, cfg.easy2hard_mode, cfg.milestone, t, cfg.iterations, cfg.reverse_curriculum);
-            let aug = batch_augment::sample_batch(rng, &spec, self.n, self.h, self.w, min_crop, cfg.per_image_augment);
-            // Drawn after the augmentation, and only with several teachers: one teacher's stream is
-            // the official one.
-            let chosen = self.choose_teachers(t, rng);
-            let want = t == 0 || t + 1 == cfg.iterations || (t + 1) % self.log_every == 0;
-            match self.step_with(t, &aug, &chosen, want)? {
-                Some(mut point) => {
-                    point.min_crop = min_crop as f32;
-                    if t == 0 {
-                        first_layers = self.bn_layer_losses().to_vec();
-                    }
-                    on_iter(t, Some(&point));
-                    trace.push(point);
-                }
-                None => on_iter(t, None),
+        let mut last_layers = Vec::new();
+        // The images at the end of the previous stage, and their size.
+        let (mut x, mut size) = (init.to_vec(), res);
+        for (k, stage) in stages.iter().enumerate() {
+            let mut xs = resize_batch(&x, n, c, size, stage.size);
+            if k > 0 {
+                mix_residual(&mut xs, &resize_batch(init, n, c, res, stage.size), alpha);
             }
-            self.apply_residual(t, &init)?;
+            let rec: &mut Recoverer<'a, B> =
+                if stage.size == res { &mut *self } else { self.stage_states.iter_mut().find(|st| st.h == stage.size).expect("checked above") };
+            if k == 0 {
+                rec.reset(&xs, targets)?;
+            } else if stage.size != size {
+                // Another state takes over, so its Adam starts afresh: only FADRM's own way.
+                if !restart {
+                    return Err(Error::State("resolution stages need a fresh Adam per stage (restart_adam)".into()));
+                }
+                rec.reset(&xs, targets)?;
+                rec.adam_start = stage.start;
+            } else {
+                rec.set_images(&xs)?;
+                if restart {
+                    rec.restart_adam(stage.start)?;
+                }
+            }
+            for t in stage.start..stage.end {
+                let min_crop = curriculum::min_crop_scale_to(cfg.crop_min_scale, cfg.easy2hard_mode, cfg.milestone, t, cfg.iterations, cfg.reverse_curriculum);
+                let (aug, chosen) = draw(rec, t, stage.size, min_crop);
+                let want = t == 0 || t + 1 == cfg.iterations || (t + 1) % log_every.max(1) == 0;
+                match rec.step_with(t, &aug, &chosen, want)? {
+                    Some(mut point) => {
+                        point.min_crop = min_crop as f32;
+                        if t == 0 {
+                            first_layers = rec.bn_layer_losses().to_vec();
+                        }
+                        if t + 1 == cfg.iterations {
+                            last_layers = rec.bn_layer_losses().to_vec();
+                        }
+                        on_iter(t, Some(&point));
+                        trace.push(point);
+                    }
+                    None => on_iter(t, None),
+                }
+            }
+            x = rec.images()?;
+            size = stage.size;
         }
-        let last_layers = self.bn_layer_losses().to_vec();
-        let images = self.images()?;
-        let teacher_top1 = self.top1_quantized(&images, targets)?;
-        Ok(BatchOutcome { images, trace, teacher_top1, bn_layers_first: first_layers, bn_layers_last: last_layers })
+        if size != res {
+            return Err(Error::State(format!("the last stage is at {size}, not the resolution {res}")));
+        }
+        let teacher_top1 = self.top1_quantized(&x, targets)?;
+        Ok(BatchOutcome { images: x, trace, teacher_top1, bn_layers_first: first_layers, bn_layers_last: last_layers })
     }
 
     /// Teacher top-1 (%) on `images` after the saved-file quantisation (uint8, truncation).
@@ -624,6 +820,12 @@ impl<'a, B: Backend> Recoverer<'a, B> {
         let correct = logits.chunks(classes).zip(targets).filter(|(row, &t)| argmax(row) == t as usize).count();
         Ok(100.0 * correct as f32 / self.n as f32)
     }
+}
+
+/// FADRM's residual mix in place: x <- alpha x + (1 - alpha) x0.
+fn mix_residual(x: &mut [f32], x0: &[f32], alpha: f64) {
+    let (a, b) = (alpha as f32, 1.0 - alpha as f32);
+    x.iter_mut().zip(x0).for_each(|(v, &v0)| *v = a * *v + b * v0);
 }
 
 pub fn argmax(row: &[f32]) -> usize {

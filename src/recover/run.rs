@@ -185,10 +185,8 @@ pub fn validate(s: &RunSettings, model: &ResNet) -> Result<()> {
     if let BnTarget::Class { images: 0, .. } = s.bn_target {
         return bad("--class-stats-images must be at least 1".into());
     }
-    if let Some(r) = s.residual {
-        if r.every == 0 || !(0.0..=1.0).contains(&r.alpha) {
-            return bad(format!("--residual-every must be at least 1 and --residual-alpha in [0, 1] (got {} and {})", r.every, r.alpha));
-        }
+    if let Some(r) = &s.residual {
+        r.validate(s.recover.iterations, s.res, s.recover.jitter)?;
     }
     if !matches!(model.in_channels, 1 | 3) {
         return bad(format!("the teacher takes {} input channels; images can be saved for 1 or 3 only", model.in_channels));
@@ -519,7 +517,8 @@ pub fn run_on_devices<B: Backend>(backends: &[&B], models: &[&ResNet], settings:
                     let mut r = Recoverer::with_teachers(b, models, &settings.recover, n, res, res)?;
                     r.schedule = settings.teacher_schedule;
                     r.log_every = log_every.max(1);
-                    r.residual = settings.residual;
+                    r.residual = settings.residual.clone();
+                    r.prepare_stages(models)?;
                     recoverers.push((n, r));
                 }
                 let rec = &mut recoverers.iter_mut().find(|(len, _)| *len == n).expect("made above").1;
