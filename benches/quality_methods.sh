@@ -23,9 +23,11 @@
 #   sel_hard_whole     cda-engine select --factor 1 --crops 1 --select-min-scale 1 --select-rank hard
 #   sel_diverse_whole  the same with --select-rank diverse (k-center over the teacher's logits)
 #   sel_kmeans_whole   the same with --select-rank kmeans (k-means medoids over the teacher's logits)
+#   sel_kmeans-features_whole  the same with --select-rank kmeans-features (over its pooled features)
 #   edc           cda-engine run --init patches --factor 1 --weights T,T2,T3 (three teachers in turn)
 #   cvdd          as edc with --teachers-per-step 2
 #   rec_rK        --method recommended with --real-ipc IPC*K/10 (K 1..9): rec_r7 is the same set as recommended
+#   rec_kf        --method recommended --select-rank kmeans-features (the real part clustered in feature space)
 #   rec_c1000     --method recommended --real-ipc IPC/2 with --candidates 1000 (k-means over more real images)
 #   rec_it2000    --method recommended --real-ipc IPC/2 with --iteration 2000 for the CDA part
 #   rec_it500, rec_lr01, rec_cs05, rec_rbn003, rec_rbn0003, rec_perimg
@@ -119,6 +121,7 @@ PY
         cda_class) "$BIN" run "${common[@]}" --bn-stats class --threads "$THREADS" --quiet ;;
         rec_class) "$BIN" run "${common[@]}" --method recommended --real-ipc $((ipc / 2)) --bn-stats class --threads "$THREADS" --quiet ;;
         rec_r7_class) "$BIN" run "${common[@]}" --method recommended --real-ipc $((ipc * 7 / 10)) --bn-stats class --threads "$THREADS" --quiet ;;
+        rec_kf) "$BIN" run "${common[@]}" --method recommended --select-rank kmeans-features --threads "$THREADS" --quiet ;;
         rec_c1000) "$BIN" run "${common[@]}" --method recommended --real-ipc $((ipc / 2)) --candidates 1000 --threads "$THREADS" --quiet ;;
         rec_it2000) "$BIN" run "${common[@]}" --method recommended --real-ipc $((ipc / 2)) --iteration 2000 --threads "$THREADS" --quiet ;;
         rec_it500) "$BIN" run "${common[@]}" --method recommended --iteration 500 --threads "$THREADS" --quiet ;;

@@ -69,7 +69,8 @@ pub struct Net<B: Backend> {
     coef: Vec<B::Buf>,
     fc_w: B::Buf,
     fc_b: B::Buf,
-    feat: B::Buf,
+    /// Global-average-pooled features of the last block (n x feat_dim), the fc layer's input.
+    pub feat: B::Buf,
     pub logits: B::Buf,
     g_logits: B::Buf,
     g_feat: B::Buf,

@@ -37,6 +37,26 @@ fn rded_select_whole_crops() {
     check("rded_f1");
 }
 
+/// The other selection orders (k-center over centred logits, k-means medoids over centred logits
+/// or over pooled features) against their transcription in the fixture script: the same views in
+/// the same order. Exact, since they are discrete choices; the script's points come from PyTorch's
+/// forward (about 1e-6 of the engine's, tests/forward.rs) and the fixture's distances are far from
+/// ties at that scale (a wrong space, start, round count or group order picks other views).
+#[test]
+fn select_ranks_follow_reference() {
+    for (name, rank) in [("diverse", Rank::Diverse), ("kmeans", Rank::Kmeans), ("kmeans-features", Rank::KmeansFeatures)] {
+        let f = load(&format!("select/rank_{name}.safetensors"));
+        let meta = |k: &str| f.metadata[k].parse::<usize>().unwrap();
+        let model = ResNet::load(&fixture("../../weights/fashion_mnist_resnet18_w16.safetensors")).unwrap();
+        let views: Vec<Vec<f32>> = tensor(&f, "views").data.chunks(28 * 28).map(<[f32]>::to_vec).collect();
+        let backend = CpuBackend::new(2).unwrap();
+        let picked = select_views(&backend, &model, &views, meta("crops"), meta("class"), meta("count"), 1, 28, &[0.2860], &[0.3530], rank).unwrap();
+        let chosen: Vec<usize> = picked.iter().flat_map(|(_, used)| used.clone()).collect();
+        let want: Vec<usize> = tensor(&f, "chosen").data.iter().map(|&v| v as usize).collect();
+        assert_eq!(chosen, want, "--select-rank {name}");
+    }
+}
+
 /// shrink + stitch on a hand-checkable case: a 1 x 4 x 4 image of 0..16 shrinks by 2 to the means
 /// of its 2 x 2 blocks; four 1 x 1 patches land row-major.
 #[test]

@@ -10,7 +10,8 @@
 //!    3/4..4/3) at the teacher's resolution (bilinear, as `data::augment::render`);
 //! 3. score every view by the teacher's cross-entropy for the class (eval mode, normalised input);
 //!    keep each image's best view, rank the images by that score (lowest first, ties by draw order;
-//!    `Rank` offers other orders: hardest first, k-center or k-means medoids over the logits);
+//!    `Rank` offers other orders: hardest first, k-center or k-means medoids over the logits, or
+//!    k-means medoids over the pooled features);
 //! 4. image k of the class stitches the views ranked k*f^2 .. (k+1)*f^2 - 1 into an f x f grid
 //!    (row-major), each view shrunk by f with a box filter (the mean of each f x f block).
 //!
@@ -78,6 +79,11 @@ pub enum Rank {
     /// views are needed (20 rounds, started from the k-center points), then each group's member
     /// nearest its mean, largest group first: representative and spread.
     Kmeans,
+    /// k-means medoids as `kmeans`, over the teacher's penultimate features (the global-average-
+    /// pooled output of its last block, the fc layer's input) instead of its logits: the space
+    /// coreset methods (herding, k-center) cluster in.
+    #[serde(rename = "kmeans-features")]
+    KmeansFeatures,
 }
 
 impl Default for InitSpec {
@@ -210,8 +216,9 @@ pub fn stitch(patches: &[Vec<f32>], c: usize, s: usize, f: usize) -> Vec<f32> {
     out
 }
 
-/// Teacher cross-entropy of `class` for each of `views` (C x res x res pixels in [0, 1]) and the
-/// logits (views x classes, row-major), in batches of up to 100 through the eval-mode forward.
+/// Teacher cross-entropy of `class` for each of `views` (C x res x res pixels in [0, 1]), the
+/// logits (views x classes, row-major) and the pooled features (views x feat_dim), in batches of
+/// up to 100 through the eval-mode forward.
 fn score_views<B: Backend>(
     backend: &B,
     model: &ResNet,
@@ -220,10 +227,11 @@ fn score_views<B: Backend>(
     res: usize,
     mean: &[f32],
     std: &[f32],
-) -> Result<(Vec<f32>, Vec<f32>)> {
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     let c = model.in_channels;
     let mut scores = Vec::with_capacity(views.len());
     let mut all_logits = Vec::with_capacity(views.len() * model.num_classes);
+    let mut all_feats = Vec::with_capacity(views.len() * model.feat_dim);
     let mut net: Option<(usize, Net<B>, B::Buf)> = None;
     for chunk in views.chunks(100) {
         let n = chunk.len();
@@ -253,8 +261,11 @@ fn score_views<B: Backend>(
             scores.push(score);
         }
         all_logits.extend_from_slice(&logits);
+        let mut feats = vec![0.0; n * model.feat_dim];
+        backend.download(&net.feat, &mut feats)?;
+        all_feats.extend_from_slice(&feats);
     }
-    Ok((scores, all_logits))
+    Ok((scores, all_logits, all_feats))
 }
 
 /// The first `count` starting images of `class` (image k is the same whatever `count`).
@@ -354,7 +365,7 @@ pub fn select_views<B: Backend>(
     if crops == 0 || candidates < need {
         return Err(Error::State(format!("{candidates} candidate images for {need} selected views")));
     }
-    let (scores, logits) = score_views(backend, model, views, class, res, mean, std)?;
+    let (scores, logits, feats) = score_views(backend, model, views, class, res, mean, std)?;
     let best: Vec<(f32, usize, usize)> = (0..candidates)
         .map(|k| {
             let (j, s) = (0..crops).map(|j| (j, scores[k * crops + j])).fold((0, f32::INFINITY), |a, b| if b.1 < a.1 { b } else { a });
@@ -370,11 +381,13 @@ pub fn select_views<B: Backend>(
             hard.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             hard
         }
-        Rank::Diverse | Rank::Kmeans => {
-            let classes = model.num_classes;
+        Rank::Diverse | Rank::Kmeans | Rank::KmeansFeatures => {
+            // The space the points live in: centred logits, or the raw pooled features.
+            let (space, dims, centre) = if rank == Rank::KmeansFeatures { (&feats, model.feat_dim, false) } else { (&logits, model.num_classes, true) };
+            let classes = dims;
             let centred = |v: usize| {
-                let row = &logits[v * classes..(v + 1) * classes];
-                let m = row.iter().sum::<f32>() / classes as f32;
+                let row = &space[v * dims..(v + 1) * dims];
+                let m = if centre { row.iter().sum::<f32>() / dims as f32 } else { 0.0 };
                 row.iter().map(move |x| x - m)
             };
             let dist = |a: usize, b: usize| centred(a).zip(centred(b)).map(|(x, y)| (x - y) * (x - y)).sum::<f32>();
@@ -398,7 +411,7 @@ pub fn select_views<B: Backend>(
                     }
                 }
             }
-            if rank == Rank::Kmeans {
+            if rank != Rank::Diverse {
                 chosen = kmeans_medoids(&best, &chosen, &|v| centred(v).collect(), classes);
             }
             chosen
