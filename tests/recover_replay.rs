@@ -238,19 +238,31 @@ fn cda_residual_losses_gradients_and_trajectory() {
 fn fadrm_resolution_stages_follow_pytorch() {
     let c = case("fadrm_stages");
     check_schedules(&c);
-    let backend = CpuBackend::new(2).unwrap();
-    let mut rec = Recoverer::with_teachers(&backend, &c.teachers(), &c.cfg, c.n, c.res, c.res).unwrap();
+    check_stages_on(&CpuBackend::new(2).unwrap(), &c);
+    // The CUDA backend (host emulation, fp32 kernels): each stage's state records and replays its
+    // own graph, and the 16 px state grows the backend's workspace after the 12 px one recorded
+    // its graph into the smaller one (which therefore must stay allocated: freeing it corrupted
+    // the heap here, and would corrupt device memory on a GPU).
+    let emu = EmulatedBackend::emulated().expect("host emulation of the kernels is built");
+    emu.set_conv_version(ConvVersion::Fp32);
+    assert!(check_stages_on(&emu, &c), "the stages' iterations were replayed from graphs");
+}
+
+/// Runs the case's stages through `run_stages` with the reference's draws and checks them; returns
+/// whether graphs were used.
+fn check_stages_on<B: Backend>(backend: &B, c: &Case) -> bool {
+    let mut rec = Recoverer::with_teachers(backend, &c.teachers(), &c.cfg, c.n, c.res, c.res).unwrap();
     rec.residual = c.residual.clone();
     rec.log_every = 1;
     rec.prepare_stages(&c.teachers()).unwrap();
     let mut sizes = Vec::new();
     let out = rec
         .run_stages(
-            &targets(&c),
+            &targets(c),
             &tensor(&c.traj, "init").data,
             |_, t, size, _| {
                 sizes.push(size);
-                (replay_params(&c, t), c.chosen(t))
+                (replay_params(c, t), c.chosen(t))
             },
             |_, _| {},
         )
@@ -265,6 +277,7 @@ fn fadrm_resolution_stages_follow_pytorch() {
     let off = out.images.iter().zip(want).filter(|(g, w)| (*g - *w).abs() > 1e-4).count();
     println!("stages final images: max_abs {:.3e}, {off} of {} pixels off by > 1e-4", diff(&out.images, want).max_abs, want.len());
     assert!(off * 200 <= want.len(), "{off} of {} pixels differ by more than 1e-4", want.len());
+    rec.uses_graph()
 }
 
 /// Two teachers of other depths and widths in turn (EDC's rotation): each iteration's losses and

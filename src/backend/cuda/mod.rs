@@ -101,6 +101,11 @@ impl<D: CudaDevice> CudaIntBuf<D> {
 struct Workspace<D: CudaDevice> {
     mem: Option<D::Mem>,
     bytes: usize,
+    /// Outgrown allocations, kept until the backend drops: a graph captured earlier holds their
+    /// addresses and replays its launches into them (another recover state, e.g. a resolution stage
+    /// of another size, may grow the workspace after a smaller one recorded its graph). At most
+    /// about as much again as the current one, since each growth at least doubles.
+    retired: Vec<D::Mem>,
 }
 
 pub struct CudaBackend<D: CudaDevice> {
@@ -169,7 +174,7 @@ impl<D: CudaDevice> CudaBackend<D> {
             conv_version: AtomicU8::new(ConvVersion::Tf32 as u8),
             crop_bwd_version: AtomicU8::new(CropBackwardVersion::Gather as u8),
             capturing: AtomicBool::new(false),
-            workspace: Mutex::new(Workspace { mem: None, bytes: 0 }),
+            workspace: Mutex::new(Workspace { mem: None, bytes: 0, retired: Vec::new() }),
         })
     }
 
@@ -240,11 +245,11 @@ impl<D: CudaDevice> CudaBackend<D> {
                     "the backend's workspace must grow to {bytes} bytes during graph capture: run the captured work once before capturing"
                 )));
             }
-            // Work queued before may still use the old workspace.
-            self.dev.synchronize()?;
             let grown = bytes.max(ws.bytes * 2);
-            ws.mem = None;
-            ws.mem = Some(self.dev.alloc_zeroed(grown)?);
+            let new = self.dev.alloc_zeroed(grown)?;
+            if let Some(old) = ws.mem.replace(new) {
+                ws.retired.push(old);
+            }
             ws.bytes = grown;
         }
         Ok(self.dev.address(ws.mem.as_ref().unwrap()))
