@@ -12,9 +12,9 @@
 #   cda_real      cda-engine run --init real                       CDA from random real images
 #   cda_patches   cda-engine run --init patches                    CDA from RDED's patches
 #   fadrm         cda-engine run --method fadrm                    + FADRM's data residual
+#   fadrm2        the same as fadrm, a second folder (fadrm sets made before the Adam restart per stage keep the moments)
 #   fadrm_res     cda-engine run --method fadrm --resolution-stages 24,28,24,28  + FADRM's resolution stages
-#                 (ImageNet's 200/224 scaled to 28 px); fadrm sets made before the Adam restart per stage
-#                 (this build) keep the moments
+#                 (ImageNet's 200/224 scaled to 28 px)
 #   delt          cda-engine run --method delt                     CDA from whole selected crops
 #   recommended   cda-engine run --method recommended              70% k-means-selected real, 30% CDA
 #   rec_r5        --method recommended --real-ipc IPC/2              half k-means-selected real, half CDA
@@ -96,7 +96,7 @@ make_set() {
         sre2l) "$BIN" run "${common[@]}" --method sre2l --threads "$THREADS" --quiet ;;
         cda_real) "$BIN" run "${common[@]}" --init real --threads "$THREADS" --quiet ;;
         cda_patches) "$BIN" run "${common[@]}" --init patches --threads "$THREADS" --quiet ;;
-        fadrm) "$BIN" run "${common[@]}" --method fadrm --threads "$THREADS" --quiet ;;
+        fadrm|fadrm2) "$BIN" run "${common[@]}" --method fadrm --threads "$THREADS" --quiet ;;
         fadrm_res) "$BIN" run "${common[@]}" --method fadrm --resolution-stages 24,28,24,28 --threads "$THREADS" --quiet ;;
         delt) "$BIN" run "${common[@]}" --method delt --threads "$THREADS" --quiet ;;
         recommended) "$BIN" run "${common[@]}" --method recommended --threads "$THREADS" --quiet ;;
