@@ -79,9 +79,9 @@ pub enum Rank {
     /// views are needed (20 rounds, started from the k-center points), then each group's member
     /// nearest its mean, largest group first: representative and spread.
     Kmeans,
-    /// k-means medoids as `kmeans`, over the teacher's penultimate features (the global-average-
-    /// pooled output of its last block, the fc layer's input) instead of its logits: the space
-    /// coreset methods (herding, k-center) cluster in.
+    /// k-means medoids as `kmeans`, over the teacher's penultimate features (its last block's output
+    /// after global average pooling, the fc layer's input) instead of its logits: the space coreset
+    /// methods (herding, k-center) cluster in.
     #[serde(rename = "kmeans-features")]
     KmeansFeatures,
 }
