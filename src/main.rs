@@ -114,6 +114,16 @@ enum Command {
         /// The set's folder (`run --out`).
         out: PathBuf,
     },
+    /// One self-contained HTML page for a distilled set (run, select or sample): settings, teacher
+    /// accuracy, completeness, loss curves, the grid, images per class, per-batch teacher top-1 and
+    /// timings, every picture inlined. The last stdout line is JSON with the page's path.
+    Report {
+        /// The set's folder.
+        out: PathBuf,
+        /// The HTML file to write (default OUT/report.html).
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
     /// What this machine and binary can do: CPU features, embedded GPU kernels, CUDA driver and GPUs.
     Doctor,
     /// Train a teacher from scratch on a dataset (SRe2L's squeeze) and save it as safetensors.
@@ -205,6 +215,10 @@ fn main() -> ExitCode {
         }),
         Command::Bench { args } => bench(&args),
         Command::Status { out } => set_status(&out),
+        Command::Report { out, html } => cda_engine::report::report(&out, html.as_deref()).map(|page| {
+            eprintln!("wrote {}", page.display());
+            outln!("{}", serde_json::json!({ "report": page }));
+        }),
         Command::Doctor => {
             doctor();
             Ok(())

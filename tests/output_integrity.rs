@@ -68,8 +68,9 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The set's images: those in class folders (the run's pictures sit at the top level).
 fn images(dir: &Path) -> Vec<PathBuf> {
-    walk(dir).into_iter().filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("png" | "jpg"))).collect()
+    walk(dir).into_iter().filter(|p| p.parent() != Some(dir) && matches!(p.extension().and_then(|e| e.to_str()), Some("png" | "jpg"))).collect()
 }
 
 /// Every file under a final image name decodes whole, at 28 x 28 grey (the shipped teacher's size).

@@ -181,8 +181,13 @@ pub fn list_classes(root: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
     let mut out = Vec::new();
     // Files that are not read, for a warning: other formats in class folders, and images at the top
     // level (records and notes there are expected).
-    let mut skipped: Vec<PathBuf> =
-        std::fs::read_dir(root).map_err(|e| Error::io(root, e))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && is_image(p)).collect();
+    // The engine's own pictures of a set (crate::plot, the report's grid) are not skipped data.
+    let ours = |p: &Path| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("recover_") || n.to_string_lossy().starts_with("validate_"));
+    let mut skipped: Vec<PathBuf> = std::fs::read_dir(root)
+        .map_err(|e| Error::io(root, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && is_image(p) && !ours(p))
+        .collect();
     for dir in dirs {
         let entries: Vec<PathBuf> = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
         let mut files: Vec<PathBuf> = entries.iter().filter(|p| p.is_file() && is_image(p)).cloned().collect();

@@ -663,6 +663,7 @@ pub fn run_on_devices<B: Backend>(backends: &[&B], models: &[&ResNet], settings:
             }
         }
     }
+    write_pictures(out, &record_path, &record, settings, opts.shard.is_none());
     let run_batches = &record.batches;
     let weight: f32 = run_batches.iter().map(|b| (b.ipc.len() * (b.class_end - b.class_start)) as f32).sum::<f32>().max(1.0);
     let avg = |f: &dyn Fn(&BatchRecord) -> f32| run_batches.iter().map(|b| f(b) * (b.ipc.len() * (b.class_end - b.class_start)) as f32).sum::<f32>() / weight;
@@ -681,6 +682,26 @@ pub fn run_on_devices<B: Backend>(backends: &[&B], models: &[&ResNet], settings:
         bn_last: avg(&|b| b.last.bn),
     })
 }
+
+/// The run's pictures, as warnings when they fail: the losses beside the record and, for a whole
+/// (unsharded) run, `recover_grid.png` (up to 10 IPC rows of up to 20 classes).
+fn write_pictures(out: &Path, record_path: &Path, record: &RunRecord, settings: &RunSettings, whole: bool) {
+    let losses = crate::plot::losses_path_for(record_path);
+    let traces: Vec<&[LossPoint]> = record.batches.iter().map(|b| b.trace.as_slice()).filter(|t| !t.is_empty()).collect();
+    if !traces.is_empty() {
+        let batches = if traces.len() == 1 { "1 batch".to_string() } else { format!("{} batches", traces.len()) };
+        let title = format!("recover losses, --method {} ({batches})", settings.method.as_deref().unwrap_or("cda"));
+        crate::plot::or_warn(&losses, || crate::plot::recover_losses(&traces, &title, &losses));
+    }
+    if whole {
+        let grid = out.join(GRID_FILE);
+        let rows = recorded_ipcs(record).len().clamp(1, 10);
+        crate::plot::or_warn(&grid, || super::gallery::grid(&[out.to_path_buf()], &grid, rows, 20, 0));
+    }
+}
+
+/// The grid of a run's images beside its record.
+pub const GRID_FILE: &str = "recover_grid.png";
 
 /// The starting images of every (class, ipc) the pending batches need, indexed [class][ipc], or None
 /// for noise (drawn per batch inside the loop). Selection runs once per class, on the CPU data.

@@ -328,6 +328,15 @@ fn validate_loop<'t>(
         }
     }
     progress.finish();
+    if let Some(path) = record {
+        let png = crate::plot::epochs_path_for(path);
+        let points: Vec<crate::plot::EpochPoint> = history
+            .iter()
+            .map(|h| crate::plot::EpochPoint { epoch: h.epoch, loss: h.loss, train_top1: None, test_top1: h.test.as_ref().map(|t| t.top1) })
+            .collect();
+        let title = format!("validate: {} on {n} images", student.model()?.spec().describe());
+        crate::plot::or_warn(&png, || crate::plot::epochs(&points, "KD loss", &title, &png));
+    }
     Ok(summary(student.model()?, n, steps, start, cfg, &history))
 }
 

@@ -199,6 +199,12 @@ pub fn squeeze(
     model.save(out, &extra)?;
     let summary = summary(cfg, spec, out, parameters, train.len(), &history, start);
     write_atomic(&record, serde_json::to_string_pretty(&summary).expect("summary serialises").as_bytes())?;
+    let png = crate::plot::epochs_path_for(&record);
+    let points: Vec<crate::plot::EpochPoint> = history
+        .iter()
+        .map(|h| crate::plot::EpochPoint { epoch: h.epoch, loss: h.train_loss, train_top1: Some(h.train_top1), test_top1: h.test.as_ref().map(|t| t.top1) })
+        .collect();
+    crate::plot::or_warn(&png, || crate::plot::epochs(&points, "training loss", &format!("squeeze: {}", summary.arch), &png));
     Ok(summary)
 }
 
