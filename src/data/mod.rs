@@ -1,5 +1,5 @@
 //! Datasets for training: Fashion-MNIST from its gzip IDX files (held in memory: 47 MB as bytes),
-//! CIFAR-10/100 and Tiny-ImageNet as distributed (cifar.rs, tiny_imagenet.rs),
+//! CIFAR-10/100, Tiny-ImageNet and ImageNet-1K as distributed (cifar.rs, tiny_imagenet.rs, imagenet.rs),
 //! ImageFolder trees of PNG/JPEG files (only paths in memory; each image decoded when a batch needs
 //! it), the training augmentations (random crop with padding, RandomResizedCrop, flip, CutMix, MixUp)
 //! and a seeded, multi-threaded batch loader.
@@ -8,6 +8,7 @@ pub mod augment;
 pub mod cifar;
 pub mod folder;
 pub mod idx;
+pub mod imagenet;
 pub mod loader;
 pub mod tiny_imagenet;
 
@@ -107,10 +108,19 @@ pub fn check_source(spec: &str, split: Split) -> Result<()> {
     Ok(())
 }
 
+/// True when `path` holds a dataset in one of the distributed layouts [`open`] recognises by its
+/// files (CIFAR, Tiny-ImageNet, ImageNet's layouts including its wnid folders), rather than a plain
+/// ImageFolder such as a distilled set.
+pub fn is_distributed_layout(path: &Path) -> bool {
+    tiny_imagenet::detect(path).is_some() || cifar::detect(path).is_some() || imagenet::detect(path).is_some()
+}
+
 /// `fashion-mnist` (the Debian package's IDX files, or `$FASHION_MNIST_DIR`), a CIFAR-10/100 folder
 /// as distributed (python or binary version, see [`cifar`]), Tiny-ImageNet as distributed (see
-/// [`tiny_imagenet`]; both recognised by their files, and said so on stderr), or an ImageFolder path (class subfolders of PNG/JPEG files; `channels` 1 converts colour
-/// to luma, 3 replicates grey).
+/// [`tiny_imagenet`]), ImageNet-1K's layouts (wnid folders, the flat val folder with its solution
+/// CSV, a root with train/ and val/: see [`imagenet`]) — each recognised by its files, and said so
+/// on stderr — or an ImageFolder path (class subfolders of PNG/JPEG files; `channels` 1 converts
+/// colour to luma, 3 replicates grey).
 pub fn open(spec: &str, split: Split, channels: usize) -> Result<Arc<dyn Dataset>> {
     if spec == "fashion-mnist" {
         let ds = idx::IdxDataset::fashion_mnist(&fashion_mnist_dir(), split)?;
@@ -138,6 +148,10 @@ pub fn open(spec: &str, split: Split, channels: usize) -> Result<Arc<dyn Dataset
             return Err(Error::input(spec, format!("{} images have 3 channels; the model takes {channels}", format.describe())));
         }
         return Ok(Arc::new(cifar::Cifar::open(&dir, format, split)?));
+    }
+    if let Some(layout) = imagenet::detect(path) {
+        eprintln!("{spec}: reading {}", layout.describe(split));
+        return Ok(Arc::new(imagenet::open(&layout, split, channels)?));
     }
     Ok(Arc::new(folder::ImageFolder::open(path, channels)?))
 }
