@@ -64,12 +64,15 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
-    /// Teacher top-1 on an ImageFolder of images (e.g. the output of `run`), read back from the files.
+    /// Teacher top-1 on an ImageFolder of images (e.g. the output of `run`), read back from the files, or on a real test set.
     Evaluate {
         /// Default: the shipped Fashion-MNIST teacher.
         #[arg(long)]
         weights: Option<PathBuf>,
-        /// An ImageFolder of class folders (e.g. a distilled set) whose top-1 the teacher is scored on.
+        /// An ImageFolder of class folders (e.g. a distilled set) whose top-1 the teacher is scored on,
+        /// images as saved; or a test set in a distributed layout (CIFAR-10/100, Tiny-ImageNet,
+        /// ImageNet's val with its solution CSV), each image resized and centre-cropped to the
+        /// teacher's image_size as the official validation does.
         #[arg(long)]
         images: PathBuf,
         /// Per-channel mean of the input normalisation, comma-separated (default: the weights'
@@ -456,7 +459,19 @@ fn set_status(out: &std::path::Path) -> Result<()> {
 fn evaluate(weights: Option<&std::path::Path>, images: &std::path::Path, mean: Option<Vec<f32>>, std: Option<Vec<f32>>, threads: usize) -> Result<()> {
     let (model, _) = load_teacher(weights)?;
     let backend = CpuBackend::new(threads)?;
-    let report = cda_engine::recover::gallery::evaluate(&backend, &model, images, mean, std)?;
+    let report = if cda_engine::data::is_distributed_layout(images) {
+        let ds = cda_engine::data::open(&images.to_string_lossy(), cda_engine::data::Split::Test, model.in_channels)?;
+        let size = model.metadata.get("image_size").and_then(|s| s.parse::<usize>().ok()).filter(|&s| s > 0).or(ds.image_size().map(|(h, _)| h));
+        let size = size.ok_or_else(|| {
+            cda_engine::error::Error::input(
+                images.display().to_string(),
+                "its images differ in size and the teacher's metadata has no image_size to crop them to",
+            )
+        })?;
+        cda_engine::recover::gallery::evaluate_dataset(&backend, &model, ds.as_ref(), size, mean, std)?
+    } else {
+        cda_engine::recover::gallery::evaluate(&backend, &model, images, mean, std)?
+    };
     eprintln!("{} images in {} classes: teacher top-1 {:.2}%", report.images, report.classes, report.top1);
     outln!("{}", serde_json::to_string(&report).expect("report serialises"));
     Ok(())

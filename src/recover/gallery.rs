@@ -37,10 +37,14 @@ pub struct EvalReport {
 }
 
 /// Teacher top-1 on the image files under `root`. Classes: the number of `new{class}` folders, else
-/// the sorted folder position, which must then cover all of the teacher's classes.
+/// the sorted folder position, which must then cover all of the teacher's classes. Images are
+/// scored as saved (no resize): every image of a batch must have one size.
 ///
 /// `mean`/`std` override the teacher's normalisation, resolved by the rule every command shares
 /// ([`super::cli::teacher_norm`]: the flags, the metadata, the teacher's preset, else an error).
+///
+/// Errors: `Error::Input` naming the file for an image of other channels or size; those of
+/// [`image_folder`], [`ClassMap::check_teacher`] and the teacher's forward (non-finite logits).
 pub fn evaluate<B: Backend>(backend: &B, model: &ResNet, root: &Path, mean: Option<Vec<f32>>, std: Option<Vec<f32>>) -> Result<EvalReport> {
     let clip = super::cli::teacher_norm(mean, std, model, None)?;
     let (mean, std) = super::run::norm_of(&clip, model.in_channels);
@@ -55,12 +59,8 @@ pub fn evaluate<B: Backend>(backend: &B, model: &ResNet, root: &Path, mean: Opti
         }
     }
     let c = model.in_channels;
-    let batch = 100;
-    let mut net: Option<(usize, (usize, usize), Net<B>)> = None;
-    let mut correct = vec![0usize; folder.len()];
-    let mut count = vec![0usize; folder.len()];
-    let mut xb = None;
-    for chunk in items.chunks(batch) {
+    let mut scorer = Scorer::new(folder.len());
+    for chunk in items.chunks(EVAL_BATCH) {
         let mut data = Vec::new();
         let mut size = None;
         for (_, path) in chunk {
@@ -71,23 +71,87 @@ pub fn evaluate<B: Backend>(backend: &B, model: &ResNet, root: &Path, mean: Opti
             if *size.get_or_insert((h, w)) != (h, w) {
                 return Err(Error::input(path.display().to_string(), "images of different sizes in one folder"));
             }
-            for ch in 0..c {
-                let (m, s) = (mean[ch], std[ch]);
-                data.extend(img[ch * h * w..(ch + 1) * h * w].iter().map(|&u| (u - m) / s));
-            }
+            data.extend(img);
         }
         let (h, w) = size.unwrap();
-        let n = chunk.len();
-        if net.as_ref().map(|(nn, hw, _)| (*nn, *hw)) != Some((n, (h, w))) {
+        // One plane per image and channel; plane i is channel i % c.
+        crate::data::augment::normalize(&mut data, chunk.len() * c, &mean, &std);
+        let labels: Vec<(usize, usize)> = chunk.iter().map(|(cls, _)| (*cls, slot(*cls))).collect();
+        scorer.score(backend, model, &data, &labels, (h, w))?;
+    }
+    Ok(scorer.report())
+}
+
+/// Teacher top-1 on a labelled dataset (a test set as `--test-data` reads it: CIFAR, Tiny-ImageNet's
+/// val, ImageNet's val, an ImageFolder of real images), each image put through the official test
+/// transform ([`crate::data::augment::render_eval`]: resize and centre crop) to `size` x `size`.
+///
+/// Errors: `Error::Input` when the dataset's classes are not the teacher's or its channels differ;
+/// those of reading the images and of the teacher's forward (non-finite logits).
+pub fn evaluate_dataset<B: Backend>(
+    backend: &B,
+    model: &ResNet,
+    ds: &dyn crate::data::Dataset,
+    size: usize,
+    mean: Option<Vec<f32>>,
+    std: Option<Vec<f32>>,
+) -> Result<EvalReport> {
+    let clip = super::cli::teacher_norm(mean, std, model, None)?;
+    let (mean, std) = super::run::norm_of(&clip, model.in_channels);
+    if ds.num_classes() != model.num_classes {
+        return Err(Error::input(ds.describe(), format!("has {} classes; the teacher has {}", ds.num_classes(), model.num_classes)));
+    }
+    let c = model.in_channels;
+    if ds.channels() != c {
+        return Err(Error::input(ds.describe(), format!("gives {}-channel images to a {c}-channel teacher", ds.channels())));
+    }
+    let mut scorer = Scorer::new(ds.num_classes());
+    let indices: Vec<usize> = (0..ds.len()).collect();
+    for chunk in indices.chunks(EVAL_BATCH) {
+        let mut data = vec![0f32; chunk.len() * c * size * size];
+        for (&i, out) in chunk.iter().zip(data.chunks_mut(c * size * size)) {
+            crate::data::augment::render_eval(&ds.image(i)?, size, out);
+        }
+        crate::data::augment::normalize(&mut data, chunk.len() * c, &mean, &std);
+        let labels: Vec<(usize, usize)> = chunk.iter().map(|&i| (ds.label(i), ds.label(i))).collect();
+        scorer.score(backend, model, &data, &labels, (size, size))?;
+    }
+    Ok(scorer.report())
+}
+
+/// Images per teacher forward when scoring.
+const EVAL_BATCH: usize = 100;
+
+/// A network built for one batch shape (N, H, W) and its input buffer.
+struct ShapedNet<B: Backend> {
+    shape: (usize, usize, usize),
+    net: Net<B>,
+    input: B::Buf,
+}
+
+/// Correct and total counts per slot, over batches scored with one network per batch shape.
+struct Scorer<B: Backend> {
+    net: Option<ShapedNet<B>>,
+    correct: Vec<usize>,
+    count: Vec<usize>,
+}
+
+impl<B: Backend> Scorer<B> {
+    fn new(slots: usize) -> Self {
+        Scorer { net: None, correct: vec![0; slots], count: vec![0; slots] }
+    }
+
+    /// Scores one normalised batch (N x C x H x W) whose item i has (class, slot) `labels[i]`.
+    fn score(&mut self, backend: &B, model: &ResNet, data: &[f32], labels: &[(usize, usize)], (h, w): (usize, usize)) -> Result<()> {
+        let n = labels.len();
+        if self.net.as_ref().map(|s| s.shape) != Some((n, h, w)) {
             // Large image files make large batches: sized before the network is built.
             crate::model::ensure_batch_fits(&format!("evaluating batches of {n} images of {h}x{w}"), model.layout().recover_bytes(n, h, w))?;
-            net = Some((n, (h, w), Net::new(backend, model, n, h, w)?));
-            xb = Some(backend.alloc(n * c * h * w)?);
+            self.net = Some(ShapedNet { shape: (n, h, w), net: Net::new(backend, model, n, h, w)?, input: backend.alloc(n * model.in_channels * h * w)? });
         }
-        let (_, _, net) = net.as_mut().unwrap();
-        let xb = xb.as_mut().unwrap();
-        backend.upload(&data, xb)?;
-        net.forward(backend, xb)?;
+        let ShapedNet { net, input, .. } = self.net.as_mut().unwrap();
+        backend.upload(data, input)?;
+        net.forward(backend, input)?;
         let mut logits = vec![0.0; n * model.num_classes];
         backend.download(&net.logits, &mut logits)?;
         if let Some(v) = logits.iter().find(|v| !v.is_finite()) {
@@ -95,18 +159,22 @@ pub fn evaluate<B: Backend>(backend: &B, model: &ResNet, root: &Path, mean: Opti
                 "the teacher's logits hold {v} on these images: its weights or BN statistics are not usable (a diverged training?)"
             )));
         }
-        for ((cls, _), row) in chunk.iter().zip(logits.chunks(model.num_classes)) {
-            count[slot(*cls)] += 1;
-            correct[slot(*cls)] += (argmax(row) == *cls) as usize;
+        for (&(cls, slot), row) in labels.iter().zip(logits.chunks(model.num_classes)) {
+            self.count[slot] += 1;
+            self.correct[slot] += (argmax(row) == cls) as usize;
+        }
+        Ok(())
+    }
+
+    fn report(&self) -> EvalReport {
+        let total: usize = self.count.iter().sum();
+        EvalReport {
+            images: total,
+            classes: self.count.len(),
+            top1: 100.0 * self.correct.iter().sum::<usize>() as f64 / total.max(1) as f64,
+            per_class_top1: self.correct.iter().zip(&self.count).map(|(&a, &b)| 100.0 * a as f64 / b.max(1) as f64).collect(),
         }
     }
-    let total: usize = count.iter().sum();
-    Ok(EvalReport {
-        images: total,
-        classes: folder.len(),
-        top1: 100.0 * correct.iter().sum::<usize>() as f64 / total.max(1) as f64,
-        per_class_top1: correct.iter().zip(&count).map(|(&a, &b)| 100.0 * a as f64 / b.max(1) as f64).collect(),
-    })
 }
 
 /// Writes a PNG grid: for each folder, `rows` rows (IPC 0..rows), one column per class; tiles are
