@@ -83,3 +83,85 @@ torch.save({"epoch": 1, "optimizer": {"x": torch.zeros(2)}}, d + "/empty.pth")
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("no `model`") && stderr.contains("state_dict_ema"), "{stderr}");
 }
+
+fn python_has(modules: &str) -> bool {
+    Command::new("python3").args(["-c", &format!("import {modules}")]).output().is_ok_and(|o| o.status.success())
+}
+
+/// `--torchvision NAME --weights TAG` and `--timm NAME` with `--random-init` (no download): the
+/// metadata names the weights and carries their preprocessing, and the exported file is the same
+/// network in the engine as in PyTorch: the file is loaded back into a fresh torchvision/timm
+/// model (strict) and its logits on a seeded 2 x 3 x 224 x 224 batch (torch.manual_seed(5)) are
+/// compared with `cda-engine forward`'s, within 1e-4 of the largest logit (float32 through 18
+/// layers in another summation order gives about 1e-6). Networks the engine does not run are
+/// refused. tests/fixtures/check_pretrained_exports.py does the same for more names and ResNet-50.
+#[test]
+fn export_by_name_records_the_weights_and_matches_pytorch() {
+    if !python_has("torch, safetensors.torch, torchvision, timm") {
+        println!("skipped: python3 with torch, safetensors, torchvision and timm is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = root().join("weights/export_resnet.py");
+    let reference = r#"
+import sys, torch, torchvision, timm
+from safetensors.torch import load_file, save_file
+flag, name, st, xin, yout = sys.argv[1:]
+model = torchvision.models.get_model(name, num_classes=1000) if flag == "--torchvision" else timm.create_model(name, pretrained=False)
+missing, unexpected = model.load_state_dict(load_file(st), strict=False)
+assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
+torch.manual_seed(5)
+x = torch.randn(2, 3, 224, 224)
+with torch.no_grad():
+    y = model.eval()(x)
+save_file({"input": x}, xin)
+save_file({"logits": y}, yout)
+"#;
+    let logits = |p: &std::path::Path| cda_engine::weights::read_tensor_file(p).unwrap().tensors["logits"].data.clone();
+    for (flag, name, tag, weights) in
+        [("--torchvision", "resnet18", Some("IMAGENET1K_V1"), "ResNet18_Weights.IMAGENET1K_V1"), ("--timm", "resnet18.a1_in1k", None, "timm resnet18.a1_in1k")]
+    {
+        let st = dir.path().join(format!("{name}.safetensors"));
+        let mut cmd = Command::new("python3");
+        cmd.arg(&script).arg(&st).args([flag, name, "--random-init", "3"]);
+        if let Some(t) = tag {
+            cmd.args(["--weights", t]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let model = cda_engine::model::ResNet::load(&st).unwrap();
+        assert_eq!((model.num_classes, model.in_channels), (1000, 3));
+        let meta = &model.metadata;
+        assert_eq!(meta["source"], &flag[2..]);
+        assert!(meta["weights"].contains(weights) && meta["weights"].starts_with("random (seed 3)"), "{meta:?}");
+        assert_eq!(meta["mean"], "[0.485, 0.456, 0.406]");
+        assert_eq!(meta["std"], "[0.229, 0.224, 0.225]");
+        assert_eq!(meta["image_size"], "224");
+        let (xin, want, got) = (dir.path().join("x.safetensors"), dir.path().join("want.safetensors"), dir.path().join("got.safetensors"));
+        let out = Command::new("python3").args(["-c", reference, flag, name]).args([&st, &xin, &want]).output().unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(env!("CARGO_BIN_EXE_cda-engine"))
+            .args(["forward", "--weights"])
+            .arg(&st)
+            .arg("--input")
+            .arg(&xin)
+            .arg("--output")
+            .arg(&got)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let (want, got) = (logits(&want), logits(&got));
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err <= 1e-4 * scale, "{name}: max |engine - PyTorch| {err} of {scale}");
+    }
+    // A deep stem with average-pool shortcuts, and squeeze-excitation: refused with the reason.
+    for (name, says) in [("resnet50d", "deep stem"), ("seresnet50", "squeeze-excitation")] {
+        let out = Command::new("python3").arg(&script).arg(dir.path().join("r.safetensors")).args(["--timm", name, "--random-init", "0"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{name}: {stderr}");
+    }
+    let out =
+        Command::new("python3").arg(&script).arg(dir.path().join("r.safetensors")).args(["--torchvision", "resnet18", "--weights", "V9"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no weights V9"));
+}
