@@ -24,8 +24,21 @@ export CDA_REQUIRE_NVRTC=1
 # The wheel ships the binary only; the host emulation of the kernels is for the tests.
 export CDA_NO_EMULATION=1
 
+# Debian splits venv (and its ensurepip) into python3-venv.
+make_venv() {
+    if ! python3 -m venv "$1" 2>/dev/null; then
+        command -v apt-get >/dev/null || { echo "python3 -m venv fails and there is no apt-get to install python3-venv" >&2; exit 1; }
+        echo "installing python3-venv (python3 -m venv failed)"
+        as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+        rm -rf "$1"
+        python3 -m venv "$1"
+    fi
+}
+
 echo "== build tools (maturin, ziglang) in a throwaway venv"
-python3 -m venv "$work/build"
+make_venv "$work/build"
 "$work/build/bin/pip" install --quiet --disable-pip-version-check "maturin>=1.5,<2" ziglang
 start=$(date +%s)
 rm -rf target/wheels
@@ -41,7 +54,7 @@ case "$(basename "$wheel")" in
 esac
 
 echo "== fresh venv, pip install of the wheel file (no index: the wheel has no Python dependencies)"
-python3 -m venv "$work/user"
+make_venv "$work/user"
 "$work/user/bin/pip" install --quiet --disable-pip-version-check --no-index "$wheel"
 cd "$work"
 export PATH="$work/user/bin:/usr/bin:/bin"
